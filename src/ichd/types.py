@@ -1,0 +1,100 @@
+"""Core data types passed between stages. Small, typed, documented; no patient identifiers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ichd.constants import LABELS
+
+
+@dataclass(frozen=True)
+class IngestWarning:
+    """Something odd found while reading CT input that did not stop the read.
+
+    ``code`` is a stable machine-readable key (e.g. ``"gantry_tilt"``, ``"gap"``, ``"duplicate_position"``,
+    ``"skipped_files"``, ``"instance_number_order"``, ``"bad_intercept_fixed"``); ``message`` is for people;
+    ``files`` lists the affected files (paths as given, no patient data), possibly truncated.
+    """
+
+    code: str
+    message: str
+    files: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"code": self.code, "message": self.message, "files": list(self.files)}
+
+
+@dataclass
+class CTSeries:
+    """One CT series as a Hounsfield-unit volume.
+
+    Attributes:
+        hu: volume, shape (z, y, x), float32 (or int16) Hounsfield units, slices ordered inferior -> superior
+            when positions are known (along the slice normal), else in file/instance order.
+        spacing_mm: (z, y, x) spacing in mm; z is the median spacing along the slice normal. ``nan`` when unknown
+            (e.g. windowed JPG input).
+        positions_mm: per-slice position along the slice normal in mm (length z); ``nan`` when unknown.
+        sop_instance_uids: per-slice SOPInstanceUID (or a stable synthetic id like ``"slice-007"`` for images).
+        study_instance_uid / series_instance_uid: UIDs of the source (synthetic ones for non-DICOM input).
+        tilt_deg: gantry tilt in degrees (0 when none / unknown).
+        warnings: things found while reading.
+        source: where it came from (path as given), for messages; never a patient identifier.
+        source_kind: "dicom", "nifti", "images" or "ctich".
+        meta: extra non-identifying facts (modality, transfer syntaxes, manufacturer, window given, ...).
+    """
+
+    hu: np.ndarray
+    spacing_mm: tuple[float, float, float]
+    positions_mm: np.ndarray
+    sop_instance_uids: list[str]
+    study_instance_uid: str
+    series_instance_uid: str
+    tilt_deg: float = 0.0
+    warnings: list[IngestWarning] = field(default_factory=list)
+    source: str = ""
+    source_kind: str = "dicom"
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.hu.ndim != 3:
+            raise ValueError(f"CTSeries.hu must be 3-D (z, y, x), got shape {self.hu.shape}")
+        n = self.hu.shape[0]
+        if len(self.sop_instance_uids) != n or len(self.positions_mm) != n:
+            raise ValueError(
+                f"CTSeries has {n} slices but {len(self.sop_instance_uids)} UIDs and {len(self.positions_mm)} positions"
+            )
+
+    @property
+    def n_slices(self) -> int:
+        return int(self.hu.shape[0])
+
+    def warn(self, code: str, message: str, files: tuple[str, ...] = ()) -> None:
+        self.warnings.append(IngestWarning(code, message, files))
+
+
+@dataclass
+class Prediction:
+    """Result of running a model on one :class:`CTSeries`.
+
+    ``slice_probs`` is (n_slices, 6) and ``scan_probs`` is (6,), both in :data:`ichd.constants.LABELS` order.
+    The JSON layout (``ichd.inference`` writes it) is versioned by a JSON Schema shipped in the package.
+    """
+
+    slice_probs: np.ndarray
+    scan_probs: np.ndarray
+    thresholds: dict[str, float]
+    model: dict[str, str]
+    study_instance_uid: str
+    series_instance_uid: str
+    sop_instance_uids: list[str]
+    positions_mm: np.ndarray
+    warnings: list[IngestWarning] = field(default_factory=list)
+    timing_s: dict[str, float] = field(default_factory=dict)
+    labels: tuple[str, ...] = LABELS
+
+    @property
+    def scan_positive(self) -> dict[str, bool]:
+        return {lab: bool(self.scan_probs[i] >= self.thresholds[lab]) for i, lab in enumerate(self.labels)}
