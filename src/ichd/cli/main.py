@@ -22,6 +22,7 @@ from ichd.errors import IchdError
 #: Modules under ichd.cli that add commands (each has ``register(app: typer.Typer) -> None``).
 COMMAND_MODULES: tuple[str, ...] = (
     "models",
+    "preprocess",
 )
 
 HELP = """ichd — intracranial hemorrhage detection and subtype classification on head CT.

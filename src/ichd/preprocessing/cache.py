@@ -1,0 +1,407 @@
+"""The on-disk cache of preprocessed scans (written by ``ichd preprocess``, read by :mod:`ichd.data`).
+
+Layout (see docs/architecture.md)::
+
+    CACHE/
+      manifest.json         {"version", "preprocess": PreprocessConfig dict, "inputs": [done input keys],
+                             "series": [{scan_id, patient_id, study_instance_uid, n_slices, file, source,
+                                         source_kind, input, shape, dtype, warnings}]}
+      slices.csv            slice_id, scan_id, patient_id, slice_index, z_mm
+      series/<scan_id>.npy  (z, C, S, S) uint8 0..255 (or float16 0..1): the windows, before normalisation
+
+Building is **resumable**: every finished input (a CT-ICH patient, or one input path) is recorded in the
+manifest, which is rewritten atomically after each one, so an interrupted run continues where it stopped and a
+re-run with the same settings does nothing. A cache built with different settings is never mixed or overwritten.
+Inputs are processed in parallel over a process pool (``workers``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import time
+from collections.abc import Iterable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ichd.errors import IchdError, InputError
+from ichd.preprocessing.config import PreprocessConfig
+from ichd.types import CTSeries
+from ichd.utils.files import atomic_path, atomic_write_text
+from ichd.utils.logging import get_logger
+
+log = get_logger(__name__)
+
+CACHE_VERSION = 1
+MANIFEST = "manifest.json"
+SLICES = "slices.csv"
+SERIES_DIR = "series"
+SLICE_COLUMNS = ("slice_id", "scan_id", "patient_id", "slice_index", "z_mm")
+
+
+def safe_file_stem(scan_id: str) -> str:
+    """``scan_id`` made safe as a file name (characters other than letters, digits, ``._-`` become ``_``)."""
+    stem = re.sub(r"[^A-Za-z0-9._-]", "_", scan_id)
+    return stem if stem not in ("", ".", "..") else f"_{stem}"
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Inputs
+# --------------------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class CacheInput:
+    """One unit of work: a CT-ICH patient (``kind="ctich"``) or one path for ``ichd.io.read_ct``."""
+
+    kind: str
+    path: str
+    patient: int | None = None
+    window: tuple[float, float] | None = None
+
+    @property
+    def key(self) -> str:
+        """Stable key recorded in the manifest when this input is done."""
+        if self.kind == "ctich":
+            return f"ctich:{self.path}:{self.patient:03d}"
+        return f"path:{self.path}"
+
+    def load(self) -> list[CTSeries]:
+        """Decode the input into HU series."""
+        if self.kind == "ctich":
+            from ichd.io.images import read_ctich_patient
+
+            return [read_ctich_patient(self.path, int(self.patient))]
+        from ichd.io.reader import read_ct
+
+        return list(read_ct(self.path, window=self.window))
+
+
+def expand_inputs(paths: Iterable[str | os.PathLike[str]], *, window: tuple[float, float] | None = None,
+                  patients: Sequence[int] | None = None) -> list[CacheInput]:
+    """Work units for ``paths``: a CT-ICH root becomes one unit per patient (parallel and resumable per patient),
+    anything else one unit read by ``ichd.io.read_ct``. ``patients`` limits CT-ICH roots to those patients."""
+    from ichd.io.images import ctich_patients, is_ctich_root
+
+    out: list[CacheInput] = []
+    for p in paths:
+        path = Path(p)
+        if not path.exists():
+            raise InputError(f"input {str(path)!r} does not exist", hint="pass existing files or folders")
+        resolved = str(path.resolve())
+        if path.is_dir() and is_ctich_root(path):
+            available = ctich_patients(path)
+            chosen = available if patients is None else [q for q in available if q in set(patients)]
+            out.extend(CacheInput("ctich", resolved, q) for q in chosen)
+        else:
+            out.append(CacheInput("path", resolved, None, window))
+    return out
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Writing
+# --------------------------------------------------------------------------------------------------------------
+
+def _patient_id(series: CTSeries) -> str:
+    pid = series.meta.get("patient_id")
+    return str(pid) if pid else series.study_instance_uid
+
+
+def _slice_rows(series: CTSeries, scan_id: str, patient_id: str) -> list[dict[str, Any]]:
+    z_known = not math.isnan(float(series.spacing_mm[0]))
+    return [{"slice_id": uid, "scan_id": scan_id, "patient_id": patient_id, "slice_index": i,
+             "z_mm": float(series.positions_mm[i]) if z_known else float("nan")}
+            for i, uid in enumerate(series.sop_instance_uids)]
+
+
+def _process_input(item: CacheInput, out: str, cfg_dict: dict[str, Any],
+                   skip_scan_ids: frozenset[str]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Worker: decode one input, preprocess and write each new series; return (entries, slice rows)."""
+    from ichd.preprocessing.pipeline import preprocess_series
+
+    cfg = PreprocessConfig.from_dict(cfg_dict)
+    entries: list[dict[str, Any]] = []
+    rows: list[dict[str, Any]] = []
+    for series in item.load():
+        scan_id = series.series_instance_uid
+        if scan_id in skip_scan_ids:
+            log.warning("series %s from %s is already in the cache (from another input); skipped", scan_id,
+                        item.path)
+            continue
+        arr = preprocess_series(series, cfg)
+        rel = f"{SERIES_DIR}/{safe_file_stem(scan_id)}.npy"
+        with atomic_path(Path(out) / rel) as tmp:
+            with open(tmp, "wb") as f:
+                np.save(f, arr)
+        patient_id = _patient_id(series)
+        entries.append({
+            "scan_id": scan_id, "patient_id": patient_id, "study_instance_uid": series.study_instance_uid,
+            "n_slices": int(arr.shape[0]), "file": rel, "source": series.source, "source_kind": series.source_kind,
+            "input": item.key, "shape": list(arr.shape), "dtype": str(arr.dtype),
+            "warnings": [w.to_dict() for w in series.warnings],
+        })
+        rows.extend(_slice_rows(series, scan_id, patient_id))
+    return entries, rows
+
+
+def _init_worker() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
+@dataclass
+class BuildSummary:
+    """What :func:`build_cache` did."""
+
+    out: Path
+    written: int = 0
+    skipped_inputs: int = 0
+    slices_written: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    seconds: float = 0.0
+    total_series: int = 0
+    total_slices: int = 0
+
+
+class _ManifestWriter:
+    """Holds the manifest and slice table in memory and rewrites both atomically after every input."""
+
+    def __init__(self, out: Path, cfg: PreprocessConfig) -> None:
+        self.out = out
+        self.cfg = cfg
+        path = out / MANIFEST
+        if path.is_file():
+            try:
+                self.manifest = json.loads(path.read_text(encoding="utf-8"))
+                old = PreprocessConfig.from_dict(self.manifest["preprocess"])
+            except (ValueError, KeyError, IchdError) as e:
+                raise InputError(f"{path} is not a valid ichd cache manifest ({e})",
+                                 hint="pass an empty or new --out folder") from e
+            if old.cache_key() != cfg.cache_key():
+                raise InputError(
+                    f"the cache in {str(out)!r} was built with different preprocessing settings "
+                    f"({old.cache_key()} vs {cfg.cache_key()})",
+                    hint="use another --out folder, or the same settings to resume")
+            self.manifest["preprocess"] = cfg.to_dict()
+        else:
+            if out.exists() and any(out.iterdir()):
+                raise InputError(f"{str(out)!r} exists, is not empty and is not an ichd cache",
+                                 hint="pass a new or empty --out folder")
+            self.manifest = {"version": CACHE_VERSION, "preprocess": cfg.to_dict(), "inputs": [], "series": []}
+        self.rows: list[dict[str, Any]] = []
+        if (out / SLICES).is_file():
+            import pandas as pd
+
+            self.rows = pd.read_csv(out / SLICES, dtype={"slice_id": str, "scan_id": str, "patient_id": str}
+                                    ).to_dict("records")
+        # Drop records whose array file disappeared, so they are rebuilt.
+        present = [e for e in self.manifest["series"] if (out / e["file"]).is_file()]
+        lost_inputs = {e["input"] for e in self.manifest["series"] if e not in present}
+        if lost_inputs:
+            self.manifest["series"] = [e for e in present if e["input"] not in lost_inputs]
+            self.manifest["inputs"] = [k for k in self.manifest["inputs"] if k not in lost_inputs]
+            keep = {e["scan_id"] for e in self.manifest["series"]}
+            self.rows = [r for r in self.rows if r["scan_id"] in keep]
+
+    @property
+    def done(self) -> set[str]:
+        return set(self.manifest["inputs"])
+
+    @property
+    def scan_ids(self) -> frozenset[str]:
+        return frozenset(e["scan_id"] for e in self.manifest["series"])
+
+    def add(self, key: str, entries: list[dict[str, Any]], rows: list[dict[str, Any]]) -> None:
+        self.manifest["series"].extend(entries)
+        self.manifest["inputs"].append(key)
+        self.rows.extend(rows)
+        self.flush()
+
+    def flush(self) -> None:
+        import pandas as pd
+
+        self.out.mkdir(parents=True, exist_ok=True)
+        table = pd.DataFrame(self.rows, columns=list(SLICE_COLUMNS))
+        with atomic_path(self.out / SLICES) as tmp:
+            table.to_csv(tmp, index=False)
+        atomic_write_text(self.out / MANIFEST, json.dumps(self.manifest, indent=1) + "\n")
+
+
+def build_cache(inputs: Iterable[str | os.PathLike[str] | CacheInput], out: str | os.PathLike[str],
+                cfg: PreprocessConfig | None = None, *, workers: int | None = None,
+                window: tuple[float, float] | None = None, patients: Sequence[int] | None = None) -> BuildSummary:
+    """Preprocess ``inputs`` (paths or :class:`CacheInput`) into the cache folder ``out``.
+
+    Skips inputs already in the cache with the same settings; refuses (:class:`InputError`) to mix settings or
+    to write into a non-empty folder that is not a cache. ``workers`` processes run in parallel (default:
+    ``min(4, cpu count)``; 0 or 1 runs in this process). An input that fails to read is recorded in
+    ``summary.failed`` and the others go on. ``window`` is passed to ``read_ct`` for windowed PNG/JPG inputs.
+    """
+    from ichd.utils.progress import progress_bar
+
+    t0 = time.perf_counter()
+    cfg = cfg or PreprocessConfig()
+    out = Path(out)
+    items: list[CacheInput] = []
+    paths: list[str | os.PathLike[str]] = []
+    for x in inputs:
+        (items if isinstance(x, CacheInput) else paths).append(x)  # type: ignore[arg-type]
+    items.extend(expand_inputs(paths, window=window, patients=patients))
+    if not items:
+        raise InputError("nothing to preprocess: no inputs given", hint="pass CT folders, files or a CT-ICH root")
+    writer = _ManifestWriter(out, cfg)
+    (out / SERIES_DIR).mkdir(parents=True, exist_ok=True)
+    summary = BuildSummary(out=out)
+    done = writer.done
+    todo = [it for it in items if it.key not in done]
+    summary.skipped_inputs = len(items) - len(todo)
+    n_workers = min(4, os.cpu_count() or 1) if workers is None else max(0, int(workers))
+    cfg_dict = cfg.to_dict()
+    bar = progress_bar(desc="preprocessing", total=len(todo), unit="input")
+
+    def record(item: CacheInput, result: tuple[list[dict[str, Any]], list[dict[str, Any]]]) -> None:
+        entries, rows = result
+        writer.add(item.key, entries, rows)
+        summary.written += len(entries)
+        summary.slices_written += len(rows)
+        bar.update(1)
+
+    def fail(item: CacheInput, err: BaseException) -> None:
+        msg = err.message if isinstance(err, IchdError) else f"{type(err).__name__}: {err}"
+        where = item.path if item.kind != "ctich" else f"{item.path} patient {item.patient:03d}"
+        log.error("failed to preprocess %s: %s", where, msg)
+        summary.failed.append((where, msg))
+        bar.update(1)
+
+    try:
+        if n_workers <= 1 or len(todo) <= 1:
+            for item in todo:
+                try:
+                    record(item, _process_input(item, str(out), cfg_dict, writer.scan_ids))
+                except (IchdError, OSError, ValueError) as e:
+                    fail(item, e)
+        else:
+            with ProcessPoolExecutor(max_workers=n_workers, initializer=_init_worker) as pool:
+                pending: dict[Future, CacheInput] = {}
+                queue = list(todo)
+                while queue or pending:
+                    while queue and len(pending) < 2 * n_workers:
+                        item = queue.pop(0)
+                        pending[pool.submit(_process_input, item, str(out), cfg_dict, writer.scan_ids)] = item
+                    finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+                    for fut in finished:
+                        item = pending.pop(fut)
+                        try:
+                            record(item, fut.result())
+                        except (IchdError, OSError, ValueError) as e:
+                            fail(item, e)
+    finally:
+        bar.close()
+        if not (out / MANIFEST).is_file():
+            writer.flush()
+    summary.total_series = len(writer.manifest["series"])
+    summary.total_slices = len(writer.rows)
+    summary.seconds = time.perf_counter() - t0
+    return summary
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Reading
+# --------------------------------------------------------------------------------------------------------------
+
+class Cache:
+    """A read-only view of a cache folder. Arrays are memory-mapped and opened lazily (fork-safe)."""
+
+    def __init__(self, root: Path, manifest: dict[str, Any], slices: Any) -> None:
+        self.root = root
+        self.manifest = manifest
+        self.config = PreprocessConfig.from_dict(manifest["preprocess"])
+        self.series: dict[str, dict[str, Any]] = {e["scan_id"]: e for e in manifest["series"]}
+        #: pandas DataFrame indexed by slice_id with scan_id, patient_id, slice_index, z_mm.
+        self.slices = slices
+        self._arrays: dict[str, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return len(self.series)
+
+    def __contains__(self, scan_id: object) -> bool:
+        return scan_id in self.series
+
+    def __repr__(self) -> str:
+        return f"Cache({str(self.root)!r}, {len(self.series)} series, {len(self.slices)} slices)"
+
+    @property
+    def scan_ids(self) -> list[str]:
+        return list(self.series)
+
+    @property
+    def image_size(self) -> int:
+        return self.config.image_size
+
+    def array(self, scan_id: str) -> np.ndarray:
+        """The scan's ``(z, C, S, S)`` array, memory-mapped read-only."""
+        arr = self._arrays.get(scan_id)
+        if arr is None:
+            try:
+                entry = self.series[scan_id]
+            except KeyError:
+                raise InputError(f"scan {scan_id!r} is not in the cache at {str(self.root)!r}") from None
+            path = self.root / entry["file"]
+            try:
+                arr = np.load(path, mmap_mode="r")
+            except (OSError, ValueError) as e:
+                raise InputError(f"cannot read cached array {path}: {e}",
+                                 hint="rebuild the cache with ichd preprocess") from e
+            self._arrays[scan_id] = arr
+        return arr
+
+    def slice_image(self, slice_id: str) -> np.ndarray:
+        """One slice ``(C, S, S)`` in the cache dtype (a copy)."""
+        try:
+            row = self.slices.loc[slice_id]
+        except KeyError:
+            raise InputError(f"slice {slice_id!r} is not in the cache at {str(self.root)!r}") from None
+        return np.array(self.array(row["scan_id"])[int(row["slice_index"])])
+
+    def scan_slices(self, scan_id: str) -> Any:
+        """The scan's rows of :attr:`slices`, ordered by ``slice_index`` (inferior -> superior)."""
+        rows = self.slices[self.slices["scan_id"] == scan_id]
+        return rows.sort_values("slice_index")
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_arrays"] = {}
+        return state
+
+
+def open_cache(root: str | os.PathLike[str]) -> Cache:
+    """Open the cache folder ``root`` written by :func:`build_cache` (:class:`InputError` when it is not one)."""
+    import pandas as pd
+
+    root = Path(root)
+    path = root / MANIFEST
+    if not path.is_file():
+        raise InputError(f"{str(root)!r} is not an ichd cache (no {MANIFEST})",
+                         hint="build one with: ichd preprocess INPUT --out CACHE")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+        manifest["preprocess"], manifest["series"]  # noqa: B018 - presence check
+    except (ValueError, KeyError) as e:
+        raise InputError(f"{path} is not a valid cache manifest ({e})", hint="rebuild the cache") from e
+    if manifest.get("version") != CACHE_VERSION:
+        raise InputError(f"{path} has cache version {manifest.get('version')!r}; this ichd reads {CACHE_VERSION}",
+                         hint="rebuild the cache with this version of ichd")
+    slices_path = root / SLICES
+    if not slices_path.is_file():
+        raise InputError(f"{str(root)!r} has no {SLICES}", hint="rebuild the cache")
+    slices = pd.read_csv(slices_path, dtype={"slice_id": str, "scan_id": str, "patient_id": str})
+    missing = set(SLICE_COLUMNS) - set(slices.columns)
+    if missing:
+        raise InputError(f"{slices_path} lacks column(s) {sorted(missing)}", hint="rebuild the cache")
+    return Cache(root, manifest, slices.set_index("slice_id", drop=False).rename_axis(None))
