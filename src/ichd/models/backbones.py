@@ -10,6 +10,9 @@ Every model here is a :class:`SliceClassifier`:
 divided by 255). The model applies its own normalisation inside ``forward_features`` (preset stored in
 ``default_cfg["norm"]`` and saved in every checkpoint), so callers never normalise.
 
+Presets are those of :mod:`ichd.preprocessing.normalize` (``half`` for the EfficientNet-Lite ImageNet weights,
+``seed`` for the random-init models, ``none``).
+
 ``default_cfg`` holds: ``name``, ``input_size``, ``norm``, ``mean``, ``std``, ``gradcam_layer`` (dotted name of
 the module whose output is the last feature map), ``num_features``, ``num_classes``, ``labels``,
 ``pretrained`` (where the initial weights came from).
@@ -25,16 +28,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ichd.constants import LABELS, SEED_MEAN, SEED_STD
-from ichd.errors import InputError, ModelError, did_you_mean
+from ichd.constants import LABELS
+from ichd.errors import InputError, ModelError
 from ichd.models.registry import register_model
-
-#: Normalisation presets applied inside the model to inputs in [0, 1].
-NORM_PRESETS: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] = {
-    "half": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),  # [0, 1] -> [-1, 1] (EfficientNet-Lite ImageNet weights)
-    "seed": (SEED_MEAN, SEED_STD),  # the seed's per-window mean / std (Burduja et al. 2020)
-    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),  # torchvision-style ImageNet weights
-}
 
 #: Classifier parameter prefixes of the source libraries, dropped when loading a user backbone file.
 _CLASSIFIER_PREFIXES = ("fc.", "_fc.", "last_linear.", "class_layers.", "classifier.", "head.")
@@ -47,11 +43,11 @@ class SliceClassifier(nn.Module):
                  input_size: int, norm: str, gradcam_layer: str, dropout: float,
                  pretrained: str | None) -> None:
         super().__init__()
-        if norm not in NORM_PRESETS:
-            raise ModelError(f"unknown normalisation preset {norm!r}; {did_you_mean(norm, NORM_PRESETS)}")
+        from ichd.preprocessing.normalize import preset
+
         if input_size % 32 or input_size < 64:
             raise ModelError(f"input_size must be a multiple of 32 and >= 64, got {input_size}")
-        mean, std = NORM_PRESETS[norm]
+        mean, std = preset(norm)  # ConfigError with suggestions when unknown
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.backbone = backbone

@@ -124,20 +124,38 @@ def read_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu
     return raw
 
 
-def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu") -> Checkpoint:
-    """Load ``path``: rebuild the model via the registry, load its weights, put it in ``eval()`` mode."""
+def model_from_checkpoint_dict(raw: dict[str, Any], *, map_location: str | torch.device = "cpu",
+                               where: str | Path = "<checkpoint dict>") -> Checkpoint:
+    """Build the :class:`Checkpoint` of an already-read checkpoint dict (e.g. one embedded in another file).
+
+    Rebuilds the model via the registry, loads its weights and puts it in ``eval()`` mode; ``where`` names the
+    source in error messages.
+    """
     from ichd.models.registry import create_model
 
-    path = Path(path)
-    raw = read_checkpoint(path, map_location=map_location)
+    if not isinstance(raw, dict) or raw.get("format") != CHECKPOINT_FORMAT:
+        raise ModelError(f"{where}: not an ichd checkpoint (format {CHECKPOINT_FORMAT!r} expected)")
+    labels = tuple(raw.get("labels") or ())
+    if raw.get("num_classes") == len(LABELS) and labels != LABELS:
+        raise ModelError(f"{where}: label order {labels} differs from ichd's {LABELS}",
+                         hint="re-train or convert the checkpoint; outputs would be mislabelled")
     model = create_model(raw["model_name"], pretrained=False, num_classes=int(raw["num_classes"]),
                          **raw.get("model_kwargs", {}))
     try:
         model.load_state_dict(raw["state_dict"], strict=True)
     except RuntimeError as e:
-        raise ModelError(f"checkpoint {str(path)!r} weights do not fit model {raw['model_name']!r}: {e}") from e
+        raise ModelError(f"{where}: weights do not fit model {raw['model_name']!r}: {e}") from e
     model.to(map_location).eval()
-    return Checkpoint(model=model, model_name=raw["model_name"], labels=tuple(raw.get("labels") or ()),
+    return Checkpoint(model=model, model_name=raw["model_name"], labels=labels,
                       config=raw.get("config") or {}, preprocess=raw.get("preprocess") or {},
                       metrics=raw.get("metrics") or {}, fold=raw.get("fold"), epoch=raw.get("epoch"),
-                      path=path, extra=raw.get("extra") or {}, raw=raw)
+                      path=Path(str(where)), extra=raw.get("extra") or {}, raw=raw)
+
+
+def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu") -> Checkpoint:
+    """Load ``path``: rebuild the model via the registry, load its weights, put it in ``eval()`` mode."""
+    path = Path(path)
+    raw = read_checkpoint(path, map_location=map_location)
+    ckpt = model_from_checkpoint_dict(raw, map_location=map_location, where=f"checkpoint {str(path)!r}")
+    ckpt.path = path
+    return ckpt
