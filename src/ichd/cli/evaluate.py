@@ -1,0 +1,74 @@
+"""``ichd evaluate``: score predictions against labels and write metrics.json plus a Markdown/HTML report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+HELP = """Evaluate predictions against labels: RSNA weighted log loss, per-subtype slice- and scan-level metrics
+at three operating points, 95% patient-bootstrap intervals, calibration, ROC/PR plots, optional readers.
+
+PREDICTIONS: an ichd predictions CSV (slice_id, scan_id, patient_id, slice_index, fold + one column per label),
+predict JSON file(s) or a folder of them, or an RSNA submission CSV (ID_<SOPInstanceUID>_<subtype>,Label).
+LABELS: CT-ICH labels.csv, RSNA stage_2_train.csv, or an ichd labels CSV.
+
+Writes OUT/metrics.json, OUT/thresholds.json, OUT/report.md, OUT/report.html (self-contained) and OUT/plots/.
+"""
+
+
+def evaluate_command(
+    predictions: Path = typer.Argument(..., help="Predictions: ichd CSV, predict JSON file/folder, or RSNA "
+                                                 "submission CSV."),
+    labels: Path = typer.Argument(..., help="Labels: CT-ICH labels.csv, RSNA stage_2_train.csv or ichd labels "
+                                            "CSV."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder (must be empty or new unless --overwrite)."),
+    scans: Optional[Path] = typer.Option(None, "--scans", help="CSV slice_id,scan_id[,patient_id] giving scan "
+                                         "(and patient) membership when the inputs do not carry it. Without any "
+                                         "scan membership only slice-level metrics are reported."),
+    thresholds_from: Optional[Path] = typer.Option(
+        None, "--thresholds-from", help="Choose the Youden and fixed-sensitivity thresholds on these VALIDATION "
+        "predictions (or take them from a thresholds.json of an earlier evaluation) and apply them unchanged "
+        "here. Without it they are chosen on the evaluated data (optimistic; the report says so)."),
+    thresholds_labels: Optional[Path] = typer.Option(
+        None, "--thresholds-labels", help="Labels for the --thresholds-from predictions (default: LABELS)."),
+    sensitivity: float = typer.Option(0.95, "--sensitivity", help="Target sensitivity of the fixed-sensitivity "
+                                      "operating point."),
+    bootstrap: int = typer.Option(1000, "--bootstrap", help="Bootstrap replicates for the 95% intervals "
+                                  "(resampling patients); 0 turns intervals off."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap (same seed, same intervals)."),
+    bins: int = typer.Option(10, "--bins", help="Equal-width bins of the reliability diagrams and ECE."),
+    readers: Optional[Path] = typer.Option(None, "--readers", help="Reader study to compare with at scan level: "
+                                           "CQ500 reads.csv or a CSV scan_id,reader,<label columns> (0/1)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Allow writing into a non-empty OUT folder."),
+) -> None:
+    from ichd.evaluation.report import evaluate_files
+
+    if bins < 1:
+        raise typer.BadParameter("--bins must be >= 1")
+    ev, paths = evaluate_files(predictions, labels, out, scans=scans, thresholds_from=thresholds_from,
+                               thresholds_labels=thresholds_labels, sensitivity=sensitivity, n_boot=bootstrap,
+                               seed=seed, n_bins=bins, readers=readers, overwrite=overwrite)
+    m = ev.metrics
+    w = m["rsna_weighted_log_loss"]
+    ci = w.get("overall_ci95")
+    ci_text = f" [{ci[0]:.4f}, {ci[1]:.4f}]" if ci and None not in ci else ""
+    typer.echo(f"weighted log loss {w['overall']:.4f}{ci_text} over {m['counts']['slices']} slices")
+    for level in ("slice", "scan"):
+        if m[level] is None:
+            continue
+        aucs = ", ".join(f"{lab} {_fmt(e['auc'])}" for lab, e in m[level]["classes"].items())
+        typer.echo(f"{level} AUC: {aucs}")
+    for note in m["notes"]:
+        typer.echo(f"note: {note}")
+    typer.echo(f"report: {paths['report_html']}")
+
+
+def _fmt(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.3f}"
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``ichd evaluate`` to the application."""
+    app.command("evaluate", help=HELP, no_args_is_help=True)(evaluate_command)

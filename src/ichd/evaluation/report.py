@@ -1,0 +1,743 @@
+"""``ichd evaluate``: every metric of one set of predictions, with bootstrap intervals, plots and a report.
+
+:func:`evaluate` computes an :class:`Evaluation` (a JSON-ready ``metrics`` dict plus matplotlib figures);
+:func:`write_report` writes ``metrics.json``, ``thresholds.json``, ``report.md``, a self-contained
+``report.html`` (PNG images base64-embedded) and ``plots/*.png`` into an output folder.
+
+What is reported (slice level always; scan level when scan membership is known):
+
+* the RSNA 2019 weighted log loss, overall and per class (:func:`ichd.evaluation.metrics.weighted_log_loss`);
+* per label: AUC, average precision, log loss, ECE, prevalence and counts; at each operating point
+  (``0.5``, ``youden``, ``sensitivity`` >= target) accuracy, sensitivity, specificity, precision, NPV, F1 and
+  the confusion counts;
+* 95 % percentile intervals from a seeded bootstrap that resamples **patients** (:mod:`ichd.evaluation.bootstrap`);
+* optional human readers (:mod:`ichd.evaluation.readers`) on the model's scan-level ROC, with kappas.
+
+Scan level: scan label = 1 when any slice is positive; scan score = the model's scan output when the
+predictions carry one (predict JSON), else the maximum slice probability. Thresholds chosen on the evaluated
+data itself are optimistic; :class:`Thresholds` chosen on validation data can be passed in instead.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import html
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ichd import __version__
+from ichd.constants import LABEL_ABBREVIATIONS, LABEL_WEIGHTS, LABELS
+from ichd.errors import InputError
+from ichd.evaluation import bootstrap as bs
+from ichd.evaluation.calibration import DEFAULT_BINS, expected_calibration_error, reliability_curve
+from ichd.evaluation.io import EvalData
+from ichd.evaluation.metrics import (
+    EPS,
+    THRESHOLD_METRICS,
+    average_precision,
+    binary_log_loss,
+    choose_thresholds,
+    class_summary,
+    roc_auc,
+    threshold_metrics,
+    weighted_log_loss,
+)
+from ichd.evaluation.readers import (
+    ReaderStudy,
+    cohen_kappa,
+    fleiss_kappa_binary,
+    majority_vote,
+    operating_point,
+    pairwise_kappa,
+)
+from ichd.utils.files import atomic_write_bytes, atomic_write_text
+from ichd.utils.logging import get_logger
+
+log = get_logger(__name__)
+
+#: Operating points, in report order: fixed 0.5, Youden-optimal, fixed sensitivity.
+OPERATING_POINTS: tuple[str, ...] = ("0.5", "youden", "sensitivity")
+#: Operating point used for the model's calls in the reader comparison.
+READER_OPERATING_POINT = "youden"
+THRESHOLDS_KIND = "ichd-thresholds"
+
+
+# ------------------------------------------------------------------------------------------------------------
+# thresholds
+# ------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Thresholds:
+    """Decision thresholds per operating point and label, at slice and (optionally) scan level.
+
+    ``slice[op][label]`` and ``scan[op][label]`` for ``op`` in :data:`OPERATING_POINTS`; ``chosen_on`` says on
+    which data they were picked (shown in the report); ``same_data`` is True when that is the evaluated data.
+    """
+
+    slice: dict[str, dict[str, float]]
+    scan: dict[str, dict[str, float]] | None
+    sensitivity_target: float
+    chosen_on: str
+    same_data: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": THRESHOLDS_KIND, "version": 1, "sensitivity_target": self.sensitivity_target,
+                "chosen_on": self.chosen_on, "slice": _jsonable(self.slice), "scan": _jsonable(self.scan)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], source: str) -> Thresholds:
+        """Read a ``thresholds.json`` written by :func:`write_report` (errors name the file and key)."""
+        if d.get("kind") != THRESHOLDS_KIND:
+            raise InputError(f"{source}: not an ichd thresholds file (no \"kind\": \"{THRESHOLDS_KIND}\")")
+
+        def level(block: Any, name: str) -> dict[str, dict[str, float]]:
+            if not isinstance(block, dict):
+                raise InputError(f"{source}: '{name}' must be an object of operating points")
+            out = {}
+            for op in OPERATING_POINTS:
+                vals = block.get(op)
+                if not isinstance(vals, dict) or any(lab not in vals for lab in LABELS):
+                    raise InputError(f"{source}: '{name}.{op}' needs a threshold for every label "
+                                     f"({', '.join(LABELS)})")
+                out[op] = {lab: math.nan if vals[lab] is None else float(vals[lab]) for lab in LABELS}
+            return out
+
+        scan = d.get("scan")
+        return cls(slice=level(d.get("slice"), "slice"), scan=None if scan is None else level(scan, "scan"),
+                   sensitivity_target=float(d.get("sensitivity_target", math.nan)),
+                   chosen_on=str(d.get("chosen_on", source)))
+
+
+def _level_thresholds(y: np.ndarray, p: np.ndarray, sensitivity: float) -> dict[str, dict[str, float]]:
+    return {
+        "0.5": {lab: 0.5 for lab in LABELS},
+        "youden": choose_thresholds(y, p, method="youden"),
+        "sensitivity": choose_thresholds(y, p, method="sensitivity", target=sensitivity),
+    }
+
+
+def choose_operating_thresholds(data: EvalData, *, sensitivity: float = 0.95, chosen_on: str = "",
+                                same_data: bool = False) -> Thresholds:
+    """Pick the Youden and fixed-sensitivity thresholds of every label on ``data`` (slice and scan level)."""
+    scan = _level_thresholds(data.y_scan, data.p_scan, sensitivity) if data.has_scans else None
+    return Thresholds(_level_thresholds(data.y, data.p, sensitivity), scan, sensitivity, chosen_on, same_data)
+
+
+def read_thresholds(path: str | Path) -> Thresholds:
+    """Load a ``thresholds.json`` file."""
+    path = Path(path)
+    try:
+        d = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise InputError(f"cannot read thresholds file {path}: {e}") from e
+    if not isinstance(d, dict):
+        raise InputError(f"{path}: not an ichd thresholds file")
+    return Thresholds.from_dict(d, str(path))
+
+
+# ------------------------------------------------------------------------------------------------------------
+# metrics
+# ------------------------------------------------------------------------------------------------------------
+
+
+def _jsonable(x: Any) -> Any:
+    """Replace nan/inf by None and numpy scalars by Python ones, recursively."""
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, (np.floating, float)):
+        return float(x) if math.isfinite(float(x)) else None
+    if isinstance(x, np.integer):
+        return int(x)
+    if isinstance(x, np.ndarray):
+        return _jsonable(x.tolist())
+    return x
+
+
+def _level_metrics(y: np.ndarray, p: np.ndarray, thresholds: Mapping[str, Mapping[str, float]],
+                   n_bins: int) -> dict[str, Any]:
+    wll, per = weighted_log_loss(y, p, per_class=True)
+    classes: dict[str, Any] = {}
+    for c, lab in enumerate(LABELS):
+        entry: dict[str, Any] = class_summary(y[:, c], p[:, c])
+        entry["ece"] = expected_calibration_error(y[:, c], p[:, c], n_bins)
+        entry["reliability"] = reliability_curve(y[:, c], p[:, c], n_bins).to_dict()
+        entry["operating_points"] = {op: threshold_metrics(y[:, c], p[:, c], thresholds[op][lab])
+                                     for op in OPERATING_POINTS}
+        classes[lab] = entry
+    return {"n": int(y.shape[0]), "weighted_log_loss": wll,
+            "log_loss_per_class": dict(zip(LABELS, per.tolist())), "classes": classes}
+
+
+def _replicate(y: np.ndarray, p: np.ndarray, thresholds: Mapping[str, Mapping[str, float]], n_bins: int,
+               prefix: str) -> dict[str, float]:
+    """The bootstrapped statistics of one level on one replicate (flat keys ``<prefix>/<label>/<metric>``)."""
+    out: dict[str, float] = {}
+    losses = binary_log_loss(y, p).mean(axis=0) if y.shape[0] else np.full(len(LABELS), np.nan)
+    w = np.asarray(LABEL_WEIGHTS)
+    out[f"{prefix}/weighted_log_loss"] = float(np.dot(w, losses) / w.sum())
+    for c, lab in enumerate(LABELS):
+        yc, pc = y[:, c], p[:, c]
+        key = f"{prefix}/{lab}"
+        out[f"{key}/log_loss"] = float(losses[c])
+        out[f"{key}/auc"] = roc_auc(yc, pc)
+        out[f"{key}/average_precision"] = average_precision(yc, pc)
+        out[f"{key}/ece"] = expected_calibration_error(yc, pc, n_bins)
+        for op in OPERATING_POINTS:
+            m = threshold_metrics(yc, pc, thresholds[op][lab])
+            for name in THRESHOLD_METRICS:
+                out[f"{key}/{op}/{name}"] = m[name]
+    return out
+
+
+def _attach_intervals(level: dict[str, Any], intervals: Mapping[str, bs.Interval], prefix: str) -> None:
+    def ci(key: str) -> bs.Interval | None:
+        return intervals.get(f"{prefix}/{key}")
+
+    iv = ci("weighted_log_loss")
+    if iv is not None:
+        level["weighted_log_loss_ci95"] = iv.to_list()
+    for lab, entry in level["classes"].items():
+        entry["ci95"], entry["bootstrap_valid"] = {}, {}
+        for name in ("auc", "average_precision", "log_loss", "ece"):
+            iv = ci(f"{lab}/{name}")
+            if iv is not None:
+                entry["ci95"][name] = iv.to_list()
+                entry["bootstrap_valid"][name] = iv.n_valid
+        for op, m in entry["operating_points"].items():
+            m["ci95"], m["bootstrap_valid"] = {}, {}
+            for name in THRESHOLD_METRICS:
+                iv = ci(f"{lab}/{op}/{name}")
+                if iv is not None:
+                    m["ci95"][name] = iv.to_list()
+                    m["bootstrap_valid"][name] = iv.n_valid
+
+
+@dataclass
+class Evaluation:
+    """Result of :func:`evaluate`: JSON-ready ``metrics`` and the figures (name -> (Figure, caption))."""
+
+    metrics: dict[str, Any]
+    thresholds: Thresholds
+    figures: dict[str, tuple[Any, str]] = field(default_factory=dict)
+
+
+def evaluate(
+    data: EvalData,
+    *,
+    thresholds: Thresholds | None = None,
+    sensitivity: float = 0.95,
+    n_boot: int = bs.DEFAULT_N_BOOT,
+    seed: int = bs.DEFAULT_SEED,
+    n_bins: int = DEFAULT_BINS,
+    readers: ReaderStudy | None = None,
+    inputs: Mapping[str, Any] | None = None,
+    plots: bool = True,
+) -> Evaluation:
+    """Compute every metric of ``data`` (see the module docstring).
+
+    Args:
+        data: aligned predictions and labels (:func:`ichd.evaluation.io.align`).
+        thresholds: operating thresholds chosen elsewhere (validation data); by default they are chosen on
+            ``data`` itself and the report says that this is optimistic.
+        sensitivity: target sensitivity of the ``sensitivity`` operating point (when choosing thresholds here).
+        n_boot: bootstrap replicates (0 turns the intervals off); ``seed``: their seed.
+        n_bins: calibration bins.
+        readers: a reader study to compare with at scan level (needs scan membership).
+        inputs: facts about the inputs recorded in ``metrics.json`` (paths, formats).
+        plots: also draw the figures.
+    """
+    if not 0.0 < sensitivity <= 1.0:
+        raise InputError(f"--sensitivity must be in (0, 1], got {sensitivity}")
+    notes = list(data.notes)
+    if thresholds is None:
+        thresholds = choose_operating_thresholds(data, sensitivity=sensitivity, chosen_on="the evaluated data",
+                                                 same_data=True)
+    if thresholds.same_data:
+        notes.append("The Youden and fixed-sensitivity thresholds were chosen on the evaluated data itself, so "
+                     "their sensitivity/specificity are optimistic; choose them on validation data with "
+                     "--thresholds-from to get honest numbers.")
+    if data.has_scans and thresholds.scan is None:
+        raise InputError(f"the thresholds from {thresholds.chosen_on} have no scan level, but these predictions "
+                         "have scans", hint="choose thresholds on validation data that carries scan ids")
+    for level_name, level_t in (("slice", thresholds.slice), ("scan", thresholds.scan)):
+        if level_t is None:
+            continue
+        for op in OPERATING_POINTS:
+            undefined = [lab for lab in LABELS if not math.isfinite(level_t[op][lab])]
+            if undefined:
+                notes.append(f"No {op} threshold at {level_name} level for {', '.join(undefined)} "
+                             f"(the data it was chosen on lacks positive or negative cases); those metrics are "
+                             "n/a.")
+
+    metrics: dict[str, Any] = {
+        "ichd_version": __version__,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "labels": list(LABELS),
+        "label_weights": list(LABEL_WEIGHTS),
+        "log_loss_epsilon": EPS,
+        "inputs": dict(inputs or {}),
+        "counts": {"slices": int(data.y.shape[0]),
+                   "scans": int(len(data.scans)) if data.has_scans else None,
+                   "patients": int(len(set(data.patient_ids))) if data.group_kind == "patient" else None},
+        "scan_score": data.scan_score_source,
+        "scan_label": "any slice positive" if data.has_scans else None,
+        "calibration_bins": n_bins,
+        "thresholds": thresholds.to_dict(),
+        "slice": _level_metrics(data.y, data.p, thresholds.slice, n_bins),
+        "scan": _level_metrics(data.y_scan, data.p_scan, thresholds.scan, n_bins) if data.has_scans else None,
+    }
+    wll, per = weighted_log_loss(data.y, data.p, per_class=True)
+    metrics["rsna_weighted_log_loss"] = {"overall": wll, "per_class": dict(zip(LABELS, per.tolist()))}
+
+    if n_boot > 0:
+        metrics["bootstrap"] = _run_bootstrap(data, thresholds, n_boot, seed, n_bins, metrics)
+        wl_ci = metrics["slice"].get("weighted_log_loss_ci95")
+        metrics["rsna_weighted_log_loss"]["overall_ci95"] = wl_ci
+    else:
+        metrics["bootstrap"] = None
+        notes.append("Bootstrap turned off (--bootstrap 0): no confidence intervals.")
+
+    if readers is not None:
+        if not data.has_scans:
+            raise InputError("a reader comparison needs scan membership",
+                             hint="give a --scans map (slice_id,scan_id[,patient_id])")
+        metrics["readers"], reader_fig = _compare_readers(data, readers, thresholds, plots)
+    else:
+        reader_fig = None
+    metrics["notes"] = notes
+    evaluation = Evaluation(_jsonable(metrics), thresholds)
+    if plots:
+        evaluation.figures = _figures(data, thresholds, n_bins)
+        if reader_fig is not None:
+            evaluation.figures["readers_roc"] = reader_fig
+    return evaluation
+
+
+def _run_bootstrap(data: EvalData, thresholds: Thresholds, n_boot: int, seed: int, n_bins: int,
+                   metrics: dict[str, Any]) -> dict[str, Any]:
+    slice_groups = bs.GroupIndex(data.patient_ids)
+    scan_groups = bs.GroupIndex(data.scan_patients) if data.has_scans else None
+    if scan_groups is not None and list(scan_groups.names) != list(slice_groups.names):
+        raise AssertionError("scan and slice patient groups differ")  # align() guarantees this
+
+    def statistic(draw: np.ndarray) -> dict[str, float]:
+        rows = slice_groups.rows(draw)
+        out = _replicate(data.y[rows], data.p[rows], thresholds.slice, n_bins, "slice")
+        if scan_groups is not None and data.y_scan is not None and data.p_scan is not None:
+            srows = scan_groups.rows(draw)
+            out.update(_replicate(data.y_scan[srows], data.p_scan[srows], thresholds.scan, n_bins, "scan"))
+        return out
+
+    log.info("bootstrap: %d replicates over %d %s groups", n_boot, slice_groups.n_groups, data.group_kind)
+    intervals = bs.bootstrap(statistic, slice_groups.n_groups, n_boot=n_boot, seed=seed, desc="bootstrap")
+    _attach_intervals(metrics["slice"], intervals, "slice")
+    if metrics["scan"] is not None:
+        _attach_intervals(metrics["scan"], intervals, "scan")
+    auc_valid = {k: v.n_valid for k, v in intervals.items() if k.endswith("/auc")}
+    return {"n_boot": n_boot, "seed": seed, "confidence": bs.DEFAULT_CONFIDENCE, "unit": data.group_kind,
+            "n_groups": slice_groups.n_groups, "method": "percentile",
+            "min_valid_auc_replicates": min(auc_valid.values()) if auc_valid else None}
+
+
+# ------------------------------------------------------------------------------------------------------------
+# readers
+# ------------------------------------------------------------------------------------------------------------
+
+
+def _case_level(data: EvalData, readers: ReaderStudy) -> tuple[str, list[str], np.ndarray, np.ndarray]:
+    """Match reader cases to scans (or, failing that, patients); returns (kind, cases, y, p) at that level."""
+    assert data.scans is not None and data.y_scan is not None and data.p_scan is not None
+    scans = [str(s) for s in data.scans]
+    by_scan = [c for c in readers.cases if c in set(scans)]
+    patients = [str(x) for x in data.scan_patients] if data.scan_patients is not None else []
+    by_patient = [c for c in readers.cases if c in set(patients)]
+    if not by_scan and not by_patient:
+        raise InputError(f"none of the {len(readers.cases)} cases in {readers.source} is a scan or patient id of "
+                         "the predictions",
+                         hint="reader case names must equal scan_id or patient_id (give a --scans map with "
+                              "patient_id set to the reader file's case names)")
+    if len(by_scan) >= len(by_patient):
+        idx = {s: i for i, s in enumerate(scans)}
+        rows = [idx[c] for c in by_scan]
+        return "scan", by_scan, data.y_scan[rows], data.p_scan[rows]
+    y = np.stack([data.y_scan[[i for i, q in enumerate(patients) if q == c]].max(axis=0) for c in by_patient])
+    p = np.stack([data.p_scan[[i for i, q in enumerate(patients) if q == c]].max(axis=0) for c in by_patient])
+    return "patient", by_patient, y, p
+
+
+def _compare_readers(data: EvalData, study: ReaderStudy, thresholds: Thresholds,
+                     plots: bool) -> tuple[dict[str, Any], tuple[Any, str] | None]:
+    kind, cases, y_all, p_all = _case_level(data, study)
+    sub = study.subset(cases)
+    label_idx = [LABELS.index(lab) for lab in sub.labels]
+    y, p = y_all[:, label_idx], p_all[:, label_idx]
+    assert thresholds.scan is not None
+    per_label: dict[str, Any] = {}
+    for k, lab in enumerate(sub.labels):
+        calls = sub.label_calls(lab)
+        t = thresholds.scan[READER_OPERATING_POINT][lab]
+        model_calls = (p[:, k] >= t).astype(float) if math.isfinite(t) else np.full(len(cases), np.nan)
+        raters = np.column_stack([calls, model_calls])
+        names = [*sub.readers, "model"]
+        per_label[lab] = {
+            "readers": {name: operating_point(calls[:, j], y[:, k]) for j, name in enumerate(sub.readers)},
+            "model": {**operating_point(model_calls, y[:, k]), "threshold": t, "auc": roc_auc(y[:, k], p[:, k])},
+            "cohen_kappa": pairwise_kappa(raters, names),
+            "cohen_kappa_model_vs_reader_majority": cohen_kappa(model_calls, majority_vote(calls)),
+            "fleiss_kappa_readers": fleiss_kappa_binary(calls),
+            "fleiss_kappa_readers_and_model": fleiss_kappa_binary(raters),
+        }
+    result = {"source": study.source, "matched_on": kind, "n_cases_matched": len(cases),
+              "n_cases_in_file": len(study.cases), "readers": sub.readers, "labels": sub.labels,
+              "reference": "the evaluation labels (scan label = any slice positive)",
+              "model_operating_point": READER_OPERATING_POINT, "per_label": per_label}
+    fig = None
+    if plots:
+        from ichd.evaluation.plots import reader_roc_figure
+
+        figure = reader_roc_figure(
+            y, p, {lab: per_label[lab]["readers"] for lab in sub.labels}, labels=sub.labels,
+            model_points={lab: per_label[lab]["model"] for lab in sub.labels},
+            title=f"Scan-level ROC with human readers ({len(cases)} {kind}s)")
+        fig = (figure, f"Model ROC per label at {kind} level with each reader's operating point (hollow markers, "
+                       f"legend: sensitivity/specificity) and the model's {READER_OPERATING_POINT} point (star).")
+    return result, fig
+
+
+# ------------------------------------------------------------------------------------------------------------
+# figures and report files
+# ------------------------------------------------------------------------------------------------------------
+
+
+def _figures(data: EvalData, thresholds: Thresholds, n_bins: int) -> dict[str, tuple[Any, str]]:
+    from ichd.evaluation import plots
+
+    figs: dict[str, tuple[Any, str]] = {}
+    levels = [("slice", data.y, data.p, thresholds.slice)]
+    if data.has_scans:
+        levels.append(("scan", data.y_scan, data.p_scan, thresholds.scan))
+    for level, y, p, t in levels:
+        figs[f"{level}_roc_pr"] = (
+            plots.roc_pr_figure(y, p, level=level, operating_points=t["youden"]),
+            f"ROC and precision-recall curves at {level} level; dots mark the Youden operating point.")
+        figs[f"{level}_confusion"] = (
+            plots.confusion_figure(y, p, t["sensitivity"], level=level,
+                                   op_name=f"sensitivity >= {thresholds.sensitivity_target:g}"),
+            f"Confusion matrices at {level} level at the fixed-sensitivity operating point (counts and row "
+            "percentages).")
+        figs[f"{level}_confusion_youden"] = (
+            plots.confusion_figure(y, p, t["youden"], level=level, op_name="Youden"),
+            f"Confusion matrices at {level} level at the Youden operating point.")
+        figs[f"{level}_reliability"] = (
+            plots.reliability_figure(y, p, level=level, n_bins=n_bins),
+            f"Reliability diagrams at {level} level; grey bars: cases per bin (log scale).")
+    return figs
+
+
+def _f(v: Any, digits: int = 3) -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "n/a"
+    if isinstance(v, int):
+        return str(v)
+    return f"{v:.{digits}f}"
+
+
+def _ci(value: Any, ci: Sequence[Any] | None, digits: int = 3) -> str:
+    s = _f(value, digits)
+    if ci and ci[0] is not None and ci[1] is not None and s != "n/a":
+        s += f" [{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]"
+    return s
+
+
+Block = tuple[str, Any]
+
+
+def _level_blocks(level: str, m: dict[str, Any], thresholds: dict[str, Any], has_ci: bool) -> list[Block]:
+    blocks: list[Block] = [("h2", f"{level.capitalize()} level ({m['n']} {level}s)")]
+    ci_note = " Values in brackets: 95 % bootstrap interval." if has_ci else ""
+    blocks.append(("p", "Threshold-free metrics per label." + ci_note))
+    rows = []
+    for lab in LABELS:
+        e = m["classes"][lab]
+        ci = e.get("ci95", {})
+        rows.append([lab, str(e["n_positive"]), str(e["n_negative"]), _f(e["prevalence"]),
+                     _ci(e["auc"], ci.get("auc")), _ci(e["average_precision"], ci.get("average_precision")),
+                     _ci(e["log_loss"], ci.get("log_loss"), 4), _ci(e["ece"], ci.get("ece"))])
+    blocks.append(("table", (["label", "positive", "negative", "prevalence", "AUC", "average precision",
+                              "log loss", "ECE"], rows)))
+    target = thresholds["sensitivity_target"]
+    titles = {"0.5": "threshold 0.5", "youden": "Youden-optimal threshold",
+              "sensitivity": f"threshold for sensitivity >= {_f(target, 2)}"}
+    for op in OPERATING_POINTS:
+        blocks.append(("h3", f"Operating point: {titles[op]}"))
+        rows = []
+        for lab in LABELS:
+            o = m["classes"][lab]["operating_points"][op]
+            ci = o.get("ci95", {})
+            rows.append([lab, _f(o["threshold"], 4)] + [_ci(o[k], ci.get(k)) for k in THRESHOLD_METRICS]
+                        + [" / ".join(_f(o[k]) if o[k] is None else str(int(o[k])) for k in
+                                      ("tp", "fp", "tn", "fn"))])
+        blocks.append(("table", (["label", "threshold", "accuracy", "sensitivity", "specificity",
+                                  "precision", "NPV", "F1", "TP / FP / TN / FN"], rows)))
+    return blocks
+
+
+def report_blocks(ev: Evaluation, image_names: Mapping[str, str]) -> list[Block]:
+    """The report as a list of blocks (heading, paragraph, list, table, image) rendered to Markdown and HTML."""
+    m = ev.metrics
+    inp = m["inputs"]
+    counts = m["counts"]
+    blocks: list[Block] = [("h1", "ichd evaluation report")]
+    facts = [f"predictions: `{inp.get('predictions', '?')}` ({inp.get('predictions_format', '?')})",
+             f"labels: `{inp.get('labels', '?')}`",
+             f"{counts['slices']} slices" + (f", {counts['scans']} scans" if counts["scans"] else "")
+             + (f", {counts['patients']} patients" if counts["patients"] else ""),
+             f"created {m['created']} by ichd {m['ichd_version']}",
+             "plot abbreviations: " + ", ".join(f"{LABEL_ABBREVIATIONS[lab]} = {lab}" for lab in LABELS)]
+    if m["scan"] is not None:
+        facts.append(f"scan label: {m['scan_label']}; scan score: {m['scan_score']}")
+    else:
+        facts.append("**slice level only**: no scan membership in the inputs (give `--scans`)")
+    t = m["thresholds"]
+    facts.append(f"operating thresholds chosen on: {t['chosen_on']}")
+    b = m["bootstrap"]
+    if b:
+        facts.append(f"95 % intervals: percentile bootstrap, {b['n_boot']} replicates, seed {b['seed']}, "
+                     f"resampling {b['n_groups']} {b['unit']}s with replacement (a replicate where a metric is "
+                     f"undefined is skipped for that metric; fewest usable replicates for an AUC: "
+                     f"{b['min_valid_auc_replicates']})")
+    blocks.append(("ul", facts))
+    if m["notes"]:
+        blocks.append(("h2", "Notes"))
+        blocks.append(("ul", m["notes"]))
+
+    blocks.append(("h2", "RSNA 2019 weighted log loss (slice level)"))
+    w = m["rsna_weighted_log_loss"]
+    blocks.append(("p", "Per-class binary log loss averaged over slices, then weighted over classes (any 2, each "
+                        f"subtype 1); probabilities clipped to [{m['log_loss_epsilon']:g}, 1 - "
+                        f"{m['log_loss_epsilon']:g}]."))
+    rows = [[lab, _f(w["per_class"][lab], 4), _f(wt, 0)] for lab, wt in zip(LABELS, LABEL_WEIGHTS)]
+    rows.append(["**weighted mean**", _ci(w["overall"], w.get("overall_ci95"), 4), _f(sum(LABEL_WEIGHTS), 0)])
+    blocks.append(("table", (["class", "log loss", "weight"], rows)))
+
+    has_ci = bool(b)
+    blocks += _level_blocks("slice", m["slice"], t, has_ci)
+    for name in ("slice_roc_pr", "slice_confusion", "slice_confusion_youden", "slice_reliability"):
+        if name in image_names:
+            blocks.append(("img", (image_names[name], ev.figures[name][1])))
+    if m["scan"] is not None:
+        blocks += _level_blocks("scan", m["scan"], t, has_ci)
+        for name in ("scan_roc_pr", "scan_confusion", "scan_confusion_youden", "scan_reliability"):
+            if name in image_names:
+                blocks.append(("img", (image_names[name], ev.figures[name][1])))
+    if m.get("readers"):
+        blocks += _reader_blocks(m["readers"])
+        if "readers_roc" in image_names:
+            blocks.append(("img", (image_names["readers_roc"], ev.figures["readers_roc"][1])))
+    return blocks
+
+
+def _reader_blocks(r: dict[str, Any]) -> list[Block]:
+    blocks: list[Block] = [("h2", "Human readers")]
+    blocks.append(("p", f"{r['n_cases_matched']} of {r['n_cases_in_file']} cases of `{r['source']}` matched by "
+                        f"{r['matched_on']} id. Reference: {r['reference']}. Model calls at its "
+                        f"{r['model_operating_point']} threshold (scan level)."))
+    rows = []
+    for lab in r["labels"]:
+        e = r["per_label"][lab]
+        for name, o in [*e["readers"].items(), ("model", e["model"])]:
+            rows.append([lab, name, _f(o["sensitivity"]), _f(o["specificity"]), _f(o["accuracy"]),
+                         f"{o['tp']} / {o['fp']} / {o['tn']} / {o['fn']}"])
+    blocks.append(("table", (["label", "rater", "sensitivity", "specificity", "accuracy", "TP / FP / TN / FN"],
+                             rows)))
+    rows = []
+    for lab in r["labels"]:
+        e = r["per_label"][lab]
+        pairs = "; ".join(f"{k} {_f(v, 2)}" for k, v in e["cohen_kappa"].items())
+        rows.append([lab, _f(e["fleiss_kappa_readers"]), _f(e["fleiss_kappa_readers_and_model"]),
+                     _f(e["cohen_kappa_model_vs_reader_majority"]), pairs])
+    blocks.append(("table", (["label", "Fleiss' kappa (readers)", "Fleiss' kappa (readers + model)",
+                              "Cohen's kappa model vs reader majority", "Cohen's kappa per pair"], rows)))
+    return blocks
+
+
+def render_markdown(blocks: Sequence[Block]) -> str:
+    """Render report blocks as GitHub-flavoured Markdown (images linked from ``plots/``)."""
+    out: list[str] = []
+    for kind, val in blocks:
+        if kind in ("h1", "h2", "h3"):
+            out.append("#" * int(kind[1]) + " " + val + "\n")
+        elif kind == "p":
+            out.append(val + "\n")
+        elif kind == "ul":
+            out.append("\n".join(f"- {x}" for x in val) + "\n")
+        elif kind == "table":
+            header, rows = val
+            out.append("| " + " | ".join(header) + " |")
+            out.append("|" + "|".join("---" for _ in header) + "|")
+            out.extend("| " + " | ".join(r) + " |" for r in rows)
+            out.append("")
+        elif kind == "img":
+            path, caption = val
+            out.append(f"![{caption}]({path})\n\n*{caption}*\n")
+    return "\n".join(out)
+
+
+def _inline_md(text: str) -> str:
+    """Escape text for HTML, keeping `code` and **bold** from the Markdown."""
+    import re
+
+    s = html.escape(text)
+    s = re.sub(r"`([^`]+)`", r"<code>\1</code>", s)
+    return re.sub(r"\*\*([^*]+)\*\*", r"<strong>\1</strong>", s)
+
+
+_CSS = """body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1180px;margin:2em auto;
+padding:0 1em;color:#222;line-height:1.45}table{border-collapse:collapse;margin:.6em 0 1.2em;font-size:.88em}
+th,td{border:1px solid #ccc;padding:.25em .55em;text-align:right}th{background:#f2f2f2}
+td:first-child,th:first-child{text-align:left}figure{margin:1em 0}img{max-width:100%;border:1px solid #eee}
+figcaption{font-size:.88em;color:#555}code{background:#f5f5f5;padding:0 .2em}h2{border-bottom:1px solid #ddd}"""
+
+
+def render_html(blocks: Sequence[Block], images: Mapping[str, bytes]) -> str:
+    """Render report blocks as one self-contained HTML page (``images``: path -> PNG bytes, embedded)."""
+    out = ["<!DOCTYPE html>", "<html lang=\"en\"><head><meta charset=\"utf-8\">",
+           "<title>ichd evaluation report</title>", f"<style>{_CSS}</style></head><body>"]
+    for kind, val in blocks:
+        if kind in ("h1", "h2", "h3"):
+            out.append(f"<{kind}>{_inline_md(val)}</{kind}>")
+        elif kind == "p":
+            out.append(f"<p>{_inline_md(val)}</p>")
+        elif kind == "ul":
+            out.append("<ul>" + "".join(f"<li>{_inline_md(x)}</li>" for x in val) + "</ul>")
+        elif kind == "table":
+            header, rows = val
+            out.append("<table><thead><tr>" + "".join(f"<th>{_inline_md(h)}</th>" for h in header)
+                       + "</tr></thead><tbody>")
+            out.extend("<tr>" + "".join(f"<td>{_inline_md(c)}</td>" for c in r) + "</tr>" for r in rows)
+            out.append("</tbody></table>")
+        elif kind == "img":
+            path, caption = val
+            data = base64.b64encode(images[path]).decode("ascii")
+            out.append(f"<figure><img alt=\"{html.escape(caption)}\" src=\"data:image/png;base64,{data}\">"
+                       f"<figcaption>{_inline_md(caption)}</figcaption></figure>")
+    out.append("</body></html>")
+    return "\n".join(out)
+
+
+def prepare_output_dir(out: str | Path, *, overwrite: bool = False) -> Path:
+    """Create ``out``; refuse (InputError) to reuse a non-empty folder unless ``overwrite``."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"output path {out} exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise InputError(f"output folder {out} is not empty", hint="choose another --out or pass --overwrite")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def write_report(ev: Evaluation, out: str | Path, *, overwrite: bool = False) -> dict[str, Path]:
+    """Write metrics.json, thresholds.json, plots/*.png, report.md and report.html into ``out``.
+
+    Refuses a non-empty ``out`` unless ``overwrite``. Every file is written atomically. Returns the paths.
+    """
+    from ichd.evaluation.plots import png_bytes
+
+    out = prepare_output_dir(out, overwrite=overwrite)
+    paths: dict[str, Path] = {}
+    images: dict[str, bytes] = {}
+    names: dict[str, str] = {}
+    for name, (fig, _caption) in ev.figures.items():
+        rel = f"plots/{name}.png"
+        data = png_bytes(fig)
+        images[rel] = data
+        names[name] = rel
+        paths[name] = atomic_write_bytes(out / rel, data)
+    paths["metrics"] = atomic_write_text(out / "metrics.json", json.dumps(ev.metrics, indent=2) + "\n")
+    paths["thresholds"] = atomic_write_text(out / "thresholds.json",
+                                            json.dumps(_jsonable(ev.thresholds.to_dict()), indent=2) + "\n")
+    blocks = report_blocks(ev, names)
+    paths["report_md"] = atomic_write_text(out / "report.md", render_markdown(blocks))
+    paths["report_html"] = atomic_write_text(out / "report.html", render_html(blocks, images))
+    return paths
+
+
+def _is_thresholds_file(path: Path) -> bool:
+    if path.suffix.lower() != ".json" or not path.is_file():
+        return False
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(doc, dict) and doc.get("kind") == THRESHOLDS_KIND
+
+
+def evaluate_files(
+    predictions: str | Path,
+    labels: str | Path,
+    out: str | Path,
+    *,
+    scans: str | Path | None = None,
+    thresholds_from: str | Path | None = None,
+    thresholds_labels: str | Path | None = None,
+    sensitivity: float = 0.95,
+    n_boot: int = bs.DEFAULT_N_BOOT,
+    seed: int = bs.DEFAULT_SEED,
+    n_bins: int = DEFAULT_BINS,
+    readers: str | Path | None = None,
+    overwrite: bool = False,
+) -> tuple[Evaluation, dict[str, Path]]:
+    """Read the inputs, :func:`evaluate` them and :func:`write_report` into ``out`` (what ``ichd evaluate`` runs).
+
+    ``thresholds_from`` is either a ``thresholds.json`` written by an earlier evaluation or a validation
+    predictions file; the latter is matched with ``thresholds_labels`` (default: ``labels``) and the Youden and
+    fixed-sensitivity thresholds are chosen on it, then applied unchanged here.
+    """
+    from ichd.evaluation.io import align, read_label_table, read_predictions, read_scan_map
+    from ichd.evaluation.readers import read_reader_study
+
+    out = Path(out)
+    if out.is_dir() and any(out.iterdir()) and not overwrite:  # fail before the work, not after
+        raise InputError(f"output folder {out} is not empty", hint="choose another --out or pass --overwrite")
+    if n_boot < 0:
+        raise InputError(f"--bootstrap must be >= 0, got {n_boot}")
+    preds = read_predictions(predictions)
+    label_table = read_label_table(labels)
+    scan_map = read_scan_map(scans) if scans is not None else None
+    data = align(preds, label_table, labels_source=str(labels), scan_map=scan_map,
+                 scan_map_source=str(scans) if scans is not None else "scan map")
+    thresholds = None
+    if thresholds_from is not None:
+        tpath = Path(thresholds_from)
+        if _is_thresholds_file(tpath):
+            thresholds = read_thresholds(tpath)
+        else:
+            val_preds = read_predictions(tpath)
+            val_labels = label_table if thresholds_labels is None else read_label_table(thresholds_labels)
+            val = align(val_preds, val_labels, labels_source=str(thresholds_labels or labels), scan_map=scan_map)
+            if data.has_scans and not val.has_scans:
+                raise InputError(f"{tpath}: the validation predictions have no scan membership, but the evaluated "
+                                 "ones do", hint="give scan ids in both (or one --scans map covering both)")
+            thresholds = choose_operating_thresholds(val, sensitivity=sensitivity, chosen_on=str(tpath))
+            shared = len(set(val.slice_ids) & set(data.slice_ids))
+            if shared:
+                data.notes.append(f"{shared} slice(s) of the threshold-selection data {tpath} are also in the "
+                                  "evaluated data: the operating points are partly optimistic.")
+    study = read_reader_study(readers) if readers is not None else None
+    inputs = {"predictions": str(predictions), "predictions_format": preds.fmt, "labels": str(labels),
+              "scans": None if scans is None else str(scans),
+              "thresholds_from": None if thresholds_from is None else str(thresholds_from),
+              "readers": None if readers is None else str(readers)}
+    ev = evaluate(data, thresholds=thresholds, sensitivity=sensitivity, n_boot=n_boot, seed=seed, n_bins=n_bins,
+                  readers=study, inputs=inputs)
+    return ev, write_report(ev, out, overwrite=overwrite)
