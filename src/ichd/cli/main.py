@@ -23,6 +23,7 @@ from ichd.errors import IchdError
 COMMAND_MODULES: tuple[str, ...] = (
     "models",
     "preprocess",
+    "evaluate",
 )
 
 HELP = """ichd — intracranial hemorrhage detection and subtype classification on head CT.
