@@ -101,7 +101,7 @@ def ctich_scan_id(patient: int) -> str:
     return f"ctich-{int(patient):03d}"
 
 
-def ctich_slice_uid(patient: int, slice_number: int) -> str:
+def ctich_slice_id(patient: int, slice_number: int) -> str:
     """Slice id of CT-ICH slice ``slice_number`` (the file number) of ``patient``: ``ctich-049-011``."""
     return f"ctich-{int(patient):03d}-{int(slice_number):03d}"
 
@@ -237,7 +237,7 @@ def read_ctich_patient(root: str | Path, patient: int, *,
         hu=hu,
         spacing_mm=(float("nan"), float("nan"), float("nan")),
         positions_mm=np.arange(len(numbers), dtype=np.float64),
-        sop_instance_uids=[ctich_slice_uid(patient, n) for n in numbers],
+        sop_instance_uids=[ctich_slice_id(patient, n) for n in numbers],
         study_instance_uid=scan_id,
         series_instance_uid=scan_id,
         tilt_deg=0.0,

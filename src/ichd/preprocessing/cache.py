@@ -338,7 +338,8 @@ class Cache:
 
     @property
     def scan_ids(self) -> list[str]:
-        return list(self.series)
+        """Scan ids, sorted (so datasets built from them are deterministic)."""
+        return sorted(self.series)
 
     @property
     def image_size(self) -> int:

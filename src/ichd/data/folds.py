@@ -1,0 +1,106 @@
+"""Patient-level cross-validation folds (a patient's slices never appear in two folds).
+
+Splitting is by **patient**, never by slice: neighbouring slices of one scan are nearly identical, so a slice-level
+split leaks. Folds are balanced with iterative stratification (Sechidis, Tsoumakas & Vlahavas, ECML-PKDD 2011) on
+each patient's subtype profile: a patient counts as positive for a label when any of its slices is. Rare labels
+are placed first, each patient going to the fold that still needs that label most, so every fold gets positives
+of every label that has at least ``k`` positive patients, and fold sizes stay within about one patient.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from ichd.constants import LABELS
+from ichd.errors import InputError
+
+
+def patient_profiles(df: pd.DataFrame, labels: tuple[str, ...] = LABELS) -> pd.DataFrame:
+    """One row per ``patient_id``: 1 where any of the patient's slices is positive for the label."""
+    if "patient_id" not in df.columns:
+        raise InputError("the label table has no patient_id column",
+                         hint="attach scan/patient ids first (ichd.data.labels.attach_scans)")
+    missing = [c for c in labels if c not in df.columns]
+    if missing:
+        raise InputError(f"the label table lacks label column(s) {missing}")
+    if df["patient_id"].isna().any():
+        n = int(df["patient_id"].isna().sum())
+        raise InputError(f"{n} slice(s) have no patient_id; folds must split by patient",
+                         hint="attach ids from the cache with ichd.data.labels.attach_scans")
+    return df.groupby("patient_id", sort=True)[list(labels)].max().astype(np.int64)
+
+
+def iterative_stratification(y: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
+    """Assign the rows of binary matrix ``y`` (n, L) to ``k`` folds; returns fold numbers (n,) in 0..k-1.
+
+    Rows with no positive label are spread over the folds by remaining capacity. Deterministic for a ``seed``.
+    """
+    y = np.asarray(y, dtype=np.int64)
+    n, n_labels = y.shape
+    if k < 2:
+        raise InputError(f"need at least 2 folds, got k={k}")
+    if n < k:
+        raise InputError(f"cannot make {k} folds from {n} patient(s)", hint="use fewer folds or more patients")
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(n)  # random tie-breaking among equal patients, fixed by the seed
+    capacity = np.full(k, n / k)
+    need = np.tile(y.sum(axis=0) / k, (k, 1)).astype(np.float64)  # (k, L) positives each fold still wants
+    folds = np.full(n, -1, dtype=np.int64)
+    remaining = y.copy()
+
+    def pick(candidates: np.ndarray) -> int:
+        best = candidates[capacity[candidates] == capacity[candidates].max()]
+        return int(best[rng.integers(len(best))]) if len(best) > 1 else int(best[0])
+
+    while True:
+        counts = remaining[folds == -1].sum(axis=0) if (folds == -1).any() else np.zeros(n_labels)
+        active = np.flatnonzero(counts > 0)
+        if not len(active):
+            break
+        label = int(active[np.argmin(counts[active])])  # the rarest label still to place
+        rows = [i for i in order if folds[i] == -1 and y[i, label]]
+        for i in rows:
+            col = need[:, label]
+            f = pick(np.flatnonzero(col == col.max()))
+            folds[i] = f
+            need[f] -= y[i]
+            capacity[f] -= 1
+    for i in order:
+        if folds[i] == -1:
+            f = pick(np.arange(k))
+            folds[i] = f
+            capacity[f] -= 1
+    return folds
+
+
+def patient_folds(df: pd.DataFrame, k: int = 5, seed: int = 0,
+                  labels: tuple[str, ...] = LABELS) -> pd.Series:
+    """Fold number (0..k-1) per patient: a :class:`pandas.Series` named ``fold`` indexed by ``patient_id``.
+
+    ``df`` is a slice-level label table (:func:`ichd.data.labels.read_labels`) with ``patient_id`` and the label
+    columns. The same table, ``k`` and ``seed`` always give the same folds.
+    """
+    profiles = patient_profiles(df, labels)
+    folds = iterative_stratification(profiles.to_numpy(), k, seed)
+    return pd.Series(folds, index=profiles.index, name="fold")
+
+
+def add_fold_column(df: pd.DataFrame, folds: pd.Series) -> pd.DataFrame:
+    """A copy of the slice table ``df`` with a ``fold`` column taken from its patient's fold."""
+    out = df.copy()
+    out["fold"] = out["patient_id"].map(folds)
+    if out["fold"].isna().any():
+        raise InputError(f"{int(out['fold'].isna().sum())} slice(s) belong to patients without a fold",
+                         hint="compute folds on the same table")
+    out["fold"] = out["fold"].astype(np.int64)
+    return out
+
+
+def split_fold(df: pd.DataFrame, folds: pd.Series, fold: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``(train, validation)`` slice tables for ``fold``: validation = the slices of that fold's patients."""
+    if fold not in set(folds.tolist()):
+        raise InputError(f"fold {fold} does not exist; folds are {sorted(set(folds.tolist()))}")
+    val_patients = set(folds.index[folds == fold])
+    is_val = df["patient_id"].isin(val_patients).to_numpy()
+    return df[~is_val], df[is_val]

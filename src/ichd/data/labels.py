@@ -1,0 +1,272 @@
+"""Read slice-level hemorrhage labels from the supported label files into one table.
+
+Every reader returns the same layout: a :class:`pandas.DataFrame` indexed by ``slice_id`` with columns
+``scan_id``, ``patient_id``, ``slice_index`` followed by one 0/1 ``int`` column per label in
+:data:`ichd.constants.LABELS` order. Supported files (detected from their header):
+
+* CT-ICH ``labels.csv`` (``patient,slice,any,...,subdural[,fracture]``; ``fracture`` is dropped);
+* the CT-ICH source file ``hemorrhage_diagnosis_original.csv`` (UTF-8 BOM, ``PatientNumber,SliceNumber,...,
+  No_Hemorrhage,Fracture_Yes_No``; ``any = 1 - No_Hemorrhage``);
+* the hu-slices ``labels.csv`` (``file,...,patient,ctich_slice,...``; rows get the CT-ICH slice ids of the matched
+  JPG slices, and keep ``file``);
+* RSNA ``stage_2_train.csv`` (long format ``ID,Label`` with ``ID_<sop>_<subtype>``; pivoted); scan/patient ids
+  are unknown (NaN) until :func:`attach_scans` takes them from a cache's ``slices.csv``;
+* the rsna-samples ``labels.csv`` (``file,any,...,sop_instance_uid``), ids attached the same way;
+* an ichd labels table (``slice_id,scan_id,patient_id,slice_index,any,...``), as written by the tools.
+
+CT-ICH ids follow docs/architecture.md: slice ``ctich-049-011``, scan and patient ``ctich-049``; ``slice_index``
+is the slice's rank within its patient (0 = most inferior), which equals the reader's order.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ichd.constants import LABELS
+from ichd.errors import InputError
+from ichd.io.images import ctich_scan_id, ctich_slice_id
+from ichd.utils.logging import get_logger
+
+log = get_logger(__name__)
+
+__all__ = ["ID_COLUMNS", "attach_scans", "ctich_scan_id", "ctich_slice_id", "label_matrix", "read_labels"]
+
+ID_COLUMNS: tuple[str, ...] = ("scan_id", "patient_id", "slice_index")
+
+_CTICH_ORIGINAL = {
+    "Epidural": "epidural", "Intraparenchymal": "intraparenchymal", "Intraventricular": "intraventricular",
+    "Subarachnoid": "subarachnoid", "Subdural": "subdural",
+}
+
+
+def _rows_text(path: Path, idx: Sequence[int], limit: int = 8) -> str:
+    lines = [str(int(i) + 2) for i in list(idx)[:limit]]  # +2: header line and 1-based numbering
+    more = f" and {len(idx) - limit} more" if len(idx) > limit else ""
+    return f"{path} line(s) {', '.join(lines)}{more}"
+
+
+def _binary(df: pd.DataFrame, columns: Sequence[str], path: Path) -> pd.DataFrame:
+    """Check that ``columns`` hold only 0/1 (ints, floats or strings "0"/"1"); return them as int8."""
+    out = {}
+    for c in columns:
+        values = pd.to_numeric(df[c], errors="coerce")
+        bad = np.flatnonzero(~values.isin([0, 1]).to_numpy())
+        if len(bad):
+            shown = ", ".join(repr(v) for v in df[c].iloc[bad[:3]].tolist())
+            raise InputError(f"label column {c!r} must hold 0 or 1; found {shown} at {_rows_text(path, bad)}",
+                             hint="fix or remove those rows")
+        out[c] = values.astype(np.int64).to_numpy()
+    return pd.DataFrame(out, index=df.index)
+
+
+def _require(df: pd.DataFrame, columns: Sequence[str], path: Path, kind: str) -> None:
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise InputError(f"{path}: looks like a {kind} label file but lacks column(s) {missing}",
+                         hint=f"found columns {list(df.columns)}")
+
+
+def _integers(df: pd.DataFrame, column: str, path: Path) -> np.ndarray:
+    values = pd.to_numeric(df[column], errors="coerce")
+    bad = np.flatnonzero((values.isna() | (values % 1 != 0)).to_numpy())
+    if len(bad):
+        raise InputError(f"column {column!r} must hold whole numbers; bad value(s) at {_rows_text(path, bad)}",
+                         hint="fix or remove those rows")
+    return values.astype(np.int64).to_numpy()
+
+
+def _finish(frame: pd.DataFrame, path: Path) -> pd.DataFrame:
+    """Order columns, check unique slice ids, set the index."""
+    dup = frame["slice_id"].duplicated(keep=False).to_numpy()
+    if dup.any():
+        first = frame["slice_id"][dup].iloc[0]
+        raise InputError(f"{path}: slice {first!r} appears {int((frame['slice_id'] == first).sum())} times "
+                         f"({int(dup.sum())} rows with repeated slice ids)", hint="keep one row per slice")
+    extra = [c for c in frame.columns if c not in ("slice_id", *ID_COLUMNS, *LABELS)]
+    frame = frame[["slice_id", *ID_COLUMNS, *LABELS, *extra]].set_index("slice_id")
+    frame.index.name = "slice_id"
+    return frame
+
+
+def _ctich_frame(patients: np.ndarray, slices: np.ndarray, labels: pd.DataFrame, path: Path) -> pd.DataFrame:
+    frame = pd.DataFrame({
+        "slice_id": [ctich_slice_id(p, s) for p, s in zip(patients, slices)],
+        "scan_id": [ctich_scan_id(p) for p in patients],
+        "patient_id": [ctich_scan_id(p) for p in patients],
+        "_slice": slices,
+    })
+    frame = pd.concat([frame, labels.reset_index(drop=True)], axis=1)
+    frame["slice_index"] = frame.groupby("scan_id")["_slice"].rank(method="first").astype(np.int64) - 1
+    frame = frame.sort_values(["scan_id", "slice_index"]).drop(columns="_slice")
+    return _finish(frame, path)
+
+
+def _read_ctich(df: pd.DataFrame, path: Path) -> pd.DataFrame:
+    _require(df, ["patient", "slice", *LABELS], path, "CT-ICH")
+    return _ctich_frame(_integers(df, "patient", path), _integers(df, "slice", path),
+                        _binary(df, LABELS, path), path)
+
+
+def _read_ctich_original(df: pd.DataFrame, path: Path) -> pd.DataFrame:
+    _require(df, ["PatientNumber", "SliceNumber", "No_Hemorrhage", *_CTICH_ORIGINAL], path, "CT-ICH original")
+    src = _binary(df, ["No_Hemorrhage", *_CTICH_ORIGINAL], path)
+    labels = pd.DataFrame({"any": 1 - src["No_Hemorrhage"]})
+    for col, name in _CTICH_ORIGINAL.items():
+        labels[name] = src[col]
+    labels = labels[list(LABELS)].astype(np.int64)
+    return _ctich_frame(_integers(df, "PatientNumber", path), _integers(df, "SliceNumber", path), labels, path)
+
+
+def _read_hu_slices(df: pd.DataFrame, path: Path) -> pd.DataFrame:
+    _require(df, ["file", "patient", "ctich_slice", *LABELS], path, "hu-slices")
+    patients = _integers(df, "patient", path)
+    slices = _integers(df, "ctich_slice", path)
+    frame = pd.DataFrame({
+        "slice_id": [ctich_slice_id(p, s) for p, s in zip(patients, slices)],
+        "scan_id": [ctich_scan_id(p) for p in patients],
+        "patient_id": [ctich_scan_id(p) for p in patients],
+        # position within the full CT-ICH scan (its slices are numbered 1..N without gaps)
+        "slice_index": slices - 1,
+        "file": df["file"].astype(str).to_numpy(),
+    })
+    frame = pd.concat([frame, _binary(df, LABELS, path).reset_index(drop=True)], axis=1)
+    return _finish(frame, path)
+
+
+def _unknown_ids(slice_ids: Sequence[str]) -> pd.DataFrame:
+    n = len(slice_ids)
+    return pd.DataFrame({"slice_id": list(slice_ids), "scan_id": pd.Series([None] * n, dtype=object),
+                         "patient_id": pd.Series([None] * n, dtype=object),
+                         "slice_index": pd.Series([pd.NA] * n, dtype="Int64")})
+
+
+def _read_rsna_long(df: pd.DataFrame, path: Path) -> pd.DataFrame:
+    ids = df["ID"].astype(str)
+    parts = ids.str.rsplit("_", n=1)
+    sop = parts.str[0]
+    subtype = parts.str[1]
+    bad = np.flatnonzero((~subtype.isin(LABELS) | ~sop.str.startswith("ID_")).to_numpy())
+    if len(bad):
+        raise InputError(f"{path}: IDs must look like ID_<sop>_<subtype> with a subtype in {list(LABELS)}; "
+                         f"bad ID(s) {ids.iloc[bad[:3]].tolist()} at {_rows_text(path, bad)}")
+    values = _binary(df, ["Label"], path)["Label"]
+    long = pd.DataFrame({"slice_id": sop, "label": subtype, "value": values})
+    dups = long.duplicated(["slice_id", "label"], keep=False)
+    if dups.any():
+        conflict = long[dups].groupby(["slice_id", "label"])["value"].nunique()
+        conflict = conflict[conflict > 1]
+        if len(conflict):
+            raise InputError(f"{path}: conflicting labels for {len(conflict)} (slice, subtype) pair(s), e.g. "
+                             f"{conflict.index[0]}", hint="keep one label per slice and subtype")
+        long = long.drop_duplicates(["slice_id", "label"])  # RSNA stage 2 repeats some rows verbatim
+    wide = long.pivot(index="slice_id", columns="label", values="value")
+    incomplete = wide.columns.size != len(LABELS) or wide.isna().any(axis=1).any()
+    if incomplete:
+        missing_rows = wide.index[wide.reindex(columns=list(LABELS)).isna().any(axis=1)]
+        raise InputError(f"{path}: {len(missing_rows)} slice(s) lack some of the 6 subtype rows, e.g. "
+                         f"{missing_rows[0]!r}", hint="each ID_<sop> needs one row per subtype")
+    wide = wide[list(LABELS)].astype(np.int64)
+    frame = pd.concat([_unknown_ids(list(wide.index)), wide.reset_index(drop=True)], axis=1)
+    return _finish(frame, path)
+
+
+def _read_rsna_samples(df: pd.DataFrame, path: Path) -> pd.DataFrame:
+    _require(df, ["file", "sop_instance_uid", *LABELS], path, "rsna-samples")
+    frame = pd.concat([_unknown_ids(df["sop_instance_uid"].astype(str).tolist()),
+                       _binary(df, LABELS, path).reset_index(drop=True)], axis=1)
+    frame["file"] = df["file"].astype(str).to_numpy()
+    return _finish(frame, path)
+
+
+def _read_ichd(df: pd.DataFrame, path: Path) -> pd.DataFrame:
+    _require(df, ["slice_id", *ID_COLUMNS, *LABELS], path, "ichd labels")
+    frame = df[["slice_id", *ID_COLUMNS]].copy()
+    frame["slice_id"] = frame["slice_id"].astype(str)
+    frame["slice_index"] = pd.to_numeric(frame["slice_index"], errors="coerce").astype("Int64")
+    frame = pd.concat([frame.reset_index(drop=True), _binary(df, LABELS, path).reset_index(drop=True)], axis=1)
+    return _finish(frame, path)
+
+
+def read_labels(path: str | os.PathLike[str]) -> pd.DataFrame:
+    """Read a label file (format detected from its columns; see the module doc) into the common table.
+
+    Raises :class:`InputError` naming the file and rows when the file is missing, of an unknown layout, lacks
+    columns, or holds values other than 0/1.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"label file {str(path)!r} not found", hint="pass an existing CSV file")
+    try:
+        df = pd.read_csv(path, encoding="utf-8-sig", dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise InputError(f"cannot parse label file {str(path)!r}: {e}", hint="it must be a CSV file") from e
+    df.columns = [str(c).strip() for c in df.columns]
+    for c in df.columns:
+        df[c] = df[c].str.strip()
+    cols = set(df.columns)
+    if {"slice_id", "scan_id"} <= cols:
+        return _read_ichd(df, path)
+    if {"ID", "Label"} <= cols:
+        return _read_rsna_long(df, path)
+    if {"PatientNumber", "SliceNumber"} <= cols:
+        return _read_ctich_original(df, path)
+    if {"ctich_slice", "file"} <= cols:
+        return _read_hu_slices(df, path)
+    if {"sop_instance_uid", "file"} <= cols:
+        return _read_rsna_samples(df, path)
+    if {"patient", "slice"} <= cols:
+        return _read_ctich(df, path)
+    raise InputError(f"{str(path)!r} is not a known label file (columns: {list(df.columns)[:12]})",
+                     hint="supported: CT-ICH labels.csv or hemorrhage_diagnosis_original.csv, RSNA "
+                          "stage_2_train.csv (ID,Label), rsna-samples/hu-slices labels.csv, ichd labels tables")
+
+
+def attach_scans(labels: pd.DataFrame, slices: pd.DataFrame, *, how: str = "inner") -> pd.DataFrame:
+    """Fill ``scan_id``, ``patient_id`` and ``slice_index`` of ``labels`` from a slice table (a cache's
+    ``slices.csv`` / ``Cache.slices``, indexed by or holding ``slice_id``).
+
+    ``how="inner"`` keeps only labelled slices found in ``slices`` (the count dropped is logged);
+    ``how="left"`` keeps every label row (ids stay NaN where unknown).
+    """
+    if how not in ("inner", "left"):
+        raise ValueError(f"how must be 'inner' or 'left', got {how!r}")
+    table = slices
+    if "slice_id" in table.columns:
+        table = table.set_index("slice_id", drop=True)
+    missing = [c for c in ID_COLUMNS if c not in table.columns]
+    if missing:
+        raise InputError(f"slice table lacks column(s) {missing}", hint="pass a cache's slices.csv")
+    table = table[~table.index.duplicated()]
+    known = labels.index.isin(table.index)
+    out = labels.copy()
+    if how == "inner":
+        dropped = int((~known).sum())
+        if dropped:
+            log.warning("%d labelled slice(s) are not in the slice table and were dropped", dropped)
+        out = out[known]
+    ids = table.reindex(out.index)
+    for c in ID_COLUMNS:
+        have = ids[c].notna()
+        if c == "slice_index":
+            merged = out[c].astype("Int64")
+            merged[have.to_numpy()] = ids.loc[have, c].astype("Int64")
+            out[c] = merged
+        else:
+            out[c] = out[c].astype(object)
+            out.loc[have.to_numpy(), c] = ids.loc[have, c].astype(str).to_numpy()
+    return out
+
+
+def label_matrix(labels: pd.DataFrame, slice_ids: Sequence[str] | None = None) -> np.ndarray:
+    """``(n, 6)`` float32 targets in :data:`LABELS` order for ``slice_ids`` (all rows when None)."""
+    frame = labels if slice_ids is None else labels.reindex(list(slice_ids))
+    if frame[list(LABELS)].isna().any().any():
+        missing = frame.index[frame[list(LABELS)].isna().any(axis=1)]
+        raise InputError(f"{len(missing)} slice(s) have no labels, e.g. {missing[0]!r}",
+                         hint="use slices present in the label table")
+    return frame[list(LABELS)].to_numpy(dtype=np.float32)
