@@ -21,6 +21,7 @@ from ichd.errors import IchdError
 
 #: Modules under ichd.cli that add commands (each has ``register(app: typer.Typer) -> None``).
 COMMAND_MODULES: tuple[str, ...] = (
+    "ingest",
     "models",
     "preprocess",
     "evaluate",

@@ -1,0 +1,851 @@
+"""Read DICOM CT files (single files, folders, zip members, multi-frame) into :class:`~ichd.types.CTSeries`.
+
+Two passes, so non-image objects cost almost nothing:
+
+1. **Headers** (:func:`scan_headers`): every file is read with ``stop_before_pixels``. Each image becomes a
+   :class:`FrameHeader` (one per frame for multi-frame files) or the file becomes a :class:`Skipped` with a reason:
+   ``not_dicom``, ``unreadable``, ``missing_tags``, ``bad_tags`` (problems: fatal in strict mode), or
+   ``localizer``, ``dose_report``, ``secondary_capture``, ``not_ct``, ``no_pixel_data``, ``not_axial`` (objects that
+   are not axial CT slices: skipped in both modes, counted in a ``skipped_files`` warning).
+2. **Pixels** (:func:`read_dicom`): images are grouped by StudyInstanceUID/SeriesInstanceUID, the majority matrix
+   size is kept, slices are ordered along the normal (:mod:`ichd.io.geometry`), and only the kept slices are
+   decoded, in a thread pool, straight into a preallocated float32 volume (:func:`ichd.io.hu.to_hu`).
+
+Compressed transfer syntaxes decode through pydicom's plugins (pylibjpeg + pylibjpeg-libjpeg for JPEG and
+JPEG lossless, pyjpegls or pylibjpeg-libjpeg for JPEG-LS, pylibjpeg-openjpeg for JPEG 2000, pydicom itself or
+pylibjpeg-rle for RLE; Deflate is read by pydicom); GDCM is used when installed. A missing decoder raises
+:class:`~ichd.errors.DependencyError` naming the package. Nothing identifying is copied from the files: only UIDs,
+a SHA-1 prefix of PatientID (``meta["patient_id"]``) and technical facts (modality, manufacturer, kVp, syntaxes).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import struct
+import threading
+import warnings as pywarnings
+import zipfile
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+
+from ichd.errors import DependencyError, InputError
+from ichd.io.geometry import (
+    MAX_FILES_LISTED,
+    TILT_MIN_DEG,
+    SliceGeometry,
+    is_axial,
+    oblique_angle_deg,
+    order_slices,
+    slice_normal,
+)
+from ichd.io.hu import (
+    HuFixes,
+    PixelEncoding,
+    has_corrupted_intercept,
+    implausible_intercept,
+    signed_padding,
+    to_hu,
+)
+from ichd.types import CTSeries, IngestWarning
+from ichd.utils.logging import get_logger
+from ichd.utils.progress import progress_bar
+
+log = get_logger(__name__)
+
+CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
+ENHANCED_CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2.1"
+LEGACY_ENHANCED_CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2.2"
+CT_SOP_CLASSES = frozenset({CT_IMAGE_STORAGE, ENHANCED_CT_IMAGE_STORAGE, LEGACY_ENHANCED_CT_IMAGE_STORAGE})
+#: Secondary Capture Image Storage and its multi-frame variants share this prefix.
+SECONDARY_CAPTURE_PREFIX = "1.2.840.10008.5.1.4.1.1.7"
+#: Structured reports (dose SRs among them) share this prefix; they have no pixels.
+STRUCTURED_REPORT_PREFIX = "1.2.840.10008.5.1.4.1.1.88."
+DOSE_SR_SOP_CLASSES = frozenset({"1.2.840.10008.5.1.4.1.1.88.67", "1.2.840.10008.5.1.4.1.1.88.68"})
+
+#: File names and suffixes that are never DICOM; folders often hold them next to the images. Ignored silently.
+IGNORED_NAMES = frozenset({"DICOMDIR", "LOCKFILE", "VERSION", "Thumbs.db"})
+IGNORED_SUFFIXES = frozenset({
+    ".txt", ".csv", ".tsv", ".json", ".md", ".rst", ".xml", ".html", ".htm", ".pdf", ".png", ".jpg", ".jpeg",
+    ".bmp", ".gif", ".tif", ".tiff", ".nii", ".gz", ".zip", ".py", ".log", ".yaml", ".yml", ".npy", ".npz",
+    ".sha256", ".md5", ".ini", ".exe", ".dll", ".xls", ".xlsx", ".doc", ".docx",
+})
+
+#: Skip reasons that mean a broken file (strict mode raises on them), and their descriptions.
+PROBLEM_REASONS: dict[str, str] = {
+    "not_dicom": "not DICOM",
+    "unreadable": "unreadable (truncated or corrupt)",
+    "missing_tags": "missing required tags",
+    "bad_tags": "inconsistent tags",
+    "decode_failed": "pixel data could not be decoded",
+    "matrix_size": "matrix size differs from the series' majority",
+}
+#: Skip reasons for objects that are simply not axial CT slices.
+NON_IMAGE_REASONS: dict[str, str] = {
+    "localizer": "localizer/scout",
+    "dose_report": "dose report",
+    "secondary_capture": "secondary capture (pass allow_secondary_capture / --allow-secondary-capture to read as HU)",
+    "not_ct": "not CT",
+    "no_pixel_data": "no pixel data (report or other non-image object)",
+    "not_axial": "not axial (reformat)",
+}
+
+#: Package(s) to install for each compressed transfer syntax, for the missing-decoder message.
+DECODER_PACKAGES: dict[str, str] = {
+    "1.2.840.10008.1.2.4.50": "pylibjpeg pylibjpeg-libjpeg (or pillow)",
+    "1.2.840.10008.1.2.4.51": "pylibjpeg pylibjpeg-libjpeg",
+    "1.2.840.10008.1.2.4.57": "pylibjpeg pylibjpeg-libjpeg",
+    "1.2.840.10008.1.2.4.70": "pylibjpeg pylibjpeg-libjpeg",
+    "1.2.840.10008.1.2.4.80": "pyjpegls (or pylibjpeg pylibjpeg-libjpeg)",
+    "1.2.840.10008.1.2.4.81": "pyjpegls (or pylibjpeg pylibjpeg-libjpeg)",
+    "1.2.840.10008.1.2.4.90": "pylibjpeg pylibjpeg-openjpeg",
+    "1.2.840.10008.1.2.4.91": "pylibjpeg pylibjpeg-openjpeg",
+    "1.2.840.10008.1.2.4.201": "pylibjpeg pylibjpeg-openjpeg",
+    "1.2.840.10008.1.2.4.202": "pylibjpeg pylibjpeg-openjpeg",
+    "1.2.840.10008.1.2.4.203": "pylibjpeg pylibjpeg-openjpeg",
+    "1.2.840.10008.1.2.5": "pylibjpeg pylibjpeg-rle",
+}
+
+DEFLATED_SYNTAX = "1.2.840.10008.1.2.1.99"
+#: Lossy transfer syntaxes (JPEG baseline/extended, JPEG-LS near-lossless, JPEG 2000, HTJ2K lossy).
+LOSSY_SYNTAXES = frozenset({"1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.81",
+                            "1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.4.203"})
+
+#: Decoding smaller jobs than this in the calling thread is faster than starting a pool.
+MIN_SLICES_FOR_POOL = 8
+
+
+# --------------------------------------------------------------------------------------------------------------
+# sources
+
+
+@dataclass(frozen=True)
+class DicomSource:
+    """One DICOM file: a path, or a member of a zip archive (``path`` is then the archive)."""
+
+    path: str
+    member: str | None = None
+
+    @property
+    def name(self) -> str:
+        """How messages name this file."""
+        return self.path if self.member is None else f"{self.path}:{self.member}"
+
+    def open(self) -> str | IO[bytes]:
+        """What pydicom can read: the path itself, or the zip member's bytes in memory."""
+        if self.member is None:
+            return self.path
+        return io.BytesIO(_zip_handle(self.path).read(self.member))
+
+
+_ZIP_HANDLES: dict[str, zipfile.ZipFile] = {}
+_ZIP_LOCK = threading.Lock()
+
+
+def _zip_handle(path: str) -> zipfile.ZipFile:
+    """One open ZipFile per archive and process (reads from several threads are safe in CPython's zipfile)."""
+    with _ZIP_LOCK:
+        handle = _ZIP_HANDLES.get(path)
+        if handle is None:
+            handle = _ZIP_HANDLES[path] = zipfile.ZipFile(path)
+        return handle
+
+
+def close_zip_handles() -> None:
+    """Close archives opened by :class:`DicomSource` (called at the end of each read)."""
+    with _ZIP_LOCK:
+        for handle in _ZIP_HANDLES.values():
+            handle.close()
+        _ZIP_HANDLES.clear()
+
+
+def is_ignored_name(name: str) -> bool:
+    """True for files never treated as DICOM: hidden files, DICOMDIR, and known non-DICOM suffixes."""
+    base = name.replace("\\", "/").rsplit("/", 1)[-1]
+    if not base or base.startswith(".") or base in IGNORED_NAMES:
+        return True
+    return Path(base).suffix.lower() in IGNORED_SUFFIXES
+
+
+def folder_sources(folder: Path) -> tuple[list[DicomSource], list[str]]:
+    """All candidate DICOM files under ``folder`` (recursive, sorted) and the names of ignored files."""
+    sources: list[DicomSource] = []
+    ignored: list[str] = []
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d != "__MACOSX")
+        for name in sorted(files):
+            path = os.path.join(root, name)
+            if is_ignored_name(name):
+                ignored.append(path)
+            else:
+                sources.append(DicomSource(path))
+    return sources, ignored
+
+
+def zip_sources(archive: Path) -> tuple[list[DicomSource], list[str]]:
+    """All candidate DICOM members of a zip archive and the names of ignored members."""
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            infos = zf.infolist()
+    except (zipfile.BadZipFile, OSError) as e:
+        raise InputError(f"{archive}: not a readable zip archive ({e})",
+                         hint="check the file is complete, or unpack it and pass the folder") from e
+    sources: list[DicomSource] = []
+    ignored: list[str] = []
+    for info in sorted(infos, key=lambda i: i.filename):
+        if info.is_dir() or info.filename.startswith("__MACOSX/"):
+            continue
+        if is_ignored_name(info.filename):
+            ignored.append(f"{archive}:{info.filename}")
+        else:
+            sources.append(DicomSource(str(archive), info.filename))
+    return sources, ignored
+
+
+# --------------------------------------------------------------------------------------------------------------
+# headers
+
+
+@dataclass(frozen=True)
+class FrameHeader:
+    """Everything needed to place and decode one image (a single-frame file or one frame of a multi-frame file)."""
+
+    source: DicomSource
+    frame: int | None
+    study_uid: str
+    series_uid: str
+    sop_uid: str
+    geometry: SliceGeometry
+    rows: int
+    columns: int
+    pixel_spacing: tuple[float, float] | None
+    encoding: PixelEncoding
+    transfer_syntax: str
+    tilt_tag: float | None
+    slice_thickness: float | None
+    secondary_capture: bool
+    facts: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def slice_id(self) -> str:
+        """The SOPInstanceUID, with ``#<frame number>`` (1-based) for frames of a multi-frame file."""
+        return self.sop_uid if self.frame is None else f"{self.sop_uid}#{self.frame + 1}"
+
+    @property
+    def name(self) -> str:
+        return self.source.name if self.frame is None else f"{self.source.name}[frame {self.frame + 1}]"
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A file that was not used, with a reason code (see :data:`PROBLEM_REASONS`, :data:`NON_IMAGE_REASONS`)."""
+
+    name: str
+    reason: str
+    detail: str = ""
+    study_uid: str | None = None
+
+    @property
+    def is_problem(self) -> bool:
+        return self.reason in PROBLEM_REASONS
+
+    def message(self) -> str:
+        return f"{self.name}: {self.detail or PROBLEM_REASONS.get(self.reason) or NON_IMAGE_REASONS[self.reason]}"
+
+
+class _TagError(Exception):
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+def _get(ds: Any, keyword: str, default: Any = None) -> Any:
+    value = ds.get(keyword, default)
+    return default if value is None or value == "" else value
+
+
+def _floats(value: Any, n: int, tag: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(v) for v in (value if isinstance(value, Iterable) and not isinstance(value, str)
+                                          else [value]))
+    except (TypeError, ValueError) as e:
+        raise _TagError("bad_tags", f"{tag} {value!r} is not numeric") from e
+    if len(values) != n or not all(np.isfinite(values)):
+        raise _TagError("bad_tags", f"{tag} must have {n} finite values, got {value!r}")
+    return values
+
+
+def _number(value: Any, tag: str) -> float:
+    if isinstance(value, Iterable) and not isinstance(value, str | bytes):
+        value = next(iter(value), None)
+    try:
+        return float(value)
+    except (TypeError, ValueError) as e:
+        raise _TagError("bad_tags", f"{tag} {value!r} is not a number") from e
+
+
+def _require(ds: Any, keyword: str) -> Any:
+    value = _get(ds, keyword)
+    if value is None:
+        raise _TagError("missing_tags", f"required tag {keyword} is missing or empty")
+    return value
+
+
+def _sop_class(ds: Any) -> str:
+    uid = _get(ds, "SOPClassUID")
+    if uid is None and getattr(ds, "file_meta", None) is not None:
+        uid = _get(ds.file_meta, "MediaStorageSOPClassUID")
+    return str(uid or "")
+
+
+def _upper_list(value: Any) -> list[str]:
+    values = [value] if isinstance(value, str) else list(value)
+    return [str(v).upper() for v in values]
+
+
+def _image_type(ds: Any) -> list[str]:
+    return _upper_list(_get(ds, "ImageType", []))
+
+
+def _functional(ds: Any, frame: int, sequence: str) -> Any:
+    """The first item of a functional-group ``sequence`` for ``frame``: per-frame first, then shared."""
+    for groups, index in (("PerFrameFunctionalGroupsSequence", frame), ("SharedFunctionalGroupsSequence", 0)):
+        items = _get(ds, groups)
+        if items is not None and len(items) > index:
+            inner = _get(items[index], sequence)
+            if inner:
+                return inner[0]
+    return None
+
+
+def classify(ds: Any, *, allow_secondary_capture: bool) -> tuple[str, str] | None:
+    """Why a dataset is not an axial CT image (``(reason, detail)``), or ``None`` when it is one."""
+    sop_class = _sop_class(ds)
+    modality = str(_get(ds, "Modality", "")).upper()
+    image_type = _image_type(ds)
+    description = str(_get(ds, "SeriesDescription", "")).upper()
+    if sop_class in DOSE_SR_SOP_CLASSES or "DOSE" in description or any("DOSE" in t for t in image_type):
+        return "dose_report", ""
+    if sop_class.startswith(STRUCTURED_REPORT_PREFIX) or _get(ds, "Rows") is None:
+        return "no_pixel_data", f"SOP class {sop_class or 'unknown'} has no image"
+    if "LOCALIZER" in image_type or "SCOUT" in image_type or "SCOUT" in description:
+        return "localizer", ""
+    is_sc = sop_class.startswith(SECONDARY_CAPTURE_PREFIX)
+    if is_sc and not allow_secondary_capture:
+        return "secondary_capture", ""
+    if not is_sc and sop_class not in CT_SOP_CLASSES and modality != "CT":
+        return "not_ct", f"Modality {modality or 'missing'}, SOP class {sop_class or 'missing'}"
+    if is_sc and modality not in ("CT", "OT", ""):
+        return "not_ct", f"secondary capture of Modality {modality}"
+    return None
+
+
+def _encoding(ds: Any, frame_ds: Any | None) -> PixelEncoding:
+    bits_allocated = int(_require(ds, "BitsAllocated"))
+    bits_stored = int(_get(ds, "BitsStored", bits_allocated))
+    pixel_rep = int(_require(ds, "PixelRepresentation"))
+    photometric = str(_require(ds, "PhotometricInterpretation")).upper()
+    samples = int(_get(ds, "SamplesPerPixel", 1))
+    if samples != 1 or photometric not in ("MONOCHROME1", "MONOCHROME2"):
+        raise _TagError("bad_tags", f"PhotometricInterpretation {photometric} with SamplesPerPixel {samples} is a "
+                                    "colour image, not CT")
+    if bits_allocated not in (8, 16, 32) or not 1 <= bits_stored <= bits_allocated:
+        raise _TagError("bad_tags", f"BitsStored {bits_stored} / BitsAllocated {bits_allocated} are inconsistent")
+    source = frame_ds if frame_ds is not None else ds
+    slope = _number(_get(source, "RescaleSlope", 1.0), "RescaleSlope")
+    intercept = _number(_get(source, "RescaleIntercept", 0.0), "RescaleIntercept")
+    if slope == 0 or not np.isfinite(slope) or not np.isfinite(intercept):
+        raise _TagError("bad_tags", f"RescaleSlope {slope} / RescaleIntercept {intercept} are unusable")
+    padding = signed_padding(_get(ds, "PixelPaddingValue"), bits_allocated, pixel_rep)
+    limit = signed_padding(_get(ds, "PixelPaddingRangeLimit"), bits_allocated, pixel_rep)
+    return PixelEncoding(slope=slope, intercept=intercept, bits_stored=bits_stored, pixel_representation=pixel_rep,
+                         photometric=photometric, padding_value=padding, padding_limit=limit)
+
+
+def _pseudonym(ds: Any) -> str | None:
+    patient_id = _get(ds, "PatientID")
+    if patient_id is None:
+        return None
+    return hashlib.sha1(str(patient_id).encode("utf-8")).hexdigest()[:12]
+
+
+def _facts(ds: Any, transfer_syntax: str, sop_class: str) -> tuple[tuple[str, Any], ...]:
+    kvp = _get(ds, "KVP")
+    facts: dict[str, Any] = {
+        "modality": str(_get(ds, "Modality", "")),
+        "manufacturer": str(_get(ds, "Manufacturer", "")),
+        "sop_class_uid": sop_class,
+        "transfer_syntax": transfer_syntax,
+        "kvp": float(kvp) if kvp is not None else None,
+        "patient_id": _pseudonym(ds),
+    }
+    return tuple(facts.items())
+
+
+def headers_from_dataset(ds: Any, source: DicomSource, *, allow_secondary_capture: bool = False
+                         ) -> list[FrameHeader] | Skipped:
+    """Turn one header-only dataset into frame headers, or say why it is skipped."""
+    study_hint = str(_get(ds, "StudyInstanceUID", "")) or None
+    why = classify(ds, allow_secondary_capture=allow_secondary_capture)
+    if why is not None:
+        return Skipped(source.name, why[0], why[1], study_hint)
+    try:
+        return _frame_headers(ds, source)
+    except _TagError as e:
+        return Skipped(source.name, e.reason, e.detail, study_hint)
+
+
+def _frame_headers(ds: Any, source: DicomSource) -> list[FrameHeader]:
+    sop_class = _sop_class(ds)
+    file_meta = getattr(ds, "file_meta", None)
+    transfer_syntax = str(_get(file_meta, "TransferSyntaxUID", "")) if file_meta is not None else ""
+    if not transfer_syntax:
+        transfer_syntax = "1.2.840.10008.1.2"  # files without a meta header are Implicit VR Little Endian
+    study = str(_require(ds, "StudyInstanceUID"))
+    series = str(_require(ds, "SeriesInstanceUID"))
+    sop = str(_get(ds, "SOPInstanceUID") or (file_meta is not None and _get(file_meta, "MediaStorageSOPInstanceUID"))
+              or "")
+    if not sop:
+        raise _TagError("missing_tags", "required tag SOPInstanceUID is missing or empty")
+    rows, columns = int(_require(ds, "Rows")), int(_require(ds, "Columns"))
+    if rows < 1 or columns < 1:
+        raise _TagError("bad_tags", f"Rows {rows} / Columns {columns} must be positive")
+    n_frames = int(_number(_get(ds, "NumberOfFrames", 1), "NumberOfFrames"))
+    if n_frames < 1:
+        raise _TagError("bad_tags", f"NumberOfFrames {n_frames} must be positive")
+    tilt = _get(ds, "GantryDetectorTilt")
+    tilt_tag = _number(tilt, "GantryDetectorTilt") if tilt is not None else None
+    thickness = _get(ds, "SliceThickness")
+    instance = _get(ds, "InstanceNumber")
+    facts = _facts(ds, transfer_syntax, sop_class)
+    is_sc = sop_class.startswith(SECONDARY_CAPTURE_PREFIX)
+    lossy = str(_get(ds, "LossyImageCompression", "")).strip() == "01" or transfer_syntax in LOSSY_SYNTAXES
+    out: list[FrameHeader] = []
+    for frame in range(n_frames):
+        position_ds = _functional(ds, frame, "PlanePositionSequence") if n_frames > 1 else None
+        orient_ds = _functional(ds, frame, "PlaneOrientationSequence") if n_frames > 1 else None
+        measures_ds = _functional(ds, frame, "PixelMeasuresSequence") if n_frames > 1 else None
+        rescale_ds = _functional(ds, frame, "PixelValueTransformationSequence") if n_frames > 1 else None
+        frame_type_ds = _functional(ds, frame, "CTImageFrameTypeSequence") if n_frames > 1 else None
+        if frame_type_ds is not None and "LOCALIZER" in _upper_list(_get(frame_type_ds, "FrameType", [])):
+            continue
+        pos_value = _get(position_ds, "ImagePositionPatient") if position_ds is not None else None
+        if pos_value is None and (n_frames == 1 or frame == 0):
+            pos_value = _get(ds, "ImagePositionPatient")
+        ori_value = _get(orient_ds, "ImageOrientationPatient") if orient_ds is not None else None
+        if ori_value is None:
+            ori_value = _get(ds, "ImageOrientationPatient")
+        position = _floats(pos_value, 3, "ImagePositionPatient") if pos_value is not None else None
+        orientation = _floats(ori_value, 6, "ImageOrientationPatient") if ori_value is not None else None
+        if orientation is not None:
+            try:
+                axial = is_axial(orientation)
+            except ValueError as e:
+                raise _TagError("bad_tags", str(e)) from e
+            if not axial:
+                raise _TagError("not_axial", f"ImageOrientationPatient {list(orientation)} is not axial")
+        spacing_value = _get(measures_ds, "PixelSpacing") if measures_ds is not None else None
+        if spacing_value is None:
+            spacing_value = _get(ds, "PixelSpacing")
+        spacing = _floats(spacing_value, 2, "PixelSpacing") if spacing_value is not None else None
+        if spacing is not None and min(spacing) <= 0:
+            raise _TagError("bad_tags", f"PixelSpacing {list(spacing)} must be positive")
+        frame_thickness = _get(measures_ds, "SliceThickness") if measures_ds is not None else None
+        thick = frame_thickness if frame_thickness is not None else thickness
+        inst = int(_number(instance, "InstanceNumber")) if (n_frames == 1 and instance is not None) else (
+            frame + 1 if n_frames > 1 else None)
+        name = source.name if n_frames == 1 else f"{source.name}[frame {frame + 1}]"
+        out.append(FrameHeader(
+            source=source, frame=None if n_frames == 1 else frame, study_uid=study, series_uid=series, sop_uid=sop,
+            geometry=SliceGeometry(name, position, orientation, inst, int(lossy)), rows=rows, columns=columns,
+            pixel_spacing=spacing, encoding=_encoding(ds, rescale_ds), transfer_syntax=transfer_syntax,
+            tilt_tag=tilt_tag, slice_thickness=float(thick) if thick is not None else None,
+            secondary_capture=is_sc, facts=facts))
+    if not out:
+        raise _TagError("localizer", "every frame is a localizer")
+    return out
+
+
+def read_header(source: DicomSource, *, allow_secondary_capture: bool = False) -> list[FrameHeader] | Skipped:
+    """Read one file's header (no pixels) and classify it. Never raises for bad files: returns :class:`Skipped`."""
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        with pywarnings.catch_warnings(record=True) as caught:
+            pywarnings.simplefilter("always")
+            try:
+                ds = pydicom.dcmread(source.open(), stop_before_pixels=True)
+            except InvalidDicomError:
+                # some writers omit the 128-byte preamble; accept such files only if they look like images
+                ds = pydicom.dcmread(source.open(), stop_before_pixels=True, force=True)
+                if _get(ds, "SOPInstanceUID") is None and _get(ds, "Rows") is None:
+                    return Skipped(source.name, "not_dicom", "not a DICOM file (no DICM preamble, no image tags)")
+        for w in caught:
+            log.debug("%s: %s", source.name, w.message)
+    except (InvalidDicomError, EOFError) as e:
+        return Skipped(source.name, "not_dicom", f"not a DICOM file ({e})")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError, struct.error) as e:
+        return Skipped(source.name, "unreadable", f"header could not be read ({type(e).__name__}: {e})")
+    return headers_from_dataset(ds, source, allow_secondary_capture=allow_secondary_capture)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# decoding
+
+
+def check_decoders(transfer_syntaxes: Iterable[str], files: Sequence[str] = ()) -> None:
+    """Raise :class:`DependencyError` naming the package to install if a needed pixel decoder is missing."""
+    from pydicom.pixels import get_decoder
+    from pydicom.uid import UID
+
+    for ts in sorted(set(transfer_syntaxes)):
+        uid = UID(ts)
+        if not uid.is_compressed or uid.is_deflated:
+            continue
+        try:
+            available = get_decoder(uid).is_available
+        except NotImplementedError:
+            available = False
+        if not available:
+            package = DECODER_PACKAGES.get(ts, "gdcm (python-gdcm)")
+            example = f" (e.g. {files[0]})" if files else ""
+            raise DependencyError(
+                f"no decoder for transfer syntax {uid.name} ({ts}){example} is installed",
+                hint=f"install it with: pip install {package}")
+
+
+def decode_frame(header: FrameHeader) -> tuple[np.ndarray, HuFixes]:
+    """Decode one image to float32 HU (runs in worker threads)."""
+    import pydicom
+    from pydicom.pixels import pixel_array
+
+    with pywarnings.catch_warnings(record=True) as caught:
+        pywarnings.simplefilter("always")
+        src: Any = header.source.open()
+        if header.transfer_syntax == DEFLATED_SYNTAX:
+            src = pydicom.dcmread(src)  # pixel_array() reads raw files directly, which cannot inflate
+        stored = pixel_array(src, index=header.frame)
+    for w in caught:
+        log.debug("%s: %s", header.name, w.message)
+    if stored.shape != (header.rows, header.columns):
+        raise ValueError(f"decoded shape {stored.shape} does not match Rows/Columns "
+                         f"({header.rows}, {header.columns})")
+    return to_hu(stored, header.encoding)
+
+
+def _decode_error(header: FrameHeader, error: Exception) -> Exception:
+    text = str(error)
+    if isinstance(error, RuntimeError | NotImplementedError) and ("plugin" in text or "dependenc" in text):
+        package = DECODER_PACKAGES.get(header.transfer_syntax, "gdcm (python-gdcm)")
+        return DependencyError(f"{header.name}: pixel data could not be decoded ({text.splitlines()[0]})",
+                               hint=f"install the decoder with: pip install {package}")
+    return error
+
+
+# --------------------------------------------------------------------------------------------------------------
+# the reader
+
+
+@dataclass
+class DicomReadResult:
+    """Series read from a set of DICOM sources, plus files that were not used (for the caller's warnings)."""
+
+    series: list[CTSeries] = field(default_factory=list)
+    skipped: list[Skipped] = field(default_factory=list)
+
+
+def scan_headers(sources: Sequence[DicomSource], *, strict: bool = False, allow_secondary_capture: bool = False
+                 ) -> tuple[list[FrameHeader], list[Skipped]]:
+    """Read every header; in strict mode the first broken file raises :class:`InputError`."""
+    headers: list[FrameHeader] = []
+    skipped: list[Skipped] = []
+    bar = progress_bar(desc="reading DICOM headers", total=len(sources), unit="file")
+    try:
+        for source in sources:
+            result = read_header(source, allow_secondary_capture=allow_secondary_capture)
+            bar.update(1)
+            if isinstance(result, Skipped):
+                if strict and result.is_problem:
+                    raise InputError(result.message(), hint="fix or remove the file, or read without --strict")
+                skipped.append(result)
+            else:
+                headers.extend(result)
+    finally:
+        bar.close()
+    return headers, skipped
+
+
+def _dedupe_sop(frames: list[FrameHeader]) -> tuple[list[FrameHeader], list[str]]:
+    seen: dict[str, FrameHeader] = {}
+    dropped: list[str] = []
+    for f in sorted(frames, key=lambda f: (f.geometry.preference, f.name)):
+        if f.slice_id in seen:
+            dropped.append(f.name)
+        else:
+            seen[f.slice_id] = f
+    return list(seen.values()), dropped
+
+
+def _majority_matrix(frames: list[FrameHeader], strict: bool) -> tuple[list[FrameHeader], list[Skipped], str | None]:
+    sizes = Counter((f.rows, f.columns) for f in frames)
+    if len(sizes) == 1:
+        return frames, [], None
+    (rows, cols), _ = sizes.most_common(1)[0]
+    odd = [f for f in frames if (f.rows, f.columns) != (rows, cols)]
+    desc = ", ".join(f"{r}×{c}: {n}" for (r, c), n in sizes.most_common())
+    if strict:
+        raise InputError(f"series {frames[0].series_uid} mixes matrix sizes ({desc}), e.g. {odd[0].name}",
+                         hint="remove the odd files, or read without --strict to keep the majority size")
+    skipped = [Skipped(f.name, "matrix_size", f"{f.rows}×{f.columns} instead of {rows}×{cols}", f.study_uid)
+               for f in odd]
+    return [f for f in frames if (f.rows, f.columns) == (rows, cols)], skipped, desc
+
+
+def _tilt(frames: Sequence[FrameHeader]) -> tuple[float, str | None]:
+    tags = [f.tilt_tag for f in frames if f.tilt_tag is not None]
+    if tags and abs(float(np.median(tags))) >= TILT_MIN_DEG:
+        return float(np.median(tags)), "GantryDetectorTilt"
+    orientations = [f.geometry.orientation for f in frames if f.geometry.orientation is not None]
+    if orientations:
+        angle = oblique_angle_deg(Counter(orientations).most_common(1)[0][0])
+        if angle >= TILT_MIN_DEG:
+            return angle, "ImageOrientationPatient"
+    return 0.0, None
+
+
+def _most_common(values: Iterable[Any]) -> Any:
+    counts = Counter(v for v in values if v is not None)
+    return counts.most_common(1)[0][0] if counts else None
+
+
+def _plan_series(frames: list[FrameHeader], strict: bool) -> tuple[list[FrameHeader], dict[str, Any], list[Skipped]]:
+    """Order one series' frames and collect its warnings; returns the frames to decode, in order."""
+    warnings: list[IngestWarning] = []
+    frames, dup_sop = _dedupe_sop(frames)
+    if dup_sop:
+        warnings.append(IngestWarning("duplicate_instance",
+                                      f"{len(dup_sop)} file(s) repeat a SOPInstanceUID already read; kept one "
+                                      "(lossless before lossy, then by file name)",
+                                      tuple(dup_sop[:MAX_FILES_LISTED])))
+    frames, odd, sizes = _majority_matrix(frames, strict)
+    if sizes:
+        warnings.append(IngestWarning("mixed_matrix_size",
+                                      f"slices have different matrix sizes ({sizes}); kept the majority size, "
+                                      f"skipped {len(odd)} slice(s)", tuple(s.name for s in odd[:MAX_FILES_LISTED])))
+    ordering = order_slices([f.geometry for f in frames])
+    warnings.extend(ordering.warnings)
+    ordered = [frames[i] for i in ordering.order]
+    tilt, tilt_source = _tilt(ordered)
+    if tilt_source is not None:
+        warnings.append(IngestWarning(
+            "gantry_tilt",
+            f"gantry tilt {tilt:.1f}° (from {tilt_source}): slices are stacked as acquired, so the volume is "
+            "sheared along y; it is not resampled"))
+    spacings = Counter(f.pixel_spacing for f in ordered if f.pixel_spacing is not None)
+    if len(spacings) > 1:
+        warnings.append(IngestWarning("mixed_pixel_spacing",
+                                      f"slices have different PixelSpacing values {sorted(spacings)}; "
+                                      "the most common one is reported"))
+    pixel_spacing = _most_common(f.pixel_spacing for f in ordered) or (float("nan"), float("nan"))
+    dz = ordering.spacing_mm
+    if len(ordered) == 1 and not np.isfinite(dz):
+        thickness = ordered[0].slice_thickness
+        dz = float(thickness) if thickness else float("nan")
+    encodings = [f.encoding for f in ordered]
+    if any(has_corrupted_intercept(e) for e in encodings):
+        n = sum(has_corrupted_intercept(e) for e in encodings)
+        warnings.append(IngestWarning(
+            "bad_intercept_fixed",
+            f"{n} slice(s) have the RSNA corrupted-intercept pattern (BitsStored 12, unsigned, RescaleIntercept > "
+            "-100): stored values re-centred (p + 1000, minus 4096 where >= 4096) and intercept set to -1000"))
+    if any(implausible_intercept(e) for e in encodings):
+        warnings.append(IngestWarning(
+            "implausible_intercept",
+            "unsigned pixel data with RescaleIntercept > -100 cannot represent air; HU values are probably wrong "
+            "(no known fix for this BitsStored)"))
+    if any(e.photometric == "MONOCHROME1" for e in encodings):
+        warnings.append(IngestWarning("monochrome1_inverted",
+                                      "MONOCHROME1 images: stored values were inverted before the rescale"))
+    if any(f.secondary_capture for f in ordered):
+        warnings.append(IngestWarning(
+            "secondary_capture",
+            "read from Secondary Capture images: stored values (after any rescale) are taken as HU; "
+            "geometry tags may be missing"))
+    facts = [dict(f.facts) for f in ordered]
+    plan = {
+        "spacing_mm": (dz, float(pixel_spacing[0]), float(pixel_spacing[1])),
+        "positions_mm": ordering.positions_mm,
+        "tilt_deg": tilt,
+        "warnings": warnings,
+        "meta": {
+            "modality": _most_common(f["modality"] for f in facts) or "",
+            "manufacturer": _most_common(f["manufacturer"] for f in facts) or "",
+            "kvp": _most_common(f["kvp"] for f in facts),
+            "sop_class_uid": _most_common(f["sop_class_uid"] for f in facts),
+            "transfer_syntaxes": sorted({f.transfer_syntax for f in ordered}),
+            "patient_id": _most_common(f["patient_id"] for f in facts) or ordered[0].study_uid,
+            "ordering": ordering.method,
+            "tilt_source": tilt_source,
+            "gaps": [{"after_index": k, "step_mm": round(step, 4), "expected_mm": round(ordering.spacing_mm, 4)}
+                     for k, step in ordering.gaps],
+            "duplicates": [frames[d].name for d in ordering.duplicates] + dup_sop,
+            "uneven_spacing": ordering.uneven,
+            "slice_thickness_mm": _most_common(f.slice_thickness for f in ordered),
+            "multiframe": any(f.frame is not None for f in ordered),
+        },
+    }
+    if tilt_source is not None:
+        plan["meta"]["normal"] = [round(float(v), 6) for v in slice_normal(
+            _most_common(f.geometry.orientation for f in ordered))] if ordered[0].geometry.orientation else None
+    return ordered, plan, odd
+
+
+def default_workers() -> int:
+    """Default decoding threads: ``min(2, cpu_count)``."""
+    return max(1, min(2, os.cpu_count() or 1))
+
+
+def _decode_into(ordered: Sequence[FrameHeader], volume: np.ndarray, *, workers: int, strict: bool,
+                 bar: Any) -> tuple[list[int], list[Skipped], Counter[str]]:
+    """Decode frames into ``volume`` (in place); returns indices that failed, their skips, and fix counts."""
+    failed: list[int] = []
+    skipped: list[Skipped] = []
+    fixes: Counter[str] = Counter()
+
+    def work(k: int) -> tuple[int, HuFixes | Exception]:
+        try:
+            hu, fix = decode_frame(ordered[k])
+        except Exception as e:  # noqa: BLE001 - every decode failure becomes a per-file skip or error
+            return k, _decode_error(ordered[k], e)
+        volume[k] = hu
+        return k, fix
+
+    def handle(k: int, outcome: HuFixes | Exception) -> None:
+        bar.update(1)
+        if isinstance(outcome, DependencyError):
+            raise outcome
+        if isinstance(outcome, Exception):
+            skip = Skipped(ordered[k].name, "decode_failed",
+                           f"pixel data could not be decoded ({type(outcome).__name__}: {outcome})",
+                           ordered[k].study_uid)
+            if strict:
+                raise InputError(skip.message(), hint="fix or remove the file, or read without --strict")
+            failed.append(k)
+            skipped.append(skip)
+            return
+        fixes["padding"] += outcome.n_padding
+        fixes["out_of_fov"] += outcome.n_out_of_fov
+
+    if workers <= 1 or len(ordered) < MIN_SLICES_FOR_POOL:
+        for k in range(len(ordered)):
+            handle(*work(k))
+    else:
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ichd-decode") as pool:
+            for k, outcome in pool.map(work, range(len(ordered))):
+                handle(k, outcome)
+    return failed, skipped, fixes
+
+
+def read_dicom(sources: Sequence[DicomSource], *, strict: bool = False, workers: int | None = None,
+               allow_secondary_capture: bool = False, independent: bool = False) -> DicomReadResult:
+    """Read DICOM sources into one :class:`CTSeries` per StudyInstanceUID/SeriesInstanceUID.
+
+    Args:
+        sources: files or zip members (see :func:`folder_sources`, :func:`zip_sources`).
+        strict: raise :class:`InputError` on the first broken file (unreadable, missing/inconsistent tags, failed
+            decode, odd matrix size) instead of skipping it with a warning.
+        workers: decoding threads (default :func:`default_workers`).
+        allow_secondary_capture: read Secondary Capture images (Modality CT/OT) as CT in HU.
+        independent: every image becomes its own one-slice series (``series_instance_uid`` is then the
+            image's SOPInstanceUID; the real one is in ``meta["source_series_instance_uid"]``).
+    """
+    headers, skipped = scan_headers(sources, strict=strict, allow_secondary_capture=allow_secondary_capture)
+    if headers:
+        check_decoders({h.transfer_syntax for h in headers},
+                       [h.name for h in headers if h.transfer_syntax])
+    groups: dict[tuple[str, str], list[FrameHeader]] = defaultdict(list)
+    for h in headers:
+        if independent:
+            h = replace(h, series_uid=h.slice_id, facts=h.facts + (("source_series_instance_uid", h.series_uid),))
+        groups[(h.study_uid, h.series_uid)].append(h)
+
+    plans = []
+    for (study, series), frames in groups.items():
+        ordered, plan, odd = _plan_series(frames, strict)
+        skipped.extend(odd)
+        plans.append((study, series, ordered, plan))
+
+    n_total = sum(len(p[2]) for p in plans)
+    n_workers = workers if workers is not None else default_workers()
+    result = DicomReadResult(skipped=skipped)
+    bar = progress_bar(desc="decoding DICOM", total=n_total, unit="slice")
+    try:
+        for study, series, ordered, plan in plans:
+            rows, cols = ordered[0].rows, ordered[0].columns
+            volume = np.empty((len(ordered), rows, cols), dtype=np.float32)
+            failed, bad, fixes = _decode_into(ordered, volume, workers=n_workers, strict=strict, bar=bar)
+            skipped.extend(bad)
+            keep = [k for k in range(len(ordered)) if k not in set(failed)]
+            if not keep:
+                continue
+            if failed:
+                volume = volume[keep]
+            warnings = list(plan["warnings"])
+            if fixes["padding"] or fixes["out_of_fov"]:
+                plan["meta"]["air_fill"] = {"padding": int(fixes["padding"]), "out_of_fov": int(fixes["out_of_fov"])}
+            meta = plan["meta"]
+            if independent:
+                meta["source_series_instance_uid"] = dict(ordered[0].facts).get("source_series_instance_uid")
+            meta["n_files"] = len({f.source for f in ordered})
+            result.series.append(CTSeries(
+                hu=volume,
+                spacing_mm=plan["spacing_mm"],
+                positions_mm=np.asarray(plan["positions_mm"], dtype=np.float64)[keep],
+                sop_instance_uids=[ordered[k].slice_id for k in keep],
+                study_instance_uid=study,
+                series_instance_uid=series,
+                tilt_deg=plan["tilt_deg"],
+                warnings=warnings,
+                source=_common_source([ordered[k].source for k in keep]),
+                source_kind="dicom",
+                meta=meta,
+            ))
+    finally:
+        bar.close()
+        close_zip_handles()
+    return result
+
+
+def _common_source(sources: Sequence[DicomSource]) -> str:
+    if len(sources) == 1:
+        return sources[0].name
+    if all(s.member is not None for s in sources):
+        return sources[0].path
+    try:
+        return os.path.commonpath([s.path for s in sources])
+    except ValueError:
+        return sources[0].path
+
+
+def skipped_warnings(skipped: Sequence[Skipped]) -> list[IngestWarning]:
+    """Summarise skipped files as warnings: one ``skipped_files`` warning per reason kind (problems / non-images)."""
+    out: list[IngestWarning] = []
+    for code, table in (("skipped_files", PROBLEM_REASONS), ("skipped_non_image", NON_IMAGE_REASONS)):
+        chosen = [s for s in skipped if s.reason in table]
+        if not chosen:
+            continue
+        counts = Counter(s.reason for s in chosen)
+        desc = ", ".join(f"{n} {table[r]}" for r, n in counts.most_common())
+        first = chosen[0].message()
+        out.append(IngestWarning(code, f"skipped {len(chosen)} file(s): {desc} (first: {first})",
+                                 tuple(s.name for s in chosen[:MAX_FILES_LISTED])))
+    return out
