@@ -1,0 +1,124 @@
+"""build_cache / open_cache: layout, round trip, resume, refusal to mix settings, failures."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ichd.errors import InputError
+from ichd.io.images import read_ctich_patient
+from ichd.preprocessing.cache import build_cache, open_cache, safe_file_stem
+from ichd.preprocessing.config import PreprocessConfig
+from ichd.preprocessing.pipeline import preprocess_series
+
+CFG = PreprocessConfig(image_size=16)
+
+
+def _ctich_root(root: Path, patients: dict[int, int]) -> Path:
+    rng = np.random.default_rng(0)
+    for p, n in patients.items():
+        for window in ("brain", "bone"):
+            d = root / window / f"{p:03d}"
+            d.mkdir(parents=True)
+            for s in range(1, n + 1):
+                Image.fromarray(rng.integers(0, 256, (24, 24), dtype=np.uint8)).save(d / f"{s:03d}.jpg")
+    return root
+
+
+def test_build_and_open_round_trip(tmp_path: Path) -> None:
+    root = _ctich_root(tmp_path / "ctich", {49: 4, 50: 3})
+    out = tmp_path / "cache"
+    summary = build_cache([root], out, CFG, workers=0)
+    assert (summary.written, summary.slices_written, summary.total_slices, summary.failed) == (2, 7, 7, [])
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "series", "slices.csv"]
+    cache = open_cache(out)
+    assert cache.scan_ids == ["ctich-049", "ctich-050"] and len(cache) == 2 and "ctich-049" in cache
+    arr = cache.array("ctich-049")
+    assert arr.shape == (4, 3, 16, 16) and arr.dtype == np.uint8 and isinstance(arr, np.memmap)
+    expected = preprocess_series(read_ctich_patient(root, 49), CFG)
+    np.testing.assert_array_equal(arr, expected)
+    np.testing.assert_array_equal(cache.slice_image("ctich-049-002"), expected[1])
+    rows = cache.scan_slices("ctich-050")
+    assert rows["slice_id"].tolist() == ["ctich-050-001", "ctich-050-002", "ctich-050-003"]
+    assert rows["slice_index"].tolist() == [0, 1, 2] and rows["patient_id"].unique().tolist() == ["ctich-050"]
+    assert rows["z_mm"].isna().all()  # JPGs carry no geometry
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["preprocess"]["image_size"] == 16 and manifest["version"] == 1
+    assert {e["file"] for e in manifest["series"]} == {"series/ctich-049.npy", "series/ctich-050.npy"}
+    with pytest.raises(InputError):
+        cache.array("nope")
+    with pytest.raises(InputError):
+        cache.slice_image("nope")
+
+
+def test_resume_skips_done_and_rebuilds_lost(tmp_path: Path) -> None:
+    root = _ctich_root(tmp_path / "ctich", {49: 2, 50: 2, 51: 2})
+    out = tmp_path / "cache"
+    first = build_cache([root], out, CFG, workers=0, patients=[49])
+    assert first.written == 1
+    second = build_cache([root], out, CFG, workers=0)
+    assert (second.written, second.skipped_inputs, second.total_series) == (2, 1, 3)
+    mtime = (out / "series" / "ctich-049.npy").stat().st_mtime_ns
+    third = build_cache([root], out, CFG, workers=0)
+    assert (third.written, third.skipped_inputs) == (0, 3)
+    assert (out / "series" / "ctich-049.npy").stat().st_mtime_ns == mtime
+    (out / "series" / "ctich-050.npy").unlink()
+    fourth = build_cache([root], out, CFG, workers=0)
+    assert fourth.written == 1 and len(open_cache(out).slices) == 6
+
+
+def test_parallel_build_matches_serial(tmp_path: Path) -> None:
+    root = _ctich_root(tmp_path / "ctich", {49: 3, 50: 2, 51: 2})
+    build_cache([root], tmp_path / "a", CFG, workers=0)
+    build_cache([root], tmp_path / "b", CFG, workers=2)
+    a, b = open_cache(tmp_path / "a"), open_cache(tmp_path / "b")
+    for scan in a.scan_ids:
+        np.testing.assert_array_equal(a.array(scan), b.array(scan))
+    assert sorted(a.slices.index) == sorted(b.slices.index)
+
+
+def test_refuses_other_settings_and_foreign_folders(tmp_path: Path) -> None:
+    root = _ctich_root(tmp_path / "ctich", {49: 2})
+    out = tmp_path / "cache"
+    build_cache([root], out, CFG, workers=0)
+    with pytest.raises(InputError, match="different preprocessing"):
+        build_cache([root], out, PreprocessConfig(image_size=32), workers=0)
+    # a different normalisation preset does not change the cached arrays: resume is allowed
+    assert build_cache([root], out, CFG.replace(normalization="half"), workers=0).skipped_inputs == 1
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "keep.txt").write_text("user data")
+    with pytest.raises(InputError, match="not empty"):
+        build_cache([root], foreign, CFG, workers=0)
+    assert (foreign / "keep.txt").read_text() == "user data"
+    with pytest.raises(InputError, match="does not exist"):
+        build_cache([tmp_path / "missing"], tmp_path / "c2", CFG)
+
+
+def test_failed_input_is_reported_and_others_cached(tmp_path: Path) -> None:
+    root = _ctich_root(tmp_path / "ctich", {49: 2, 50: 2})
+    (root / "brain" / "050" / "002.jpg").write_bytes(b"broken")
+    summary = build_cache([root], tmp_path / "cache", CFG, workers=0)
+    assert summary.written == 1 and len(summary.failed) == 1 and "050" in summary.failed[0][0]
+    assert open_cache(tmp_path / "cache").scan_ids == ["ctich-049"]
+
+
+def test_open_cache_errors(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="not an ichd cache"):
+        open_cache(tmp_path)
+    (tmp_path / "manifest.json").write_text("{broken")
+    with pytest.raises(InputError, match="not a valid"):
+        open_cache(tmp_path)
+    (tmp_path / "manifest.json").write_text(json.dumps({"version": 99, "preprocess": {}, "series": []}))
+    with pytest.raises(InputError, match="version"):
+        open_cache(tmp_path)
+
+
+def test_safe_file_stem() -> None:
+    assert safe_file_stem("1.2.840.113619") == "1.2.840.113619"
+    assert safe_file_stem("a/b c") == "a_b_c"
+    assert safe_file_stem("..") == "_.."
