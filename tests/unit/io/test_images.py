@@ -225,3 +225,18 @@ def test_read_image_folder_all_unreadable(tmp_path: Path) -> None:
     (tmp_path / "a.png").write_bytes(b"junk")
     with pytest.raises(InputError, match="could be read"):
         read_image_folder(tmp_path, (40, 80))
+
+
+def test_packaged_demo_study_reads_as_ctich_root() -> None:
+    from ichd.data.labels import read_labels
+    from ichd.paths import package_resource
+
+    demo = package_resource("resources", "demo")
+    assert is_ctich_root(demo) and ctich_patients(demo) == [71]
+    series = read_ctich_patient(demo, 71)
+    assert series.hu.shape == (29, 650, 650) and not series.warnings
+    labels = read_labels(demo / "labels.csv")
+    assert labels.index.tolist() == series.sop_instance_uids
+    assert int(labels["any"].sum()) == 19
+    size = sum(p.stat().st_size for p in demo.rglob("*") if p.is_file())
+    assert size < 2_000_000
