@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
@@ -12,11 +13,11 @@ def register(app: typer.Typer) -> None:
 
     @app.command("preprocess")
     def preprocess(
-        inputs: list[Path] = typer.Argument(
-            ..., help="CT inputs: a CT-ICH root (brain/ + bone/ JPG folders), DICOM files/folders/zips, NIfTI "
-                      "files, or folders of windowed PNG/JPG slices (then give --window)."),
-        out: Path = typer.Option(..., "--out", "-o", help="Cache folder to create or resume (manifest.json, "
-                                                          "slices.csv, series/<scan_id>.npy)."),
+        inputs: Annotated[list[Path], typer.Argument(
+            help="CT inputs: a CT-ICH root (brain/ + bone/ JPG folders), DICOM files/folders/zips, NIfTI "
+                      "files, or folders of windowed PNG/JPG slices (then give --window).")],
+        out: Annotated[Path, typer.Option("--out", "-o", help="Cache folder to create or resume (manifest.json, "
+                                                              "slices.csv, series/<scan_id>.npy).")],
         size: int = typer.Option(256, "--size", help="Output slice size S in pixels (S x S)."),
         dtype: str = typer.Option("uint8", "--dtype",
                                   help="Cached pixel type: uint8 (0..255, compact) or float16 (0..1)."),

@@ -135,9 +135,8 @@ def _process_input(item: CacheInput, out: str, cfg_dict: dict[str, Any],
             continue
         arr = preprocess_series(series, cfg)
         rel = f"{SERIES_DIR}/{safe_file_stem(scan_id)}.npy"
-        with atomic_path(Path(out) / rel) as tmp:
-            with open(tmp, "wb") as f:
-                np.save(f, arr)
+        with atomic_path(Path(out) / rel) as tmp, open(tmp, "wb") as f:
+            np.save(f, arr)
         patient_id = _patient_id(series)
         entries.append({
             "scan_id": scan_id, "patient_id": patient_id, "study_instance_uid": series.study_instance_uid,
@@ -392,8 +391,9 @@ def open_cache(root: str | os.PathLike[str]) -> Cache:
                          hint="build one with: ichd preprocess INPUT --out CACHE")
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
-        manifest["preprocess"], manifest["series"]  # noqa: B018 - presence check
-    except (ValueError, KeyError) as e:
+        if not isinstance(manifest.get("preprocess"), dict) or not isinstance(manifest.get("series"), list):
+            raise KeyError("preprocess/series")
+    except (ValueError, KeyError, AttributeError) as e:
         raise InputError(f"{path} is not a valid cache manifest ({e})", hint="rebuild the cache") from e
     if manifest.get("version") != CACHE_VERSION:
         raise InputError(f"{path} has cache version {manifest.get('version')!r}; this ichd reads {CACHE_VERSION}",
