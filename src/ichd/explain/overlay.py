@@ -1,0 +1,190 @@
+"""Heat-map overlays on the brain window: as an RGB array (for reports, DICOM SC) or a labelled figure (PNG).
+
+The CT slice is shown in the brain window (L40/W80) in grayscale. The Grad-CAM map (values in [0, 1], relative
+to its own maximum) is drawn with a perceptually uniform colour map at partial opacity, and only where it is at
+least ``min_value`` so that faint, meaningless activation does not tint the whole brain. Figures carry a colour
+bar legend (the hidden range is greyed out on it), a title with the class and its probability, and the slice
+index. Rendering uses matplotlib's object API with the Agg canvas (no pyplot state, no display needed).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ichd.constants import LABEL_ABBREVIATIONS, SEED_WINDOWS
+from ichd.errors import InputError
+from ichd.utils.files import atomic_path
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+#: Display window (level, width) in HU: the seed's brain window.
+BRAIN_WINDOW: tuple[float, float] = SEED_WINDOWS["brain"]
+#: Perceptually uniform colour map; its dark-blue low end stays visible over grey tissue.
+DEFAULT_CMAP = "plasma"
+#: Opacity of the heat map where it is shown.
+DEFAULT_ALPHA = 0.5
+#: Map values below this (relative to the map's maximum) are not drawn.
+DEFAULT_MIN_VALUE = 0.2
+
+
+def display_image(image: np.ndarray, window: tuple[float, float] | None = BRAIN_WINDOW) -> np.ndarray:
+    """A 2-D slice as float32 gray in [0, 1].
+
+    With ``window=(level, width)`` the image is taken as Hounsfield units and windowed; with ``window=None`` it
+    is already a display image (uint8 0..255, or float in [0, 1]).
+    """
+    from ichd.preprocessing.windows import apply_window
+
+    img = np.asarray(image)
+    if img.ndim != 2:
+        raise InputError(f"overlay image must be a 2-D slice, got shape {img.shape}")
+    if window is not None:
+        return np.asarray(apply_window(img.astype(np.float32), *window), dtype=np.float32)
+    if img.dtype == np.uint8:
+        return img.astype(np.float32) / 255.0
+    return np.clip(img.astype(np.float32), 0.0, 1.0)
+
+
+def resize_map(cam_map: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Bilinearly resize a 2-D map to ``shape`` (the original matrix), keeping values in the input's range."""
+    from skimage.transform import resize
+
+    cam = np.asarray(cam_map, dtype=np.float32)
+    if cam.ndim != 2:
+        raise InputError(f"heat map must be 2-D, got shape {cam.shape}")
+    if cam.shape == tuple(shape):
+        return cam
+    out = resize(cam, shape, order=1, mode="edge", anti_aliasing=False, preserve_range=True)
+    return np.clip(np.nan_to_num(out.astype(np.float32)), float(cam.min(initial=0.0)), float(cam.max(initial=0.0)))
+
+
+def _heat_rgba(cam: np.ndarray, cmap: str, alpha: float, min_value: float) -> np.ndarray:
+    """(H, W, 4) float colours of the map, alpha 0 below ``min_value``."""
+    from matplotlib import colormaps
+
+    rgba = colormaps[cmap](np.clip(cam, 0.0, 1.0))
+    rgba[..., 3] = np.where(cam >= min_value, alpha, 0.0)
+    return rgba
+
+
+def overlay(image: np.ndarray, cam_map: np.ndarray, *, window: tuple[float, float] | None = BRAIN_WINDOW,
+            cmap: str = DEFAULT_CMAP, alpha: float = DEFAULT_ALPHA,
+            min_value: float = DEFAULT_MIN_VALUE) -> np.ndarray:
+    """Blend a heat map onto a slice: (H, W, 3) uint8 RGB at the image's size.
+
+    Args:
+        image: 2-D slice in HU (windowed with ``window``) or a display image (``window=None``).
+        cam_map: 2-D map in [0, 1] (any size; resized to the image).
+        cmap / alpha / min_value: colour map, opacity, and the value below which nothing is drawn.
+    """
+    if not 0.0 <= alpha <= 1.0:
+        raise InputError(f"alpha must be in [0, 1], got {alpha}")
+    gray = display_image(image, window)
+    cam = resize_map(cam_map, gray.shape)
+    heat = _heat_rgba(cam, cmap, alpha, min_value)
+    a = heat[..., 3:4]
+    rgb = (1.0 - a) * gray[..., None] + a * heat[..., :3]
+    return np.clip(np.round(rgb * 255.0), 0, 255).astype(np.uint8)
+
+
+def draw_overlay(ax: Axes, image: np.ndarray, cam_map: np.ndarray | None, *,
+                 window: tuple[float, float] | None = BRAIN_WINDOW, cmap: str = DEFAULT_CMAP,
+                 alpha: float = DEFAULT_ALPHA, min_value: float = DEFAULT_MIN_VALUE):
+    """Draw the slice (and the map, when given) on ``ax``; returns the heat image artist (or None) for a colour bar."""
+    from matplotlib.colors import Normalize
+
+    gray = display_image(image, window)
+    ax.imshow(gray, cmap="gray", vmin=0.0, vmax=1.0, interpolation="bilinear")
+    artist = None
+    if cam_map is not None:
+        cam = resize_map(cam_map, gray.shape)
+        shown = np.ma.masked_less(cam, min_value)
+        artist = ax.imshow(shown, cmap=cmap, norm=Normalize(0.0, 1.0), alpha=alpha, interpolation="bilinear")
+    ax.set_axis_off()
+    return artist
+
+
+def add_colorbar(fig: Figure, axes, *, cmap: str = DEFAULT_CMAP, min_value: float = DEFAULT_MIN_VALUE,
+                 label: str = "Grad-CAM (relative to the map's maximum)"):
+    """A 0..1 colour bar beside ``axes``; the range below ``min_value`` (not drawn on the image) is greyed out."""
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
+    mappable = ScalarMappable(norm=Normalize(0.0, 1.0), cmap=cmap)
+    cbar = fig.colorbar(mappable, ax=axes, fraction=0.046, pad=0.02)
+    cbar.set_label(label, fontsize=8)
+    cbar.ax.tick_params(labelsize=7)
+    if min_value > 0:
+        cbar.ax.axhspan(0.0, min_value, color="0.85", zorder=3)
+        cbar.ax.text(0.5, min_value / 2, "not\nshown", ha="center", va="center", fontsize=6,
+                     transform=cbar.ax.get_yaxis_transform(), zorder=4)
+    return cbar
+
+
+def class_title(class_name: str, probability: float | None) -> str:
+    """``"Subdural (SDH) p=0.87"``: the class and its probability for titles and labels."""
+    abbrev = LABEL_ABBREVIATIONS.get(class_name, class_name.upper())
+    name = class_name if class_name != "any" else "any hemorrhage"
+    text = f"{name[0].upper()}{name[1:]} ({abbrev})"
+    return text if probability is None else f"{text} p={probability:.2f}"
+
+
+def overlay_figure(image: np.ndarray, cam_map: np.ndarray, *, class_name: str, probability: float | None,
+                   slice_index: int | None = None, threshold: float | None = None, subtitle: str | None = None,
+                   window: tuple[float, float] | None = BRAIN_WINDOW, cmap: str = DEFAULT_CMAP,
+                   alpha: float = DEFAULT_ALPHA, min_value: float = DEFAULT_MIN_VALUE,
+                   side_by_side: bool = True, dpi: int = 100) -> Figure:
+    """A labelled overlay figure: [plain brain window |] slice + heat map, colour bar, title.
+
+    The title gives the class, its probability (and the operating threshold when given) and the slice index
+    (0 = most inferior), so a PNG is self-explanatory when opened on its own.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    ncols = 2 if side_by_side else 1
+    fig = Figure(figsize=(4.2 * ncols + 0.8, 4.6), dpi=dpi)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, ncols, squeeze=False)[0]
+    if side_by_side:
+        draw_overlay(axes[0], image, None, window=window)
+        axes[0].set_title(_window_caption(window), fontsize=8)
+    draw_overlay(axes[-1], image, cam_map, window=window, cmap=cmap, alpha=alpha, min_value=min_value)
+    axes[-1].set_title(f"Grad-CAM, shown where ≥ {min_value:g}", fontsize=8)
+    add_colorbar(fig, list(axes), cmap=cmap, min_value=min_value)
+    title = class_title(class_name, probability)
+    if threshold is not None:
+        title += f" (threshold {threshold:.2f})"
+    if slice_index is not None:
+        title += f" — slice {slice_index}"
+    fig.suptitle(title, fontsize=11)
+    if subtitle:
+        fig.text(0.5, 0.01, subtitle, ha="center", va="bottom", fontsize=7, color="0.3")
+    return fig
+
+
+def _window_caption(window: tuple[float, float] | None) -> str:
+    if window is None:
+        return "slice"
+    return f"brain window L{window[0]:g}/W{window[1]:g}"
+
+
+def save_figure(fig: Figure, path: str | os.PathLike[str], *, dpi: int | None = None) -> None:
+    """Write ``fig`` as a PNG atomically (complete or absent) and free it."""
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi or fig.dpi, bbox_inches="tight")
+    fig.clear()
+
+
+def figure_png_bytes(fig: Figure, *, dpi: int | None = None) -> bytes:
+    """The figure as PNG bytes (for embedding in HTML reports), then free it."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi or fig.dpi, bbox_inches="tight")
+    fig.clear()
+    return buf.getvalue()

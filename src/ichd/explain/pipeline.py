@@ -1,0 +1,251 @@
+"""From a CT series and a slice CNN to Grad-CAM evidence for every positive finding.
+
+:func:`explain_series` runs the model over the series (the one preprocessing path,
+:func:`ichd.preprocessing.pipeline.preprocess_series`), flags every (slice, class) whose probability reaches the
+operating threshold, and computes a Grad-CAM map for each flagged pair. :func:`write_series_explanation` turns
+the result into one overlay PNG per finding, one montage per scan and an ``explain.json`` index::
+
+    OUT/<scan>/overlays/slice_<i:03d>_<class>.png
+    OUT/<scan>/montage.png                (only when something was flagged)
+    OUT/<scan>/explain.json               thresholds, model, and per finding: slice, class, p, file
+
+Maps are kept at the model's input resolution and mapped back onto the original matrix (undoing the square
+padding and the resize of the preprocessing) only when drawn.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ichd.constants import LABEL_ABBREVIATIONS, LABELS
+from ichd.errors import InputError
+from ichd.explain.gradcam import CamMethod, GradCAM, class_index
+from ichd.utils.logging import get_logger
+from ichd.utils.progress import progress
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from ichd.preprocessing.config import PreprocessConfig
+    from ichd.types import CTSeries
+
+log = get_logger(__name__)
+
+#: Slices per Grad-CAM forward/backward pass (bounded memory on CPU).
+DEFAULT_BATCH_SIZE = 8
+
+
+@dataclass
+class Finding:
+    """One flagged (slice, class) with its map at the model's input resolution ((S, S), values in [0, 1])."""
+
+    slice_index: int
+    class_name: str
+    probability: float
+    threshold: float
+    cam: np.ndarray
+
+
+@dataclass
+class SeriesExplanation:
+    """Grad-CAM evidence for one series: per-slice probabilities and the flagged findings."""
+
+    scan_id: str
+    probabilities: np.ndarray  # (z, 6) in LABELS order
+    thresholds: dict[str, float]
+    classes: tuple[str, ...]
+    method: str
+    findings: list[Finding] = field(default_factory=list)
+
+    def flagged_slices(self) -> list[int]:
+        """Sorted indices of slices with at least one finding."""
+        return sorted({f.slice_index for f in self.findings})
+
+
+def map_to_image(cam: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Map a (S, S) map of the model input back onto the original (H, W) matrix.
+
+    The preprocessing centre-pads a non-square slice to a square of side max(H, W) and resizes it to S; this
+    resizes the map to that square and crops the padding away.
+    """
+    from ichd.explain.overlay import resize_map
+
+    h, w = int(shape[0]), int(shape[1])
+    s = max(h, w)
+    square = resize_map(cam, (s, s))
+    top, left = (s - h) // 2, (s - w) // 2
+    return np.ascontiguousarray(square[top:top + h, left:left + w])
+
+
+def model_input(series: CTSeries, preprocess: PreprocessConfig) -> np.ndarray:
+    """The series as the slice CNN's input: uint8 (z, 3, S, S) windows (the model normalises internally)."""
+    from ichd.preprocessing.pipeline import preprocess_series
+
+    return preprocess_series(series, preprocess)
+
+
+def slice_probabilities(model: nn.Module, x: np.ndarray, *, device: torch.device | str = "cpu",
+                        batch_size: int = 32) -> np.ndarray:
+    """Sigmoid probabilities (z, num_classes) of the slice CNN for model input ``x`` (z, 3, S, S)."""
+    import torch
+
+    model.eval()
+    out = []
+    with torch.no_grad():
+        for i in progress(range(0, len(x), batch_size), desc="scoring slices", unit="batch"):
+            xb = torch.from_numpy(np.ascontiguousarray(x[i:i + batch_size])).to(device)
+            out.append(torch.sigmoid(model(xb).float()).cpu().numpy())
+    return np.concatenate(out, axis=0) if out else np.zeros((0, len(LABELS)), np.float32)
+
+
+def resolve_classes(classes: Sequence[str | int] | None) -> tuple[str, ...]:
+    """Class names (LABELS order, no duplicates) from names/abbreviations/indices; None means all six."""
+    if not classes:
+        return LABELS
+    idx = sorted({class_index(c) for c in classes})
+    return tuple(LABELS[i] for i in idx)
+
+
+def explain_series(series: CTSeries, model: nn.Module, preprocess: PreprocessConfig, *,
+                   thresholds: Mapping[str, float], classes: Sequence[str | int] | None = None,
+                   probabilities: np.ndarray | None = None, scan_id: str | None = None,
+                   method: CamMethod = "gradcam", device: torch.device | str = "cpu",
+                   batch_size: int = DEFAULT_BATCH_SIZE) -> SeriesExplanation:
+    """Grad-CAM maps for every slice/class of ``series`` whose probability is at least its threshold.
+
+    Args:
+        series: the CT series (HU).
+        model: a registered slice CNN (eval mode, on ``device``).
+        preprocess: the preprocessing the model was trained with (from its checkpoint).
+        thresholds: label -> operating threshold; every class in ``classes`` needs one.
+        classes: classes to explain (names, abbreviations or indices); default all six.
+        probabilities: (z, 6) probabilities that decide what is flagged (e.g. the full predictor's output);
+            default the slice CNN's own probabilities.
+        scan_id: name of the scan in outputs; default the series' SeriesInstanceUID.
+    """
+    import torch
+
+    names = resolve_classes(classes)
+    missing = [c for c in names if c not in thresholds]
+    if missing:
+        raise InputError(f"no operating threshold for {', '.join(missing)}",
+                         hint="pass --threshold, or use a checkpoint that stores thresholds")
+    x = model_input(series, preprocess)
+    probs = probabilities if probabilities is not None else slice_probabilities(
+        model, x, device=device, batch_size=max(batch_size, 16))
+    probs = np.asarray(probs, dtype=np.float32)
+    if probs.shape != (len(x), len(LABELS)):
+        raise InputError(f"probabilities have shape {probs.shape}, expected ({len(x)}, {len(LABELS)})")
+    flagged: dict[int, list[str]] = {}
+    for i in range(len(x)):
+        hits = [c for c in names if probs[i, LABELS.index(c)] >= float(thresholds[c])]
+        if hits:
+            flagged[i] = hits
+    result = SeriesExplanation(scan_id=scan_id or series.series_instance_uid, probabilities=probs,
+                               thresholds={c: float(thresholds[c]) for c in names}, classes=names,
+                               method=method)
+    if not flagged:
+        return result
+    cam = GradCAM(model, method=method)
+    slices = sorted(flagged)
+    for start in progress(range(0, len(slices), batch_size), desc="Grad-CAM", unit="batch"):
+        batch = slices[start:start + batch_size]
+        needed = sorted({c for i in batch for c in flagged[i]}, key=LABELS.index)
+        xb = torch.from_numpy(np.ascontiguousarray(x[batch])).to(device)
+        maps = cam.compute(xb, needed).maps  # (b, len(needed), S, S)
+        for bi, i in enumerate(batch):
+            for c in flagged[i]:
+                k = needed.index(c)
+                result.findings.append(Finding(slice_index=i, class_name=c,
+                                               probability=float(probs[i, LABELS.index(c)]),
+                                               threshold=float(thresholds[c]), cam=maps[bi, k].copy()))
+    log.info("scan %s: %d findings on %d of %d slices", result.scan_id, len(result.findings), len(slices), len(x))
+    return result
+
+
+def _tile_label(slice_index: int, findings: list[Finding], shown: Finding) -> str:
+    probs = " ".join(f"{LABEL_ABBREVIATIONS[f.class_name]} {f.probability:.2f}" for f in findings)
+    return f"slice {slice_index}: {probs}\nmap: {LABEL_ABBREVIATIONS[shown.class_name]}"
+
+
+def _tile_finding(findings: list[Finding]) -> Finding:
+    """The finding whose map a montage tile shows: the most probable subtype, else 'any'."""
+    subtypes = [f for f in findings if f.class_name != "any"]
+    return max(subtypes or findings, key=lambda f: f.probability)
+
+
+def write_series_explanation(series: CTSeries, expl: SeriesExplanation, out_dir: str | Path, *,
+                             model_info: Mapping[str, Any] | None = None,
+                             window: tuple[float, float] | None = None, dpi: int = 100) -> dict[str, Any]:
+    """Write the overlay PNGs, the montage and ``explain.json`` of one series; returns the index dict.
+
+    Every file is written atomically. ``window`` is the display window (default the brain window L40/W80).
+    """
+    from ichd.explain.montage import MontageTile, montage_figure
+    from ichd.explain.overlay import BRAIN_WINDOW, class_title, overlay_figure, save_figure
+    from ichd.preprocessing.cache import safe_file_stem
+    from ichd.utils.files import atomic_write_text
+
+    window = window or BRAIN_WINDOW
+    root = Path(out_dir) / safe_file_stem(expl.scan_id)
+    shape = tuple(series.hu.shape[1:])
+    entries: list[dict[str, Any]] = []
+    by_slice: dict[int, list[Finding]] = {}
+    for f in progress(expl.findings, desc="overlays", unit="png"):
+        by_slice.setdefault(f.slice_index, []).append(f)
+        rel = f"overlays/slice_{f.slice_index:03d}_{f.class_name}.png"
+        fig = overlay_figure(series.hu[f.slice_index], map_to_image(f.cam, shape), class_name=f.class_name,
+                             probability=f.probability, threshold=f.threshold, slice_index=f.slice_index,
+                             subtitle=f"{expl.method}; slice 0 = most inferior", window=window, dpi=dpi)
+        save_figure(fig, root / rel)
+        entries.append({"slice_index": f.slice_index, "sop_instance_uid": series.sop_instance_uids[f.slice_index],
+                        "class": f.class_name, "probability": round(f.probability, 6),
+                        "threshold": f.threshold, "overlay": rel})
+    montage_rel = None
+    if by_slice:
+        tiles = []
+        for i in sorted(by_slice):
+            shown = _tile_finding(by_slice[i])
+            tiles.append(MontageTile(series.hu[i], map_to_image(shown.cam, shape), _tile_label(i, by_slice[i], shown)))
+        flagged_names = sorted({f.class_name for f in expl.findings}, key=LABELS.index)
+        title = (f"{len(by_slice)} of {series.n_slices} slices flagged — "
+                 + ", ".join(class_title(c, None) for c in flagged_names))
+        montage_rel = "montage.png"
+        save_figure(montage_figure(tiles, title=title, window=window, dpi=dpi), root / montage_rel)
+    index = {
+        "scan_id": expl.scan_id,
+        "n_slices": int(series.n_slices),
+        "method": expl.method,
+        "classes": list(expl.classes),
+        "thresholds": expl.thresholds,
+        "model": dict(model_info or {}),
+        "flagged_slices": expl.flagged_slices(),
+        "montage": montage_rel,
+        "findings": entries,
+        "slice_probabilities": [[round(float(v), 6) for v in row] for row in expl.probabilities],
+        "labels": list(LABELS),
+    }
+    atomic_write_text(root / "explain.json", json.dumps(index, indent=2, allow_nan=False))
+    return index
+
+
+def default_thresholds(value: float | None, stored: Mapping[str, float] | None) -> dict[str, float]:
+    """Operating thresholds: ``value`` for every class when given, else the stored ones, else 0.5 (logged)."""
+    if value is not None:
+        if not 0.0 < value < 1.0 or math.isnan(value):
+            raise InputError(f"threshold must be between 0 and 1, got {value}")
+        return {c: float(value) for c in LABELS}
+    out = {c: 0.5 for c in LABELS}
+    if stored:
+        out.update({c: float(v) for c, v in stored.items() if c in LABELS})
+    else:
+        log.warning("the model stores no operating thresholds; using 0.5 for every class")
+    return out
