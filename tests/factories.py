@@ -13,6 +13,7 @@ below -1500 HU become -1024).
 
 from __future__ import annotations
 
+import hashlib
 import io
 import math
 from collections.abc import Sequence
@@ -28,7 +29,6 @@ from pydicom.uid import (
     DeflatedExplicitVRLittleEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
-    generate_uid,
 )
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
@@ -38,8 +38,9 @@ UNCOMPRESSED = {ExplicitVRLittleEndian, ImplicitVRLittleEndian, DeflatedExplicit
 
 
 def uid(*parts: object) -> str:
-    """A deterministic valid UID from ``parts``."""
-    return generate_uid(prefix=None, entropy_srcs=[str(p) for p in parts])
+    """A deterministic valid UID from ``parts`` (``2.25.`` + a 128-bit hash, the UUID-derived UID form)."""
+    digest = hashlib.sha256("|".join(str(p) for p in parts).encode()).hexdigest()[:32]
+    return f"2.25.{int(digest, 16)}"
 
 
 def phantom_hu(rows: int = 64, cols: int = 64, z: float = 0.0) -> np.ndarray:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import re
 import struct
 import threading
 import warnings as pywarnings
@@ -231,6 +232,7 @@ class FrameHeader:
     tilt_tag: float | None
     slice_thickness: float | None
     secondary_capture: bool
+    invalid_uids: tuple[str, ...] = ()
     facts: tuple[tuple[str, Any], ...] = ()
 
     @property
@@ -265,6 +267,14 @@ class _TagError(Exception):
         super().__init__(detail)
         self.reason = reason
         self.detail = detail
+
+
+_UID_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
+
+
+def is_valid_uid(value: str) -> bool:
+    """True for a syntactically valid DICOM UID (digits and dots, no leading zeros, at most 64 characters)."""
+    return len(value) <= 64 and bool(_UID_RE.match(value))
 
 
 def _get(ds: Any, keyword: str, default: Any = None) -> Any:
@@ -334,7 +344,9 @@ def classify(ds: Any, *, allow_secondary_capture: bool) -> tuple[str, str] | Non
     description = str(_get(ds, "SeriesDescription", "")).upper()
     if sop_class in DOSE_SR_SOP_CLASSES or "DOSE" in description or any("DOSE" in t for t in image_type):
         return "dose_report", ""
-    if sop_class.startswith(STRUCTURED_REPORT_PREFIX) or _get(ds, "Rows") is None:
+    if sop_class.startswith(STRUCTURED_REPORT_PREFIX) or (
+            _get(ds, "Rows") is None and sop_class not in CT_SOP_CLASSES
+            and not sop_class.startswith(SECONDARY_CAPTURE_PREFIX)):
         return "no_pixel_data", f"SOP class {sop_class or 'unknown'} has no image"
     if "LOCALIZER" in image_type or "SCOUT" in image_type or "SCOUT" in description:
         return "localizer", ""
@@ -415,6 +427,11 @@ def _frame_headers(ds: Any, source: DicomSource) -> list[FrameHeader]:
               or "")
     if not sop:
         raise _TagError("missing_tags", "required tag SOPInstanceUID is missing or empty")
+    invalid_uids = tuple(f"{kw} {value!r}" for kw, value in (("StudyInstanceUID", study),
+                                                            ("SeriesInstanceUID", series), ("SOPInstanceUID", sop))
+                         if not is_valid_uid(value))
+    if _get(ds, "Rows") is None:
+        raise _TagError("missing_tags", "image tag Rows is missing (truncated file?)")
     rows, columns = int(_require(ds, "Rows")), int(_require(ds, "Columns"))
     if rows < 1 or columns < 1:
         raise _TagError("bad_tags", f"Rows {rows} / Columns {columns} must be positive")
@@ -468,20 +485,24 @@ def _frame_headers(ds: Any, source: DicomSource) -> list[FrameHeader]:
             geometry=SliceGeometry(name, position, orientation, inst, int(lossy)), rows=rows, columns=columns,
             pixel_spacing=spacing, encoding=_encoding(ds, rescale_ds), transfer_syntax=transfer_syntax,
             tilt_tag=tilt_tag, slice_thickness=float(thick) if thick is not None else None,
-            secondary_capture=is_sc, facts=facts))
+            secondary_capture=is_sc, invalid_uids=invalid_uids, facts=facts))
     if not out:
         raise _TagError("localizer", "every frame is a localizer")
     return out
 
 
 def read_header(source: DicomSource, *, allow_secondary_capture: bool = False) -> list[FrameHeader] | Skipped:
-    """Read one file's header (no pixels) and classify it. Never raises for bad files: returns :class:`Skipped`."""
+    """Read one file's header (no pixels) and classify it. Never raises for bad files: returns :class:`Skipped`.
+
+    pydicom's own warnings (e.g. "Invalid value for VR UI") are recorded and logged at debug level with the file
+    name; the problems that matter become :class:`IngestWarning` s (e.g. ``invalid_uid``).
+    """
     import pydicom
     from pydicom.errors import InvalidDicomError
 
-    try:
-        with pywarnings.catch_warnings(record=True) as caught:
-            pywarnings.simplefilter("always")
+    with pywarnings.catch_warnings(record=True) as caught:
+        pywarnings.simplefilter("always")
+        try:
             try:
                 ds = pydicom.dcmread(source.open(), stop_before_pixels=True)
             except InvalidDicomError:
@@ -489,13 +510,14 @@ def read_header(source: DicomSource, *, allow_secondary_capture: bool = False) -
                 ds = pydicom.dcmread(source.open(), stop_before_pixels=True, force=True)
                 if _get(ds, "SOPInstanceUID") is None and _get(ds, "Rows") is None:
                     return Skipped(source.name, "not_dicom", "not a DICOM file (no DICM preamble, no image tags)")
-        for w in caught:
-            log.debug("%s: %s", source.name, w.message)
-    except (InvalidDicomError, EOFError) as e:
-        return Skipped(source.name, "not_dicom", f"not a DICOM file ({e})")
-    except (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError, struct.error) as e:
-        return Skipped(source.name, "unreadable", f"header could not be read ({type(e).__name__}: {e})")
-    return headers_from_dataset(ds, source, allow_secondary_capture=allow_secondary_capture)
+            return headers_from_dataset(ds, source, allow_secondary_capture=allow_secondary_capture)
+        except (InvalidDicomError, EOFError) as e:
+            return Skipped(source.name, "not_dicom", f"not a DICOM file ({e})")
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError, struct.error) as e:
+            return Skipped(source.name, "unreadable", f"header could not be read ({type(e).__name__}: {e})")
+        finally:
+            for w in caught:
+                log.debug("%s: %s", source.name, w.message)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -528,14 +550,10 @@ def decode_frame(header: FrameHeader) -> tuple[np.ndarray, HuFixes]:
     import pydicom
     from pydicom.pixels import pixel_array
 
-    with pywarnings.catch_warnings(record=True) as caught:
-        pywarnings.simplefilter("always")
-        src: Any = header.source.open()
-        if header.transfer_syntax == DEFLATED_SYNTAX:
-            src = pydicom.dcmread(src)  # pixel_array() reads raw files directly, which cannot inflate
-        stored = pixel_array(src, index=header.frame)
-    for w in caught:
-        log.debug("%s: %s", header.name, w.message)
+    src: Any = header.source.open()
+    if header.transfer_syntax == DEFLATED_SYNTAX:
+        src = pydicom.dcmread(src)  # pixel_array() reads raw files directly, which cannot inflate
+    stored = pixel_array(src, index=header.frame)
     if stored.shape != (header.rows, header.columns):
         raise ValueError(f"decoded shape {stored.shape} does not match Rows/Columns "
                          f"({header.rows}, {header.columns})")
@@ -675,6 +693,12 @@ def _plan_series(frames: list[FrameHeader], strict: bool) -> tuple[list[FrameHea
     if any(e.photometric == "MONOCHROME1" for e in encodings):
         warnings.append(IngestWarning("monochrome1_inverted",
                                       "MONOCHROME1 images: stored values were inverted before the rescale"))
+    invalid = sorted({u for f in ordered for u in f.invalid_uids})
+    if invalid:
+        warnings.append(IngestWarning(
+            "invalid_uid",
+            f"not valid DICOM UIDs (pseudo-IDs?), kept as given: {', '.join(invalid[:3])}"
+            f"{' ...' if len(invalid) > 3 else ''}; DICOM files written from this series need real UIDs"))
     if any(f.secondary_capture for f in ordered):
         warnings.append(IngestWarning(
             "secondary_capture",
@@ -745,13 +769,19 @@ def _decode_into(ordered: Sequence[FrameHeader], volume: np.ndarray, *, workers:
         fixes["padding"] += outcome.n_padding
         fixes["out_of_fov"] += outcome.n_out_of_fov
 
-    if workers <= 1 or len(ordered) < MIN_SLICES_FOR_POOL:
-        for k in range(len(ordered)):
-            handle(*work(k))
-    else:
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ichd-decode") as pool:
-            for k, outcome in pool.map(work, range(len(ordered))):
-                handle(k, outcome)
+    # warnings filters are process-wide, so pydicom's decode warnings (e.g. a BitsStored that differs from the
+    # JPEG 2000 precision) are recorded here in the calling thread and logged at debug level
+    with pywarnings.catch_warnings(record=True) as caught:
+        pywarnings.simplefilter("always")
+        if workers <= 1 or len(ordered) < MIN_SLICES_FOR_POOL:
+            for k in range(len(ordered)):
+                handle(*work(k))
+        else:
+            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ichd-decode") as pool:
+                for k, outcome in pool.map(work, range(len(ordered))):
+                    handle(k, outcome)
+    for message in sorted({str(w.message) for w in caught}):
+        log.debug("while decoding %s: %s", ordered[0].series_uid, message)
     return failed, skipped, fixes
 
 

@@ -93,8 +93,13 @@ def _listed(names: Sequence[str]) -> tuple[str, ...]:
 
 
 def _majority_orientation(slices: Sequence[SliceGeometry]) -> tuple[float, ...]:
-    counts = Counter(tuple(round(v, 4) for v in s.orientation) for s in slices if s.orientation is not None)
-    return counts.most_common(1)[0][0]
+    """The exact orientation of the first slice whose (rounded) orientation is the most common one."""
+    def key(o: Sequence[float]) -> tuple[float, ...]:
+        return tuple(round(v, 4) for v in o)
+
+    counts = Counter(key(s.orientation) for s in slices if s.orientation is not None)
+    best = counts.most_common(1)[0][0]
+    return next(tuple(s.orientation) for s in slices if s.orientation is not None and key(s.orientation) == best)
 
 
 def order_slices(slices: Sequence[SliceGeometry]) -> Ordering:

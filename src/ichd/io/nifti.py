@@ -35,12 +35,16 @@ def _digest(path: Path) -> str:
     return h.hexdigest()
 
 
+def _uid_from(digest: str, kind: str) -> str:
+    """A deterministic ``2.25.<128-bit integer>`` UID (the UUID-derived UID form) from a file digest."""
+    return f"2.25.{int(hashlib.sha256(f'ichd-nifti-{kind}-{digest}'.encode()).hexdigest()[:32], 16)}"
+
+
 def read_nifti(path: str | os.PathLike[str]) -> CTSeries:
     """Read one NIfTI file as a HU :class:`CTSeries` (see the module docstring for the conventions)."""
     import nibabel as nib
     from nibabel.filebasedimages import ImageFileError
     from nibabel.orientations import axcodes2ornt, io_orientation, ornt_transform
-    from pydicom.uid import generate_uid
 
     p = Path(path)
     try:
@@ -86,8 +90,7 @@ def read_nifti(path: str | os.PathLike[str]) -> CTSeries:
         warnings.append(IngestWarning("not_hu", "values do not look like HU (no air near -1000 HU): check the "
                                                 "file's scl_slope/scl_inter"))
     digest = _digest(p)
-    study = generate_uid(prefix=None, entropy_srcs=["ichd-nifti-study", digest])
-    series = generate_uid(prefix=None, entropy_srcs=["ichd-nifti-series", digest])
+    study, series = _uid_from(digest, "study"), _uid_from(digest, "series")
     return CTSeries(
         hu=hu,
         spacing_mm=(zooms[2], zooms[1], zooms[0]),
