@@ -25,6 +25,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "models",
     "preprocess",
     "evaluate",
+    "predict",
 )
 
 HELP = """ichd — intracranial hemorrhage detection and subtype classification on head CT.

@@ -1,0 +1,79 @@
+"""``ichd predict``: a CT study in; per-slice and per-scan subtype probabilities, evidence and reports out."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``predict`` command to ``app``."""
+
+    @app.command("predict")
+    def predict(
+        input_path: Path | None = typer.Argument(
+            None, metavar="INPUT",
+            help="CT input: a DICOM file, folder or zip; a NIfTI file; a CT-ICH root or patient folder; or a folder "
+                 "of windowed PNG/JPG slices (then give --window). Leave out with --demo."),
+        demo: bool = typer.Option(False, "--demo", help="Predict the demo study shipped with ichd (no data needed)."),
+        model: str = typer.Option("default", "--model", "-m",
+                                  help="Bundled model name (`ichd models list`; 'default' is the shipped model), "
+                                       "a model bundle folder, or a checkpoint .pt file."),
+        out: Path | None = typer.Option(None, "--out", "-o",
+                                        help="Output folder for prediction.json, report.html and dicom/. Without "
+                                             "it the JSON result is printed to stdout."),
+        fmt: str | None = typer.Option(None, "--format", "-f",
+                                       help="Comma-separated outputs: json, html, dicom (default json,html with "
+                                            "--out; json without)."),
+        tta: bool = typer.Option(False, "--tta", help="Test-time augmentation: average over flips and shifts "
+                                                      "(about 4x the CNN time)."),
+        gradcam: bool = typer.Option(True, "--gradcam/--no-gradcam",
+                                     help="Grad-CAM heat maps on the flagged slices in the HTML and DICOM outputs."),
+        series: str | None = typer.Option(None, "--series", help="Predict only the series with this "
+                                                                 "SeriesInstanceUID (default: every series)."),
+        device: str = typer.Option("auto", "--device", help="auto, cpu or cuda[:N]."),
+        window: str | None = typer.Option(None, "--window", help="LEVEL,WIDTH in HU of windowed PNG/JPG slice "
+                                                                "folders (e.g. 40,80)."),
+        independent: bool = typer.Option(False, "--independent",
+                                         help="Treat every image as its own one-slice scan (e.g. a folder of "
+                                              "unrelated RSNA slices)."),
+        strict: bool = typer.Option(False, "--strict", help="Fail on the first broken file instead of skipping it "
+                                                            "with a warning."),
+        overwrite: bool = typer.Option(False, "--overwrite", help="Replace results already in --out."),
+        batch_size: int = typer.Option(16, "--batch-size", min=1,
+                                       help="Slices per chunk through preprocessing and the CNN (bounds memory)."),
+    ) -> None:
+        """Predict intracranial hemorrhage subtypes for every series of INPUT (research use only).
+
+        Writes a versioned JSON result (per-scan and per-slice probabilities, thresholds, warnings, timings), a
+        self-contained HTML report with Grad-CAM evidence, and optionally DICOM SR + Secondary Capture objects.
+        """
+        from ichd.errors import InputError
+        from ichd.inference.run import PredictOptions, parse_formats, run_predict
+        from ichd.paths import package_resource
+
+        if demo:
+            if input_path is not None:
+                raise InputError("give either INPUT or --demo, not both", hint="drop --demo to read your files")
+            input_path = package_resource("resources", "demo")
+            if not input_path.exists():
+                raise InputError(f"the bundled demo study is missing ({input_path})",
+                                 hint="reinstall ichd (scripts/install.sh)")
+        if input_path is None:
+            raise InputError("no INPUT given", hint="pass a DICOM/NIfTI/image path, or --demo (see ichd predict --help)")
+        opts = PredictOptions(model=model, out=out, formats=parse_formats(fmt, has_out=out is not None), tta=tta,
+                              gradcam=gradcam, series_uid=series, device=device, window=window,
+                              independent=independent, strict=strict, overwrite=overwrite, batch_size=batch_size)
+        result = run_predict(input_path, opts)
+        if out is None:
+            typer.echo(result.json_text, nl=False)
+            return
+        for r in result.results:
+            pred = r.prediction
+            calls = [lab for lab, v in pred.scan_positive.items() if v]
+            verdict = ("positive: " + ", ".join(calls)) if calls else "negative"
+            p_any = float(pred.scan_probs[list(pred.labels).index("any")])
+            typer.echo(f"series {pred.series_instance_uid}: {pred.slice_probs.shape[0]} slices, "
+                       f"any={p_any:.3f} -> {verdict}; {len(pred.warnings)} warning(s)", err=True)
+        typer.echo(f"wrote {len(result.files)} file(s) to {out}", err=True)

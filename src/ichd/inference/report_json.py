@@ -1,0 +1,115 @@
+"""The versioned JSON result of ``ichd predict`` and its JSON Schema.
+
+One :class:`~ichd.types.Prediction` becomes one JSON object (layout: ``resources/schemas/prediction-v1.schema.json``,
+``schema_version`` "1.0"); several series of one input become an array of such objects. Consumers should check
+``schema_version``; a breaking change of the layout gets a new schema file and version.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from functools import lru_cache
+from typing import Any
+
+from ichd import __version__
+from ichd.errors import ModelError
+from ichd.paths import package_resource
+from ichd.types import Prediction
+
+#: Version written into every result (``schema_version``) and the schema file that describes it.
+SCHEMA_VERSION = "1.0"
+SCHEMA_FILE = "prediction-v1.schema.json"
+
+
+def schema_path():
+    """Path of the JSON Schema file shipped in the package."""
+    return package_resource("resources", "schemas", SCHEMA_FILE)
+
+
+@lru_cache(maxsize=1)
+def load_schema() -> dict[str, Any]:
+    """The JSON Schema (draft 2020-12) of a prediction result."""
+    return json.loads(schema_path().read_text(encoding="utf-8"))
+
+
+def _prob(x: float) -> float:
+    """A probability as a JSON number rounded to 6 decimals (plenty for reports; keeps files small)."""
+    return round(float(x), 6)
+
+
+def _z(value: float) -> float | None:
+    return None if not math.isfinite(float(value)) else round(float(value), 4)
+
+
+def prediction_to_dict(pred: Prediction, *, flagged: Sequence[tuple[int, str, float]] = (),
+                       input_kind: str | None = None, generated_uids: bool | None = None) -> dict[str, Any]:
+    """The JSON-able result for one series.
+
+    Args:
+        pred: the prediction.
+        flagged: ``(slice index, label, probability)`` of the slices shown as evidence (Grad-CAM).
+        input_kind: ``CTSeries.source_kind`` ("dicom", "nifti", "images", "ctich").
+        generated_uids: True when ichd generated the study/series UIDs (non-DICOM input).
+    """
+    labels = list(pred.labels)
+    model: dict[str, Any] = {k: str(pred.model[k]) for k in ("name", "version", "sha256")}
+    if "scan_rule" in pred.model:
+        model["scan_rule"] = str(pred.model["scan_rule"])
+    if "tta" in pred.model:
+        model["tta"] = str(pred.model["tta"]).lower() in ("1", "true", "yes", "on")
+    out: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "ichd_version": __version__,
+        "model": model,
+    }
+    if input_kind is not None:
+        out["input_kind"] = input_kind
+    if generated_uids is not None:
+        out["generated_uids"] = bool(generated_uids)
+    out.update({
+        "study_instance_uid": pred.study_instance_uid,
+        "series_instance_uid": pred.series_instance_uid,
+        "n_slices": int(pred.slice_probs.shape[0]),
+        "labels": labels,
+        "scan": {lab: _prob(pred.scan_probs[i]) for i, lab in enumerate(labels)},
+        "scan_positive": pred.scan_positive,
+        "thresholds": {lab: _prob(pred.thresholds[lab]) for lab in labels},
+        "slices": [
+            {
+                "index": i,
+                "sop_instance_uid": pred.sop_instance_uids[i],
+                "z_mm": _z(pred.positions_mm[i]),
+                "probabilities": {lab: _prob(pred.slice_probs[i, j]) for j, lab in enumerate(labels)},
+            }
+            for i in range(pred.slice_probs.shape[0])
+        ],
+    })
+    if flagged:
+        out["flagged_slices"] = [{"index": int(i), "label": str(lab), "probability": _prob(p)}
+                                 for i, lab, p in flagged]
+    out["warnings"] = [w.to_dict() for w in pred.warnings]
+    out["timing_s"] = {k: round(float(v), 4) for k, v in pred.timing_s.items()}
+    return out
+
+
+def validate_result(data: Any) -> None:
+    """Check ``data`` (one result object or a list of them) against the schema.
+
+    Raises :class:`ModelError` naming the first offending field: a result that fails its own schema is an ichd
+    bug, never something a user can fix, so it must not be written.
+    """
+    import jsonschema
+
+    validator = jsonschema.Draft202012Validator(load_schema())
+    errors = sorted(validator.iter_errors(data), key=lambda e: list(e.absolute_path))
+    if errors:
+        err = errors[0]
+        where = "/".join(str(p) for p in err.absolute_path) or "(top level)"
+        raise ModelError(f"prediction result does not match {SCHEMA_FILE} at {where}: {err.message}")
+
+
+def dumps(data: Any) -> str:
+    """Serialise a result (object or list) as indented JSON text ending in a newline."""
+    return json.dumps(data, indent=2, allow_nan=False) + "\n"
