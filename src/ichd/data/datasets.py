@@ -68,7 +68,9 @@ class SliceDataset:
         labels: label table indexed by ``slice_id`` (:func:`ichd.data.labels.read_labels`); without it items have
             no ``"target"``.
         transform: callable on the float32 ``(C, S, S)`` [0, 1] numpy image (e.g.
-            :func:`ichd.data.augment.train_augmentation`), applied before normalisation.
+            :func:`ichd.data.augment.train_augmentation`), applied before normalisation; a transform with
+            ``accepts_uint8 = True`` gets the raw uint8 slice (0..255) of a uint8 cache instead, and must return
+            float32 in [0, 1].
         normalization: ``None``/``"none"`` (keep [0, 1]), a preset name (``"seed"``, ``"half"``) or
             ``(mean, std)``.
     """
@@ -103,9 +105,13 @@ class SliceDataset:
         if not -len(self) <= i < len(self):
             raise IndexError(f"index {i} out of range for {len(self)} slices")
         i = int(i) % len(self)
-        img = self.image(i)
-        if self.transform is not None:
-            img = np.asarray(self.transform(img), dtype=np.float32)
+        raw = np.asarray(self.cache.array(self._scan[i])[self._index[i]])
+        if self.transform is not None and raw.dtype == np.uint8 and getattr(self.transform, "accepts_uint8", False):
+            img = np.asarray(self.transform(raw), dtype=np.float32)
+        elif self.transform is not None:
+            img = np.asarray(self.transform(_to_float(raw)), dtype=np.float32)
+        else:
+            img = _to_float(raw)
         if self._norm is not None:
             img = (img - self._norm[0]) / self._norm[1]
         item: dict[str, Any] = {"image": torch.from_numpy(np.ascontiguousarray(img)),

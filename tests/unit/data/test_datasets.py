@@ -89,16 +89,18 @@ def test_scan_dataset_and_pad_collate(cache_and_labels: tuple[Path, pd.DataFrame
 
 
 def test_train_augmentation_shapes_and_determinism() -> None:
-    img = np.random.default_rng(0).random((3, 32, 32)).astype(np.float32)
+    # images as they come from a uint8 cache (multiples of 1/255): the 8-bit augmentation path is lossless for them
+    img = np.random.default_rng(0).integers(0, 256, (3, 32, 32)).astype(np.float32) / np.float32(255)
     a = train_augmentation(seed=1)(img)
     b = train_augmentation(seed=1)(img)
     assert a.shape == img.shape and a.dtype == np.float32
     np.testing.assert_array_equal(a, b)
     assert 0.0 <= a.min() and a.max() <= 1.0
     off = train_augmentation({"hflip_p": 0, "affine_p": 0, "brightness_contrast_p": 0})
-    np.testing.assert_array_equal(off(img), img)
+    np.testing.assert_allclose(off(img), img, atol=1e-7)
     flip = train_augmentation({"hflip_p": 1, "affine_p": 0, "brightness_contrast_p": 0})
-    np.testing.assert_array_equal(flip(img), img[:, :, ::-1])
+    np.testing.assert_allclose(flip(img), img[:, :, ::-1], atol=1e-7)
+    assert not np.allclose(a, img)
     with pytest.raises(ConfigError):
         AugmentConfig(hflip_p=2)
     with pytest.raises(ValueError):
@@ -116,3 +118,16 @@ def test_balanced_sampler() -> None:
         balanced_sampler(y, positive_fraction=1.0)
     with pytest.raises(InputError):
         balanced_sampler(frame, label="subdural")
+
+
+def test_uint8_transform_path_matches_float_path(cache_and_labels: tuple[Path, pd.DataFrame]) -> None:
+    path, labels = cache_and_labels
+    identity = train_augmentation({"hflip_p": 0, "affine_p": 0, "brightness_contrast_p": 0})
+    assert identity.accepts_uint8
+    with_aug = SliceDataset(path, transform=identity, normalization="half")
+    plain = SliceDataset(path, normalization="half")
+    for i in range(len(plain)):
+        torch.testing.assert_close(with_aug[i]["image"], plain[i]["image"])
+    flipped = SliceDataset(path, transform=train_augmentation({"hflip_p": 1, "affine_p": 0,
+                                                               "brightness_contrast_p": 0}))
+    torch.testing.assert_close(flipped[0]["image"], SliceDataset(path)[0]["image"].flip(-1))
