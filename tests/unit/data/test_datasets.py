@@ -121,7 +121,7 @@ def test_balanced_sampler() -> None:
 
 
 def test_uint8_transform_path_matches_float_path(cache_and_labels: tuple[Path, pd.DataFrame]) -> None:
-    path, labels = cache_and_labels
+    path, _ = cache_and_labels
     identity = train_augmentation({"hflip_p": 0, "affine_p": 0, "brightness_contrast_p": 0})
     assert identity.accepts_uint8
     with_aug = SliceDataset(path, transform=identity, normalization="half")
