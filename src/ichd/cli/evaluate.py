@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Annotated
 
 import typer
 
@@ -19,29 +19,36 @@ Writes OUT/metrics.json, OUT/thresholds.json, OUT/report.md, OUT/report.html (se
 
 
 def evaluate_command(
-    predictions: Path = typer.Argument(..., help="Predictions: ichd CSV, predict JSON file/folder, or RSNA "
-                                                 "submission CSV."),
-    labels: Path = typer.Argument(..., help="Labels: CT-ICH labels.csv, RSNA stage_2_train.csv or ichd labels "
-                                            "CSV."),
-    out: Path = typer.Option(..., "--out", "-o", help="Output folder (must be empty or new unless --overwrite)."),
-    scans: Optional[Path] = typer.Option(None, "--scans", help="CSV slice_id,scan_id[,patient_id] giving scan "
-                                         "(and patient) membership when the inputs do not carry it. Without any "
-                                         "scan membership only slice-level metrics are reported."),
-    thresholds_from: Optional[Path] = typer.Option(
-        None, "--thresholds-from", help="Choose the Youden and fixed-sensitivity thresholds on these VALIDATION "
+    predictions: Annotated[Path, typer.Argument(help="Predictions: ichd CSV, predict JSON file/folder, or RSNA "
+                                                     "submission CSV.")],
+    labels: Annotated[Path, typer.Argument(help="Labels: CT-ICH labels.csv, RSNA stage_2_train.csv or ichd "
+                                                "labels CSV.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (must be empty or new unless "
+                                                          "--overwrite).")],
+    scans: Annotated[Path | None, typer.Option(
+        "--scans", help="CSV slice_id,scan_id[,patient_id] giving scan (and patient) membership when the inputs "
+        "do not carry it. Without any scan membership only slice-level metrics are reported.")] = None,
+    thresholds_from: Annotated[Path | None, typer.Option(
+        "--thresholds-from", help="Choose the Youden and fixed-sensitivity thresholds on these VALIDATION "
         "predictions (or take them from a thresholds.json of an earlier evaluation) and apply them unchanged "
-        "here. Without it they are chosen on the evaluated data (optimistic; the report says so)."),
-    thresholds_labels: Optional[Path] = typer.Option(
-        None, "--thresholds-labels", help="Labels for the --thresholds-from predictions (default: LABELS)."),
-    sensitivity: float = typer.Option(0.95, "--sensitivity", help="Target sensitivity of the fixed-sensitivity "
-                                      "operating point."),
-    bootstrap: int = typer.Option(1000, "--bootstrap", help="Bootstrap replicates for the 95% intervals "
-                                  "(resampling patients); 0 turns intervals off."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap (same seed, same intervals)."),
-    bins: int = typer.Option(10, "--bins", help="Equal-width bins of the reliability diagrams and ECE."),
-    readers: Optional[Path] = typer.Option(None, "--readers", help="Reader study to compare with at scan level: "
-                                           "CQ500 reads.csv or a CSV scan_id,reader,<label columns> (0/1)."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Allow writing into a non-empty OUT folder."),
+        "here. Without it they are chosen on the evaluated data (optimistic; the report says so).")] = None,
+    thresholds_labels: Annotated[Path | None, typer.Option(
+        "--thresholds-labels", help="Labels for the --thresholds-from predictions (default: LABELS).")] = None,
+    sensitivity: Annotated[float, typer.Option(
+        "--sensitivity", help="Target sensitivity of the fixed-sensitivity operating point.")] = 0.95,
+    bootstrap: Annotated[int, typer.Option(
+        "--bootstrap", help="Bootstrap replicates for the 95% intervals (resampling patients); 0 turns "
+        "intervals off.")] = 1000,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the bootstrap (same seed, same intervals).")] = 0,
+    bins: Annotated[int, typer.Option("--bins", help="Equal-width bins of the reliability diagrams and "
+                                                     "ECE.")] = 10,
+    readers: Annotated[Path | None, typer.Option(
+        "--readers", help="Reader study to compare with at scan level: CQ500 reads.csv or a CSV "
+        "scan_id,reader,<label columns> (0/1). Case names must equal scan or patient ids.")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Allow writing into a non-empty OUT "
+                                                                "folder.")] = False,
+    no_plots: Annotated[bool, typer.Option("--no-plots", help="Skip the figures (faster; the report then has "
+                                                              "tables only).")] = False,
 ) -> None:
     from ichd.evaluation.report import evaluate_files
 
@@ -49,7 +56,8 @@ def evaluate_command(
         raise typer.BadParameter("--bins must be >= 1")
     ev, paths = evaluate_files(predictions, labels, out, scans=scans, thresholds_from=thresholds_from,
                                thresholds_labels=thresholds_labels, sensitivity=sensitivity, n_boot=bootstrap,
-                               seed=seed, n_bins=bins, readers=readers, overwrite=overwrite)
+                               seed=seed, n_bins=bins, readers=readers, overwrite=overwrite,
+                               plots=not no_plots)
     m = ev.metrics
     w = m["rsna_weighted_log_loss"]
     ci = w.get("overall_ci95")

@@ -25,7 +25,8 @@ _EXPORTS = {
     "write_report": "report",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = ["CumulativeMetrics", "choose_threshold", "choose_thresholds", "evaluate", "evaluate_files",
+           "weighted_log_loss", "write_report"]
 
 
 def __getattr__(name: str) -> Any:

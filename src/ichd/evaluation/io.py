@@ -133,6 +133,7 @@ def _read_ichd_csv(df: pd.DataFrame, source: str) -> PredictionSet:
     lines = pd.Series([f"line {i + 2}" for i in range(len(df))], index=df.index)
     if df["slice_id"].isna().any():
         raise InputError(f"{source}: empty slice_id in {_listing(lines[df['slice_id'].isna()].tolist())}")
+    lines = lines + " [" + df["slice_id"].astype(str) + "]"
     check_probabilities(df, source, where=lines)
     _check_unique(df["slice_id"], source, "slice_id", lines)
     out = pd.DataFrame({lab: df[lab].to_numpy(np.float64) for lab in LABELS}, index=df["slice_id"].astype(str))

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullLocator
 
 from ichd.constants import LABEL_ABBREVIATIONS, LABELS
 from ichd.evaluation.calibration import expected_calibration_error, reliability_curve
@@ -147,6 +148,7 @@ def reliability_figure(y: np.ndarray, p: np.ndarray, *, level: str, n_bins: int 
         hist.bar((curve.bin_low + curve.bin_high) / 2, curve.count, width=1.0 / n_bins * 0.9, color="grey",
                  alpha=0.25)
         hist.set_yscale("log")
+        hist.yaxis.set_minor_locator(NullLocator())  # minor log ticks are clutter and slow to render
         hist.set_ylim(0.8, max(curve.count.max() if curve.count.size else 1, 1) * 40)
         hist.set_ylabel("cases per bin", fontsize=8, color="grey")
         hist.tick_params(labelsize=7, colors="grey")

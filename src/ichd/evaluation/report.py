@@ -281,14 +281,14 @@ def evaluate(
 
     metrics: dict[str, Any] = {
         "ichd_version": __version__,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "labels": list(LABELS),
         "label_weights": list(LABEL_WEIGHTS),
         "log_loss_epsilon": EPS,
         "inputs": dict(inputs or {}),
         "counts": {"slices": int(data.y.shape[0]),
-                   "scans": int(len(data.scans)) if data.has_scans else None,
-                   "patients": int(len(set(data.patient_ids))) if data.group_kind == "patient" else None},
+                   "scans": len(data.scans) if data.has_scans else None,
+                   "patients": len(set(data.patient_ids)) if data.group_kind == "patient" else None},
         "scan_score": data.scan_score_source,
         "scan_label": "any slice positive" if data.has_scans else None,
         "calibration_bins": n_bins,
@@ -409,8 +409,8 @@ def _compare_readers(data: EvalData, study: ReaderStudy, thresholds: Thresholds,
             y, p, {lab: per_label[lab]["readers"] for lab in sub.labels}, labels=sub.labels,
             model_points={lab: per_label[lab]["model"] for lab in sub.labels},
             title=f"Scan-level ROC with human readers ({len(cases)} {kind}s)")
-        fig = (figure, f"Model ROC per label at {kind} level with each reader's operating point (hollow markers, "
-                       f"legend: sensitivity/specificity) and the model's {READER_OPERATING_POINT} point (star).")
+        fig = (figure, (f"Model ROC per label at {kind} level with each reader's operating point (hollow markers, "
+                       f"legend: sensitivity/specificity) and the model's {READER_OPERATING_POINT} point (star)."))
     return result, fig
 
 
@@ -433,8 +433,8 @@ def _figures(data: EvalData, thresholds: Thresholds, n_bins: int) -> dict[str, t
         figs[f"{level}_confusion"] = (
             plots.confusion_figure(y, p, t["sensitivity"], level=level,
                                    op_name=f"sensitivity >= {thresholds.sensitivity_target:g}"),
-            f"Confusion matrices at {level} level at the fixed-sensitivity operating point (counts and row "
-            "percentages).")
+            (f"Confusion matrices at {level} level at the fixed-sensitivity operating point (counts and row "
+            "percentages)."))
         figs[f"{level}_confusion_youden"] = (
             plots.confusion_figure(y, p, t["youden"], level=level, op_name="Youden"),
             f"Confusion matrices at {level} level at the Youden operating point.")
@@ -516,6 +516,8 @@ def report_blocks(ev: Evaluation, image_names: Mapping[str, str]) -> list[Block]
                      f"resampling {b['n_groups']} {b['unit']}s with replacement (a replicate where a metric is "
                      f"undefined is skipped for that metric; fewest usable replicates for an AUC: "
                      f"{b['min_valid_auc_replicates']})")
+    if not image_names:
+        facts.append("figures were not drawn (--no-plots)")
     blocks.append(("ul", facts))
     if m["notes"]:
         blocks.append(("h2", "Notes"))
@@ -523,9 +525,9 @@ def report_blocks(ev: Evaluation, image_names: Mapping[str, str]) -> list[Block]
 
     blocks.append(("h2", "RSNA 2019 weighted log loss (slice level)"))
     w = m["rsna_weighted_log_loss"]
-    blocks.append(("p", "Per-class binary log loss averaged over slices, then weighted over classes (any 2, each "
+    blocks.append(("p", ("Per-class binary log loss averaged over slices, then weighted over classes (any 2, each "
                         f"subtype 1); probabilities clipped to [{m['log_loss_epsilon']:g}, 1 - "
-                        f"{m['log_loss_epsilon']:g}]."))
+                        f"{m['log_loss_epsilon']:g}].")))
     rows = [[lab, _f(w["per_class"][lab], 4), _f(wt, 0)] for lab, wt in zip(LABELS, LABEL_WEIGHTS)]
     rows.append(["**weighted mean**", _ci(w["overall"], w.get("overall_ci95"), 4), _f(sum(LABEL_WEIGHTS), 0)])
     blocks.append(("table", (["class", "log loss", "weight"], rows)))
@@ -549,9 +551,9 @@ def report_blocks(ev: Evaluation, image_names: Mapping[str, str]) -> list[Block]
 
 def _reader_blocks(r: dict[str, Any]) -> list[Block]:
     blocks: list[Block] = [("h2", "Human readers")]
-    blocks.append(("p", f"{r['n_cases_matched']} of {r['n_cases_in_file']} cases of `{r['source']}` matched by "
+    blocks.append(("p", (f"{r['n_cases_matched']} of {r['n_cases_in_file']} cases of `{r['source']}` matched by "
                         f"{r['matched_on']} id. Reference: {r['reference']}. Model calls at its "
-                        f"{r['model_operating_point']} threshold (scan level)."))
+                        f"{r['model_operating_point']} threshold (scan level).")))
     rows = []
     for lab in r["labels"]:
         e = r["per_label"][lab]
@@ -696,12 +698,14 @@ def evaluate_files(
     n_bins: int = DEFAULT_BINS,
     readers: str | Path | None = None,
     overwrite: bool = False,
+    plots: bool = True,
 ) -> tuple[Evaluation, dict[str, Path]]:
     """Read the inputs, :func:`evaluate` them and :func:`write_report` into ``out`` (what ``ichd evaluate`` runs).
 
     ``thresholds_from`` is either a ``thresholds.json`` written by an earlier evaluation or a validation
     predictions file; the latter is matched with ``thresholds_labels`` (default: ``labels``) and the Youden and
-    fixed-sensitivity thresholds are chosen on it, then applied unchanged here.
+    fixed-sensitivity thresholds are chosen on it, then applied unchanged here. ``plots=False`` skips the
+    figures (metrics and tables only).
     """
     from ichd.evaluation.io import align, read_label_table, read_predictions, read_scan_map
     from ichd.evaluation.readers import read_reader_study
@@ -739,5 +743,5 @@ def evaluate_files(
               "thresholds_from": None if thresholds_from is None else str(thresholds_from),
               "readers": None if readers is None else str(readers)}
     ev = evaluate(data, thresholds=thresholds, sensitivity=sensitivity, n_boot=n_boot, seed=seed, n_bins=n_bins,
-                  readers=study, inputs=inputs)
+                  readers=study, inputs=inputs, plots=plots)
     return ev, write_report(ev, out, overwrite=overwrite)

@@ -1,0 +1,86 @@
+"""``ichd evaluate`` end to end on CT-ICH labels with noisy synthetic predictions (the real OOF file is
+evaluated by hand and reported in docs/results.md)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ichd.cli.main import run
+from ichd.constants import LABELS
+
+
+@pytest.fixture(scope="module")
+def ctich_preds(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    """(labels.csv, fold-0 predictions, folds 1-4 predictions) with patient-level noise."""
+    from ichd.data.labels import read_labels
+
+    labels_path = data_root / "ct-ich" / "labels.csv"
+    lab = read_labels(labels_path)
+    rng = np.random.default_rng(0)
+    pats = sorted(lab["patient_id"].unique())
+    fold = {p: i % 5 for i, p in enumerate(rng.permutation(pats))}
+    effect = {p: rng.normal(0, 0.7) for p in pats}
+    df = lab[["scan_id", "patient_id", "slice_index"]].copy()
+    df["fold"] = df["patient_id"].map(fold)
+    for c in LABELS:
+        z = -3.0 + 4.0 * lab[c].to_numpy() + df["patient_id"].map(effect).to_numpy() + rng.normal(0, 1, len(df))
+        df[c] = np.round(1 / (1 + np.exp(-z)), 6)
+    out = tmp_path_factory.mktemp("preds")
+    val, test = out / "val.csv", out / "test.csv"
+    df[df["fold"] == 0].reset_index().to_csv(val, index=False)
+    df[df["fold"] != 0].reset_index().to_csv(test, index=False)
+    return labels_path, val, test
+
+
+def test_evaluate_with_validation_thresholds(ctich_preds: tuple[Path, Path, Path], tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    labels, val, test = ctich_preds
+    out = tmp_path / "report"
+    rc = run(["-q", "evaluate", str(test), str(labels), "--out", str(out), "--thresholds-from", str(val),
+              "--bootstrap", "30", "--seed", "1"])
+    assert rc == 0, capsys.readouterr().err
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["thresholds"]["chosen_on"] == str(val)
+    assert not any("optimistic" in n for n in m["notes"])
+    assert any("without predictions" in n for n in m["notes"])  # the validation patients' labels
+    assert m["counts"]["scans"] == m["counts"]["patients"] < 82
+    assert m["slice"]["classes"]["any"]["auc"] > 0.8 and m["bootstrap"]["unit"] == "patient"
+    assert (out / "report.html").stat().st_size > 50_000 and (out / "plots" / "scan_roc_pr.png").is_file()
+    # the stored thresholds can be reused directly and give the same numbers
+    out2 = tmp_path / "again"
+    assert run(["-q", "evaluate", str(test), str(labels), "--out", str(out2), "--thresholds-from",
+                str(out / "thresholds.json"), "--bootstrap", "0", "--no-plots"]) == 0
+    m2 = json.loads((out2 / "metrics.json").read_text())
+    assert not (out2 / "plots").exists() and "![" not in (out2 / "report.md").read_text()
+    for level in ("slice", "scan"):
+        a = m[level]["classes"]["epidural"]["operating_points"]["sensitivity"]
+        b = m2[level]["classes"]["epidural"]["operating_points"]["sensitivity"]
+        assert (a["threshold"], a["tp"], a["fp"]) == (b["threshold"], b["tp"], b["fp"])
+
+
+def test_bad_inputs_give_one_line_errors(ctich_preds: tuple[Path, Path, Path], tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    labels, val, _ = ctich_preds
+    df = pd.read_csv(val)
+    df.loc[4, "subdural"] = np.nan
+    bad = tmp_path / "nan.csv"
+    df.to_csv(bad, index=False)
+    assert run(["evaluate", str(bad), str(labels), "--out", str(tmp_path / "o1")]) == 2
+    err = capsys.readouterr().err
+    assert "'subdural' is empty or NaN" in err and f"line 6 [{df.loc[4, 'slice_id']}]" in err
+    assert "Traceback" not in err and not (tmp_path / "o1").exists()
+    df = pd.read_csv(val)
+    df.loc[2, "slice_id"] = "ctich-999-001"
+    df.to_csv(bad, index=False)
+    assert run(["evaluate", str(bad), str(labels), "--out", str(tmp_path / "o2")]) == 2
+    assert "ctich-999-001" in capsys.readouterr().err
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "keep.txt").write_text("x")
+    assert run(["evaluate", str(val), str(labels), "--out", str(busy)]) == 2
+    assert "not empty" in capsys.readouterr().err and (busy / "keep.txt").read_text() == "x"
