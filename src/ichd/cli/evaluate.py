@@ -28,6 +28,10 @@ def evaluate_command(
     scans: Annotated[Path | None, typer.Option(
         "--scans", help="CSV slice_id,scan_id[,patient_id] giving scan (and patient) membership when the inputs "
         "do not carry it. Without any scan membership only slice-level metrics are reported.")] = None,
+    scan_predictions: Annotated[Path | None, typer.Option(
+        "--scan-predictions", help="CSV scan_id + one probability column per label: the model's own scan "
+        "output (e.g. oof_scans.csv of 'ichd train seq'), used as scan score instead of the maximum slice "
+        "probability.")] = None,
     thresholds_from: Annotated[Path | None, typer.Option(
         "--thresholds-from", help="Choose the Youden and fixed-sensitivity thresholds on these VALIDATION "
         "predictions (or take them from a thresholds.json of an earlier evaluation) and apply them unchanged "
@@ -54,7 +58,8 @@ def evaluate_command(
 
     if bins < 1:
         raise typer.BadParameter("--bins must be >= 1")
-    ev, paths = evaluate_files(predictions, labels, out, scans=scans, thresholds_from=thresholds_from,
+    ev, paths = evaluate_files(predictions, labels, out, scans=scans, scan_predictions=scan_predictions,
+                               thresholds_from=thresholds_from,
                                thresholds_labels=thresholds_labels, sensitivity=sensitivity, n_boot=bootstrap,
                                seed=seed, n_bins=bins, readers=readers, overwrite=overwrite,
                                plots=not no_plots)

@@ -11,6 +11,9 @@ Prediction formats (detected from the file, see :func:`read_predictions`):
 * **RSNA submission CSV**: ``ID,Label`` with ``ID = ID_<SOPInstanceUID>_<subtype>`` (slice id =
   everything before the last ``_``).
 
+The model's scan-level output can also come from a separate CSV (``scan_id`` + label columns, e.g.
+``oof_scans.csv`` of ``ichd train seq``; :func:`read_scan_predictions`).
+
 Labels are read with :func:`ichd.data.labels.read_labels` (CT-ICH labels.csv, RSNA ``stage_2_train.csv``,
 ichd labels CSV). A ``--scans`` map is a CSV with ``slice_id, scan_id`` and optionally ``patient_id``.
 
@@ -284,6 +287,28 @@ def read_scan_map(path: str | Path) -> pd.DataFrame:
                         "patient_id": _optional_id(df, "patient_id").to_numpy()},
                        index=df["slice_id"].astype(str))
     out.index.name = "slice_id"
+    return out
+
+
+def read_scan_predictions(path: str | Path) -> pd.DataFrame:
+    """Read the model's own scan-level output: CSV ``scan_id`` + one probability column per label (other columns,
+    e.g. ``patient_id`` or ``y_<label>`` of ``ichd train seq``'s ``oof_scans.csv``, are ignored).
+
+    Returns a DataFrame indexed by ``scan_id`` with float columns :data:`LABELS`.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"scan predictions file {path} does not exist")
+    df = _read_csv(path)
+    if "scan_id" not in df.columns:
+        raise InputError(f"{path}: scan predictions need a scan_id column and one column per label "
+                         f"({', '.join(LABELS)}); has {list(df.columns)[:10]}")
+    lines = pd.Series([f"line {i + 2}" for i in range(len(df))], index=df.index) + " [" + df["scan_id"].astype(
+        str) + "]"
+    check_probabilities(df, str(path), where=lines)
+    _check_unique(df["scan_id"], str(path), "scan_id", lines)
+    out = df.set_index(df["scan_id"].astype(str))[list(LABELS)].astype(np.float64)
+    out.index.name = "scan_id"
     return out
 
 

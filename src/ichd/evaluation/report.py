@@ -690,6 +690,7 @@ def evaluate_files(
     out: str | Path,
     *,
     scans: str | Path | None = None,
+    scan_predictions: str | Path | None = None,
     thresholds_from: str | Path | None = None,
     thresholds_labels: str | Path | None = None,
     sensitivity: float = 0.95,
@@ -704,10 +705,18 @@ def evaluate_files(
 
     ``thresholds_from`` is either a ``thresholds.json`` written by an earlier evaluation or a validation
     predictions file; the latter is matched with ``thresholds_labels`` (default: ``labels``) and the Youden and
-    fixed-sensitivity thresholds are chosen on it, then applied unchanged here. ``plots=False`` skips the
+    fixed-sensitivity thresholds are chosen on it, then applied unchanged here. ``scan_predictions`` is a CSV
+    of the model's own scan output (``scan_id`` + labels) used as scan score (for the validation predictions
+    too, so it must cover their scans). ``plots=False`` skips the
     figures (metrics and tables only).
     """
-    from ichd.evaluation.io import align, read_label_table, read_predictions, read_scan_map
+    from ichd.evaluation.io import (
+        align,
+        read_label_table,
+        read_predictions,
+        read_scan_map,
+        read_scan_predictions,
+    )
     from ichd.evaluation.readers import read_reader_study
 
     out = Path(out)
@@ -716,6 +725,11 @@ def evaluate_files(
     if n_boot < 0:
         raise InputError(f"--bootstrap must be >= 0, got {n_boot}")
     preds = read_predictions(predictions)
+    scan_table = None
+    if scan_predictions is not None:
+        if preds.scans is not None:
+            raise InputError(f"{predictions} already carries scan-level output; drop --scan-predictions")
+        preds.scans = scan_table = read_scan_predictions(scan_predictions)
     label_table = read_label_table(labels)
     scan_map = read_scan_map(scans) if scans is not None else None
     data = align(preds, label_table, labels_source=str(labels), scan_map=scan_map,
@@ -727,6 +741,8 @@ def evaluate_files(
             thresholds = read_thresholds(tpath)
         else:
             val_preds = read_predictions(tpath)
+            if val_preds.scans is None and scan_table is not None:
+                val_preds.scans = scan_table  # the scan output table must then cover the validation scans too
             val_labels = label_table if thresholds_labels is None else read_label_table(thresholds_labels)
             val = align(val_preds, val_labels, labels_source=str(thresholds_labels or labels), scan_map=scan_map)
             if data.has_scans and not val.has_scans:
@@ -740,6 +756,7 @@ def evaluate_files(
     study = read_reader_study(readers) if readers is not None else None
     inputs = {"predictions": str(predictions), "predictions_format": preds.fmt, "labels": str(labels),
               "scans": None if scans is None else str(scans),
+              "scan_predictions": None if scan_predictions is None else str(scan_predictions),
               "thresholds_from": None if thresholds_from is None else str(thresholds_from),
               "readers": None if readers is None else str(readers)}
     ev = evaluate(data, thresholds=thresholds, sensitivity=sensitivity, n_boot=n_boot, seed=seed, n_bins=n_bins,

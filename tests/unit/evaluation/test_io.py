@@ -172,3 +172,23 @@ def test_unknown_format(tmp_path: Path) -> None:
         read_predictions(path)
     with pytest.raises(InputError, match="does not exist"):
         read_predictions(tmp_path / "nope.csv")
+
+
+def test_scan_predictions_csv(tmp_path: Path) -> None:
+    from ichd.evaluation.io import read_scan_predictions
+
+    lab = _labels()
+    preds = read_predictions(_pred_csv(tmp_path / "p.csv", lab))
+    path = tmp_path / "scans.csv"
+    rows = [f"scan{s},pat{s},{','.join(str(0.1 * (s + 1)) for _ in LABELS)},1" for s in range(3)]
+    path.write_text("scan_id,patient_id," + ",".join(LABELS) + ",y_any\n" + "\n".join(rows) + "\n")
+    preds.scans = read_scan_predictions(path)
+    data = align(preds, lab)
+    assert data.scan_score_source == "model scan output"
+    np.testing.assert_allclose(data.p_scan[:, 0], [0.1, 0.2, 0.3])
+    path.write_text("scan_id," + ",".join(LABELS) + "\nscan0," + ",".join(["0.5"] * 5) + ",7\n")
+    with pytest.raises(InputError, match=r"line 2 \[scan0\] \(7\)"):
+        read_scan_predictions(path)
+    preds.scans = preds.scans.drop(index="scan2")
+    with pytest.raises(InputError, match="no scan-level output for scan.*scan2"):
+        align(preds, lab)
