@@ -20,6 +20,7 @@ is the slice's rank within its patient (0 = most inferior), which equals the rea
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -34,7 +35,8 @@ from ichd.utils.logging import get_logger
 
 log = get_logger(__name__)
 
-__all__ = ["ID_COLUMNS", "attach_scans", "ctich_scan_id", "ctich_slice_id", "label_matrix", "read_labels"]
+__all__ = ["ID_COLUMNS", "attach_scans", "ctich_scan_id", "ctich_slice_id", "label_matrix", "read_labels",
+           "slices_from_headers"]
 
 ID_COLUMNS: tuple[str, ...] = ("scan_id", "patient_id", "slice_index")
 
@@ -226,9 +228,56 @@ def read_labels(path: str | os.PathLike[str]) -> pd.DataFrame:
                           "stage_2_train.csv (ID,Label), rsna-samples/hu-slices labels.csv, ichd labels tables")
 
 
+def _pseudonym(value: str) -> str:
+    # the same pseudonym ichd.io.dicom stores as meta["patient_id"] (docs/architecture.md: sha1(PatientID)[:12])
+    return hashlib.sha1(str(value).encode("utf-8")).hexdigest()[:12]
+
+
+def slices_from_headers(headers: pd.DataFrame) -> pd.DataFrame:
+    """Turn a DICOM header table (one row per slice; e.g. the RSNA metadata CSVs) into an ichd slice table.
+
+    Needs columns ``SOPInstanceUID`` and ``SeriesInstanceUID``; uses ``PatientID`` (pseudonymised as
+    ``sha1(PatientID)[:12]``, as the DICOM reader does) or else ``StudyInstanceUID`` as ``patient_id``, and orders
+    slices within a series by ``z_mm`` from ``ImagePositionPatient`` (a ``[x, y, z]`` string or list) or an
+    ``ImagePositionPatient_2`` column. The raw ``PatientID`` is not kept.
+    """
+    required = ["SOPInstanceUID", "SeriesInstanceUID"]
+    missing = [c for c in required if c not in headers.columns]
+    if missing:
+        raise InputError(f"DICOM header table lacks column(s) {missing}", hint=f"found {list(headers.columns)[:12]}")
+    if "PatientID" in headers.columns:
+        patient = headers["PatientID"].astype(str).map(_pseudonym)
+    elif "StudyInstanceUID" in headers.columns:
+        patient = headers["StudyInstanceUID"].astype(str)
+    else:
+        raise InputError("DICOM header table needs PatientID or StudyInstanceUID to group slices by patient")
+    if "ImagePositionPatient_2" in headers.columns:
+        z = pd.to_numeric(headers["ImagePositionPatient_2"], errors="coerce")
+    elif "ImagePositionPatient" in headers.columns:
+        def third(v: object) -> float:
+            parts = v if isinstance(v, (list, tuple)) else str(v).strip("[]() ").replace("'", "").split(",")
+            try:
+                return float(parts[2])
+            except (IndexError, ValueError):
+                return float("nan")
+        z = headers["ImagePositionPatient"].map(third)
+    else:
+        raise InputError("DICOM header table needs ImagePositionPatient (or ImagePositionPatient_2) to order slices")
+    bad = np.flatnonzero(z.isna().to_numpy())
+    if len(bad):
+        raise InputError(f"unreadable slice positions in {len(bad)} header row(s), e.g. row {int(bad[0]) + 2}")
+    table = pd.DataFrame({"slice_id": headers["SOPInstanceUID"].astype(str).to_numpy(),
+                          "scan_id": headers["SeriesInstanceUID"].astype(str).to_numpy(),
+                          "patient_id": patient.to_numpy(), "z_mm": z.astype(float).to_numpy()})
+    table["slice_index"] = (table.groupby("scan_id")["z_mm"].rank(method="first").astype(np.int64) - 1)
+    return table.sort_values(["scan_id", "slice_index"]).reset_index(drop=True)[
+        ["slice_id", "scan_id", "patient_id", "slice_index", "z_mm"]]
+
+
 def attach_scans(labels: pd.DataFrame, slices: pd.DataFrame, *, how: str = "inner") -> pd.DataFrame:
     """Fill ``scan_id``, ``patient_id`` and ``slice_index`` of ``labels`` from a slice table (a cache's
-    ``slices.csv`` / ``Cache.slices``, indexed by or holding ``slice_id``).
+    ``slices.csv`` / ``Cache.slices``, indexed by or holding ``slice_id``; or :func:`slices_from_headers` of a
+    DICOM header table).
 
     ``how="inner"`` keeps only labelled slices found in ``slices`` (the count dropped is logged);
     ``how="left"`` keeps every label row (ids stay NaN where unknown).

@@ -126,3 +126,24 @@ def test_label_matrix(tmp_path: Path) -> None:
     assert y.dtype == np.float32 and y.tolist() == [[1, 0, 0, 0, 0, 1]]
     with pytest.raises(InputError):
         label_matrix(df, ["nope"])
+
+
+def test_slices_from_headers_orders_and_pseudonymises() -> None:
+    import hashlib
+
+    from ichd.data.labels import slices_from_headers
+
+    headers = pd.DataFrame({
+        "SOPInstanceUID": ["ID_c", "ID_a", "ID_b"], "SeriesInstanceUID": ["S1", "S1", "S1"],
+        "PatientID": ["ID_pat"] * 3,
+        "ImagePositionPatient": ["['-125', '-8', '190.5']", "[-125, -8, 180.5]", "[-125, -8, 185.5]"],
+    })
+    table = slices_from_headers(headers)
+    assert table["slice_id"].tolist() == ["ID_a", "ID_b", "ID_c"]
+    assert table["slice_index"].tolist() == [0, 1, 2]
+    assert table["patient_id"].unique().tolist() == [hashlib.sha1(b"ID_pat").hexdigest()[:12]]
+    assert "PatientID" not in table.columns
+    with pytest.raises(InputError, match="SeriesInstanceUID"):
+        slices_from_headers(headers.drop(columns="SeriesInstanceUID"))
+    with pytest.raises(InputError, match="positions"):
+        slices_from_headers(headers.assign(ImagePositionPatient="junk"))
