@@ -73,6 +73,11 @@ class Augmentation:
                                                     p=cfg.brightness_contrast_p))
         self.pipeline = A.Compose(steps, seed=seed) if seed is not None else A.Compose(steps)
 
+    def reseed(self, seed: int) -> None:
+        """Reset the random stream (Albumentations 2 ignores numpy/random seeding): call it from a DataLoader
+        ``worker_init_fn`` with the worker's seed so augmented runs are reproducible and resumable."""
+        self.pipeline.set_random_seed(int(seed) % 2**32)
+
     def __call__(self, image: np.ndarray) -> np.ndarray:
         if image.ndim != 3:
             raise ValueError(f"augmentation expects a (C, H, W) image, got shape {image.shape}")

@@ -96,6 +96,11 @@ def test_train_augmentation_shapes_and_determinism() -> None:
     assert a.shape == img.shape and a.dtype == np.float32
     np.testing.assert_array_equal(a, b)
     assert 0.0 <= a.min() and a.max() <= 1.0
+    aug = train_augmentation(seed=5)
+    first = [aug(img) for _ in range(3)]
+    aug.reseed(5)
+    for x, y in zip(first, [aug(img) for _ in range(3)]):
+        np.testing.assert_array_equal(x, y)
     off = train_augmentation({"hflip_p": 0, "affine_p": 0, "brightness_contrast_p": 0})
     np.testing.assert_allclose(off(img), img, atol=1e-7)
     flip = train_augmentation({"hflip_p": 1, "affine_p": 0, "brightness_contrast_p": 0})
