@@ -9,35 +9,38 @@ Two passes, so non-image objects cost almost nothing:
    are not axial CT slices: skipped in both modes, counted in a ``skipped_files`` warning).
 2. **Pixels** (:func:`read_dicom`): images are grouped by StudyInstanceUID/SeriesInstanceUID, the majority matrix
    size is kept, slices are ordered along the normal (:mod:`ichd.io.geometry`), and only the kept slices are
-   decoded, in a thread pool, straight into a preallocated float32 volume (:func:`ichd.io.hu.to_hu`).
+   decoded (:mod:`ichd.io.decode`, a process pool for big series) straight into a preallocated float32 volume
+   (:func:`ichd.io.hu.to_hu`).
 
-Compressed transfer syntaxes decode through pydicom's plugins (pylibjpeg + pylibjpeg-libjpeg for JPEG and
-JPEG lossless, pyjpegls or pylibjpeg-libjpeg for JPEG-LS, pylibjpeg-openjpeg for JPEG 2000, pydicom itself or
-pylibjpeg-rle for RLE; Deflate is read by pydicom); GDCM is used when installed. A missing decoder raises
-:class:`~ichd.errors.DependencyError` naming the package. Nothing identifying is copied from the files: only UIDs,
-a SHA-1 prefix of PatientID (``meta["patient_id"]``) and technical facts (modality, manufacturer, kVp, syntaxes).
+Files come from :mod:`ichd.io.sources` (folders, zips); a missing decoder plugin raises
+:class:`~ichd.errors.DependencyError` naming the package before anything is decoded. Nothing identifying is
+copied from the files: only UIDs, a SHA-1 prefix of PatientID (``meta["patient_id"]``) and technical facts
+(modality, manufacturer, kVp, transfer syntaxes).
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import re
 import struct
-import threading
 import warnings as pywarnings
-import zipfile
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 
-from ichd.errors import DependencyError, InputError
+from ichd.errors import InputError
+from ichd.io.decode import (
+    DecodeJob,
+    DecodeOutcome,
+    FrameDecoder,
+    PoolKind,
+    check_decoders,
+    missing_decoder_error,
+)
 from ichd.io.geometry import (
     MAX_FILES_LISTED,
     TILT_MIN_DEG,
@@ -48,13 +51,12 @@ from ichd.io.geometry import (
     slice_normal,
 )
 from ichd.io.hu import (
-    HuFixes,
     PixelEncoding,
     has_corrupted_intercept,
     implausible_intercept,
     signed_padding,
-    to_hu,
 )
+from ichd.io.sources import DicomSource, close_zip_handles
 from ichd.types import CTSeries, IngestWarning
 from ichd.utils.logging import get_logger
 from ichd.utils.progress import progress_bar
@@ -70,14 +72,6 @@ SECONDARY_CAPTURE_PREFIX = "1.2.840.10008.5.1.4.1.1.7"
 #: Structured reports (dose SRs among them) share this prefix; they have no pixels.
 STRUCTURED_REPORT_PREFIX = "1.2.840.10008.5.1.4.1.1.88."
 DOSE_SR_SOP_CLASSES = frozenset({"1.2.840.10008.5.1.4.1.1.88.67", "1.2.840.10008.5.1.4.1.1.88.68"})
-
-#: File names and suffixes that are never DICOM; folders often hold them next to the images. Ignored silently.
-IGNORED_NAMES = frozenset({"DICOMDIR", "LOCKFILE", "VERSION", "Thumbs.db"})
-IGNORED_SUFFIXES = frozenset({
-    ".txt", ".csv", ".tsv", ".json", ".md", ".rst", ".xml", ".html", ".htm", ".pdf", ".png", ".jpg", ".jpeg",
-    ".bmp", ".gif", ".tif", ".tiff", ".nii", ".gz", ".zip", ".py", ".log", ".yaml", ".yml", ".npy", ".npz",
-    ".sha256", ".md5", ".ini", ".exe", ".dll", ".xls", ".xlsx", ".doc", ".docx",
-})
 
 #: Skip reasons that mean a broken file (strict mode raises on them), and their descriptions.
 PROBLEM_REASONS: dict[str, str] = {
@@ -98,121 +92,9 @@ NON_IMAGE_REASONS: dict[str, str] = {
     "not_axial": "not axial (reformat)",
 }
 
-#: Package(s) to install for each compressed transfer syntax, for the missing-decoder message.
-DECODER_PACKAGES: dict[str, str] = {
-    "1.2.840.10008.1.2.4.50": "pylibjpeg pylibjpeg-libjpeg (or pillow)",
-    "1.2.840.10008.1.2.4.51": "pylibjpeg pylibjpeg-libjpeg",
-    "1.2.840.10008.1.2.4.57": "pylibjpeg pylibjpeg-libjpeg",
-    "1.2.840.10008.1.2.4.70": "pylibjpeg pylibjpeg-libjpeg",
-    "1.2.840.10008.1.2.4.80": "pyjpegls (or pylibjpeg pylibjpeg-libjpeg)",
-    "1.2.840.10008.1.2.4.81": "pyjpegls (or pylibjpeg pylibjpeg-libjpeg)",
-    "1.2.840.10008.1.2.4.90": "pylibjpeg pylibjpeg-openjpeg",
-    "1.2.840.10008.1.2.4.91": "pylibjpeg pylibjpeg-openjpeg",
-    "1.2.840.10008.1.2.4.201": "pylibjpeg pylibjpeg-openjpeg",
-    "1.2.840.10008.1.2.4.202": "pylibjpeg pylibjpeg-openjpeg",
-    "1.2.840.10008.1.2.4.203": "pylibjpeg pylibjpeg-openjpeg",
-    "1.2.840.10008.1.2.5": "pylibjpeg pylibjpeg-rle",
-}
-
-DEFLATED_SYNTAX = "1.2.840.10008.1.2.1.99"
 #: Lossy transfer syntaxes (JPEG baseline/extended, JPEG-LS near-lossless, JPEG 2000, HTJ2K lossy).
 LOSSY_SYNTAXES = frozenset({"1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.81",
                             "1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.4.203"})
-
-#: Decoding smaller jobs than this in the calling thread is faster than starting a pool.
-MIN_SLICES_FOR_POOL = 8
-
-
-# --------------------------------------------------------------------------------------------------------------
-# sources
-
-
-@dataclass(frozen=True)
-class DicomSource:
-    """One DICOM file: a path, or a member of a zip archive (``path`` is then the archive)."""
-
-    path: str
-    member: str | None = None
-
-    @property
-    def name(self) -> str:
-        """How messages name this file."""
-        return self.path if self.member is None else f"{self.path}:{self.member}"
-
-    def open(self) -> str | IO[bytes]:
-        """What pydicom can read: the path itself, or the zip member's bytes in memory."""
-        if self.member is None:
-            return self.path
-        return io.BytesIO(_zip_handle(self.path).read(self.member))
-
-
-_ZIP_HANDLES: dict[str, zipfile.ZipFile] = {}
-_ZIP_LOCK = threading.Lock()
-
-
-def _zip_handle(path: str) -> zipfile.ZipFile:
-    """One open ZipFile per archive and process (reads from several threads are safe in CPython's zipfile)."""
-    with _ZIP_LOCK:
-        handle = _ZIP_HANDLES.get(path)
-        if handle is None:
-            handle = _ZIP_HANDLES[path] = zipfile.ZipFile(path)
-        return handle
-
-
-def close_zip_handles() -> None:
-    """Close archives opened by :class:`DicomSource` (called at the end of each read)."""
-    with _ZIP_LOCK:
-        for handle in _ZIP_HANDLES.values():
-            handle.close()
-        _ZIP_HANDLES.clear()
-
-
-def is_ignored_name(name: str) -> bool:
-    """True for files never treated as DICOM: hidden files, DICOMDIR, and known non-DICOM suffixes."""
-    base = name.replace("\\", "/").rsplit("/", 1)[-1]
-    if not base or base.startswith(".") or base in IGNORED_NAMES:
-        return True
-    return Path(base).suffix.lower() in IGNORED_SUFFIXES
-
-
-def folder_sources(folder: Path) -> tuple[list[DicomSource], list[str]]:
-    """All candidate DICOM files under ``folder`` (recursive, sorted) and the names of ignored files."""
-    sources: list[DicomSource] = []
-    ignored: list[str] = []
-    for root, dirs, files in os.walk(folder):
-        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d != "__MACOSX")
-        for name in sorted(files):
-            path = os.path.join(root, name)
-            if is_ignored_name(name):
-                ignored.append(path)
-            else:
-                sources.append(DicomSource(path))
-    return sources, ignored
-
-
-def zip_sources(archive: Path) -> tuple[list[DicomSource], list[str]]:
-    """All candidate DICOM members of a zip archive and the names of ignored members."""
-    try:
-        with zipfile.ZipFile(archive) as zf:
-            infos = zf.infolist()
-    except (zipfile.BadZipFile, OSError) as e:
-        raise InputError(f"{archive}: not a readable zip archive ({e})",
-                         hint="check the file is complete, or unpack it and pass the folder") from e
-    sources: list[DicomSource] = []
-    ignored: list[str] = []
-    for info in sorted(infos, key=lambda i: i.filename):
-        if info.is_dir() or info.filename.startswith("__MACOSX/"):
-            continue
-        if is_ignored_name(info.filename):
-            ignored.append(f"{archive}:{info.filename}")
-        else:
-            sources.append(DicomSource(str(archive), info.filename))
-    return sources, ignored
-
-
-# --------------------------------------------------------------------------------------------------------------
-# headers
-
 
 @dataclass(frozen=True)
 class FrameHeader:
@@ -243,6 +125,12 @@ class FrameHeader:
     @property
     def name(self) -> str:
         return self.source.name if self.frame is None else f"{self.source.name}[frame {self.frame + 1}]"
+
+    @property
+    def job(self) -> DecodeJob:
+        """What a decoding worker needs for this image."""
+        return DecodeJob(self.name, self.source, self.frame, self.transfer_syntax, self.encoding,
+                         (self.rows, self.columns))
 
 
 @dataclass(frozen=True)
@@ -524,55 +412,6 @@ def read_header(source: DicomSource, *, allow_secondary_capture: bool = False) -
 # decoding
 
 
-def check_decoders(transfer_syntaxes: Iterable[str], files: Sequence[str] = ()) -> None:
-    """Raise :class:`DependencyError` naming the package to install if a needed pixel decoder is missing."""
-    from pydicom.pixels import get_decoder
-    from pydicom.uid import UID
-
-    for ts in sorted(set(transfer_syntaxes)):
-        uid = UID(ts)
-        if not uid.is_compressed or uid.is_deflated:
-            continue
-        try:
-            available = get_decoder(uid).is_available
-        except NotImplementedError:
-            available = False
-        if not available:
-            package = DECODER_PACKAGES.get(ts, "gdcm (python-gdcm)")
-            example = f" (e.g. {files[0]})" if files else ""
-            raise DependencyError(
-                f"no decoder for transfer syntax {uid.name} ({ts}){example} is installed",
-                hint=f"install it with: pip install {package}")
-
-
-def decode_frame(header: FrameHeader) -> tuple[np.ndarray, HuFixes]:
-    """Decode one image to float32 HU (runs in worker threads)."""
-    import pydicom
-    from pydicom.pixels import pixel_array
-
-    src: Any = header.source.open()
-    if header.transfer_syntax == DEFLATED_SYNTAX:
-        src = pydicom.dcmread(src)  # pixel_array() reads raw files directly, which cannot inflate
-    stored = pixel_array(src, index=header.frame)
-    if stored.shape != (header.rows, header.columns):
-        raise ValueError(f"decoded shape {stored.shape} does not match Rows/Columns "
-                         f"({header.rows}, {header.columns})")
-    return to_hu(stored, header.encoding)
-
-
-def _decode_error(header: FrameHeader, error: Exception) -> Exception:
-    text = str(error)
-    if isinstance(error, RuntimeError | NotImplementedError) and ("plugin" in text or "dependenc" in text):
-        package = DECODER_PACKAGES.get(header.transfer_syntax, "gdcm (python-gdcm)")
-        return DependencyError(f"{header.name}: pixel data could not be decoded ({text.splitlines()[0]})",
-                               hint=f"install the decoder with: pip install {package}")
-    return error
-
-
-# --------------------------------------------------------------------------------------------------------------
-# the reader
-
-
 @dataclass
 class DicomReadResult:
     """Series read from a set of DICOM sources, plus files that were not used (for the caller's warnings)."""
@@ -733,79 +572,28 @@ def _plan_series(frames: list[FrameHeader], strict: bool) -> tuple[list[FrameHea
     return ordered, plan, odd
 
 
-def default_workers() -> int:
-    """Default decoding threads: ``min(2, cpu_count)``."""
-    return max(1, min(2, os.cpu_count() or 1))
-
-
-def _decode_into(ordered: Sequence[FrameHeader], volume: np.ndarray, *, workers: int, strict: bool,
-                 bar: Any) -> tuple[list[int], list[Skipped], Counter[str]]:
-    """Decode frames into ``volume`` (in place); returns indices that failed, their skips, and fix counts."""
-    failed: list[int] = []
-    skipped: list[Skipped] = []
-    fixes: Counter[str] = Counter()
-
-    def work(k: int) -> tuple[int, HuFixes | Exception]:
-        try:
-            hu, fix = decode_frame(ordered[k])
-        except Exception as e:  # noqa: BLE001 - every decode failure becomes a per-file skip or error
-            return k, _decode_error(ordered[k], e)
-        volume[k] = hu
-        return k, fix
-
-    def handle(k: int, outcome: HuFixes | Exception) -> None:
-        bar.update(1)
-        if isinstance(outcome, DependencyError):
-            raise outcome
-        if isinstance(outcome, Exception):
-            skip = Skipped(ordered[k].name, "decode_failed",
-                           f"pixel data could not be decoded ({type(outcome).__name__}: {outcome})",
-                           ordered[k].study_uid)
-            if strict:
-                raise InputError(skip.message(), hint="fix or remove the file, or read without --strict")
-            failed.append(k)
-            skipped.append(skip)
-            return
-        fixes["padding"] += outcome.n_padding
-        fixes["out_of_fov"] += outcome.n_out_of_fov
-
-    # warnings filters are process-wide, so pydicom's decode warnings (e.g. a BitsStored that differs from the
-    # JPEG 2000 precision) are recorded here in the calling thread and logged at debug level
-    with pywarnings.catch_warnings(record=True) as caught:
-        pywarnings.simplefilter("always")
-        if workers <= 1 or len(ordered) < MIN_SLICES_FOR_POOL:
-            for k in range(len(ordered)):
-                handle(*work(k))
-        else:
-            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ichd-decode") as pool:
-                for k, outcome in pool.map(work, range(len(ordered))):
-                    handle(k, outcome)
-    for message in sorted({str(w.message) for w in caught}):
-        log.debug("while decoding %s: %s", ordered[0].series_uid, message)
-    return failed, skipped, fixes
-
-
 def read_dicom(sources: Sequence[DicomSource], *, strict: bool = False, workers: int | None = None,
-               allow_secondary_capture: bool = False, independent: bool = False) -> DicomReadResult:
+               allow_secondary_capture: bool = False, independent: bool = False,
+               pool: PoolKind = "process") -> DicomReadResult:
     """Read DICOM sources into one :class:`CTSeries` per StudyInstanceUID/SeriesInstanceUID.
 
     Args:
-        sources: files or zip members (see :func:`folder_sources`, :func:`zip_sources`).
+        sources: files or zip members (see :func:`ichd.io.sources.folder_sources` / ``zip_sources``).
         strict: raise :class:`InputError` on the first broken file (unreadable, missing/inconsistent tags, failed
             decode, odd matrix size) instead of skipping it with a warning.
-        workers: decoding threads (default :func:`default_workers`).
+        workers: decoding workers (default ``min(2, cpu_count)``; 1 decodes in this process).
         allow_secondary_capture: read Secondary Capture images (Modality CT/OT) as CT in HU.
         independent: every image becomes its own one-slice series (``series_instance_uid`` is then the
             image's SOPInstanceUID; the real one is in ``meta["source_series_instance_uid"]``).
+        pool: ``"process"`` (default) or ``"thread"`` workers (see :mod:`ichd.io.decode`).
     """
     headers, skipped = scan_headers(sources, strict=strict, allow_secondary_capture=allow_secondary_capture)
     if headers:
-        check_decoders({h.transfer_syntax for h in headers},
-                       [h.name for h in headers if h.transfer_syntax])
+        check_decoders({h.transfer_syntax for h in headers}, [h.name for h in headers])
     groups: dict[tuple[str, str], list[FrameHeader]] = defaultdict(list)
     for h in headers:
         if independent:
-            h = replace(h, series_uid=h.slice_id, facts=h.facts + (("source_series_instance_uid", h.series_uid),))
+            h = replace(h, series_uid=h.slice_id, facts=(*h.facts, ("source_series_instance_uid", h.series_uid)))
         groups[(h.study_uid, h.series_uid)].append(h)
 
     plans = []
@@ -814,45 +602,71 @@ def read_dicom(sources: Sequence[DicomSource], *, strict: bool = False, workers:
         skipped.extend(odd)
         plans.append((study, series, ordered, plan))
 
-    n_total = sum(len(p[2]) for p in plans)
-    n_workers = workers if workers is not None else default_workers()
     result = DicomReadResult(skipped=skipped)
-    bar = progress_bar(desc="decoding DICOM", total=n_total, unit="slice")
+    bar = progress_bar(desc="decoding DICOM", total=sum(len(p[2]) for p in plans), unit="slice")
     try:
-        for study, series, ordered, plan in plans:
-            rows, cols = ordered[0].rows, ordered[0].columns
-            volume = np.empty((len(ordered), rows, cols), dtype=np.float32)
-            failed, bad, fixes = _decode_into(ordered, volume, workers=n_workers, strict=strict, bar=bar)
-            skipped.extend(bad)
-            keep = [k for k in range(len(ordered)) if k not in set(failed)]
-            if not keep:
-                continue
-            if failed:
-                volume = volume[keep]
-            warnings = list(plan["warnings"])
-            if fixes["padding"] or fixes["out_of_fov"]:
-                plan["meta"]["air_fill"] = {"padding": int(fixes["padding"]), "out_of_fov": int(fixes["out_of_fov"])}
-            meta = plan["meta"]
-            if independent:
-                meta["source_series_instance_uid"] = dict(ordered[0].facts).get("source_series_instance_uid")
-            meta["n_files"] = len({f.source for f in ordered})
-            result.series.append(CTSeries(
-                hu=volume,
-                spacing_mm=plan["spacing_mm"],
-                positions_mm=np.asarray(plan["positions_mm"], dtype=np.float64)[keep],
-                sop_instance_uids=[ordered[k].slice_id for k in keep],
-                study_instance_uid=study,
-                series_instance_uid=series,
-                tilt_deg=plan["tilt_deg"],
-                warnings=warnings,
-                source=_common_source([ordered[k].source for k in keep]),
-                source_kind="dicom",
-                meta=meta,
-            ))
+        with FrameDecoder(workers, pool) as decoder:
+            for study, series, ordered, plan in plans:
+                built = _decode_series(decoder, study, series, ordered, plan, strict=strict, bar=bar,
+                                       skipped=skipped)
+                if built is not None:
+                    result.series.append(built)
     finally:
         bar.close()
         close_zip_handles()
     return result
+
+
+def _decode_series(decoder: FrameDecoder, study: str, series: str, ordered: list[FrameHeader],
+                   plan: dict[str, Any], *, strict: bool, bar: Any, skipped: list[Skipped]) -> CTSeries | None:
+    """Decode one planned series into a :class:`CTSeries` (``None`` when no slice could be decoded)."""
+    volume = np.empty((len(ordered), ordered[0].rows, ordered[0].columns), dtype=np.float32)
+    failed: set[int] = set()
+    air = Counter[str]()
+
+    def on_outcome(k: int, outcome: DecodeOutcome) -> None:
+        bar.update(1)
+        header = ordered[k]
+        if outcome.error is not None:
+            if outcome.missing_decoder:
+                raise missing_decoder_error(header.job, outcome.error)
+            skip = Skipped(header.name, "decode_failed", f"pixel data could not be decoded ({outcome.error})",
+                           header.study_uid)
+            if strict:
+                raise InputError(skip.message(), hint="fix or remove the file, or read without --strict")
+            failed.add(k)
+            skipped.append(skip)
+            return
+        assert outcome.fixes is not None
+        air["padding"] += outcome.fixes.n_padding
+        air["out_of_fov"] += outcome.fixes.n_out_of_fov
+
+    decoder.decode_into([h.job for h in ordered], volume, on_outcome)
+    keep = [k for k in range(len(ordered)) if k not in failed]
+    if not keep:
+        return None
+    if failed:
+        volume = volume[keep]
+    meta = plan["meta"]
+    if air["padding"] or air["out_of_fov"]:
+        meta["air_fill"] = {"padding": int(air["padding"]), "out_of_fov": int(air["out_of_fov"])}
+    source_series = dict(ordered[0].facts).get("source_series_instance_uid")
+    if source_series is not None:
+        meta["source_series_instance_uid"] = source_series
+    meta["n_files"] = len({ordered[k].source for k in keep})
+    return CTSeries(
+        hu=volume,
+        spacing_mm=plan["spacing_mm"],
+        positions_mm=np.asarray(plan["positions_mm"], dtype=np.float64)[keep],
+        sop_instance_uids=[ordered[k].slice_id for k in keep],
+        study_instance_uid=study,
+        series_instance_uid=series,
+        tilt_deg=plan["tilt_deg"],
+        warnings=list(plan["warnings"]),
+        source=_common_source([ordered[k].source for k in keep]),
+        source_kind="dicom",
+        meta=meta,
+    )
 
 
 def _common_source(sources: Sequence[DicomSource]) -> str:

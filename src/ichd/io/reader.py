@@ -28,6 +28,7 @@ from pathlib import Path
 
 from ichd.errors import InputError
 from ichd.io import dicom
+from ichd.io import sources as sources_mod
 from ichd.io.images import (
     IMAGE_SUFFIXES,
     is_ctich_root,
@@ -91,7 +92,7 @@ def _read_file(p: Path, *, window: Sequence[float] | str | None, strict: bool, w
         return [read_nifti(p)]
     suffix = p.suffix.lower()
     if suffix == ".zip":
-        sources, ignored = dicom.zip_sources(p)
+        sources, ignored = sources_mod.zip_sources(p)
         if not sources:
             raise InputError(f"{p}: the zip archive holds no DICOM candidates ({len(ignored)} other file(s))",
                              hint="zip the DICOM files themselves, or unpack the archive and pass the folder")
@@ -102,13 +103,13 @@ def _read_file(p: Path, *, window: Sequence[float] | str | None, strict: bool, w
                          hint="pass the folder of windowed slices with --window LEVEL,WIDTH")
     if window is not None:
         log.info("window %s ignored for DICOM input %s", window, p)
-    return _read_dicom([dicom.DicomSource(str(p))], str(p), strict=True, workers=workers, independent=independent,
-                       allow_secondary_capture=allow_secondary_capture)
+    return _read_dicom([sources_mod.DicomSource(str(p))], str(p), strict=True, workers=workers,
+                       independent=independent, allow_secondary_capture=allow_secondary_capture)
 
 
 def _read_folder(p: Path, *, window: Sequence[float] | str | None, strict: bool, workers: int | None,
                  independent: bool, allow_secondary_capture: bool) -> list[CTSeries]:
-    sources, ignored = dicom.folder_sources(p)
+    sources, ignored = sources_mod.folder_sources(p)
     if sources:
         if ignored:
             log.info("%s: ignored %d non-DICOM file(s) by name (e.g. %s)", p, len(ignored), ignored[0])
@@ -134,7 +135,7 @@ def _read_folder(p: Path, *, window: Sequence[float] | str | None, strict: bool,
                      f"e.g. {Path(ignored[0]).name})", hint="pass the folder that holds the CT images")
 
 
-def _read_dicom(sources: Sequence[dicom.DicomSource], where: str, *, strict: bool, workers: int | None,
+def _read_dicom(sources: Sequence[sources_mod.DicomSource], where: str, *, strict: bool, workers: int | None,
                 independent: bool, allow_secondary_capture: bool) -> list[CTSeries]:
     result = dicom.read_dicom(sources, strict=strict, workers=workers, independent=independent,
                               allow_secondary_capture=allow_secondary_capture)

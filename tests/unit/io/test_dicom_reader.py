@@ -31,6 +31,9 @@ from factories import (
 from ichd.constants import AIR_HU
 from ichd.errors import DependencyError, InputError
 from ichd.io import read_ct
+from ichd.io.decode import MIN_SLICES_FOR_POOL
+from ichd.io.dicom import read_dicom
+from ichd.io.sources import folder_sources
 from ichd.io.summary import series_summary
 
 ROWS = 32
@@ -60,12 +63,26 @@ def test_transfer_syntaxes_round_trip_exactly(tmp_path: Path, ts: str) -> None:
     assert series.warnings == []
 
 
-def test_thread_pool_and_serial_decode_agree(tmp_path: Path) -> None:
-    write_series(tmp_path, make_ct_series(12), shuffle_seed=1)
-    a = read_ct(tmp_path, workers=1)[0]
-    b = read_ct(tmp_path, workers=2)[0]
+@pytest.mark.parametrize("pool", ["process", "thread"])
+def test_pooled_and_serial_decode_agree(tmp_path: Path, pool: str) -> None:
+    n = MIN_SLICES_FOR_POOL + 4
+    write_series(tmp_path, make_ct_series(n, transfer_syntax=RLELossless), shuffle_seed=1)
+    (a,) = read_ct(tmp_path, workers=1)
+    (b,) = read_dicom(folder_sources(tmp_path)[0], workers=2, pool=pool).series  # type: ignore[arg-type]
+    np.testing.assert_array_equal(a.hu, series_hu(n))
     np.testing.assert_array_equal(a.hu, b.hu)
     assert a.sop_instance_uids == b.sop_instance_uids
+
+
+def test_decode_failure_in_worker_process_is_a_skip(tmp_path: Path) -> None:
+    datasets = make_ct_series(MIN_SLICES_FOR_POOL + 2)
+    paths = write_series(tmp_path, datasets)
+    paths[3].write_bytes(paths[3].read_bytes()[:-300])
+    (s,) = read_ct(tmp_path, workers=2)
+    assert s.n_slices == len(datasets) - 1
+    assert any(w.code == "skipped_files" and "could not be decoded" in w.message for w in s.warnings)
+    with pytest.raises(InputError, match="could not be decoded"):
+        read_ct(tmp_path, workers=2, strict=True)
 
 
 def test_tilt_from_tag_and_from_orientation(tmp_path: Path) -> None:
@@ -271,7 +288,7 @@ def test_multiframe_compressed(tmp_path: Path) -> None:
 
 
 def test_zip_equals_folder(tmp_path: Path) -> None:
-    datasets = make_ct_series(9, transfer_syntax=RLELossless)
+    datasets = make_ct_series(MIN_SLICES_FOR_POOL + 1, transfer_syntax=RLELossless)  # decoded by worker processes
     folder = tmp_path / "series"
     paths = write_series(folder, datasets, shuffle_seed=2)
     archive = tmp_path / "study.zip"
@@ -317,3 +334,22 @@ def test_folder_with_only_broken_files_says_why(tmp_path: Path) -> None:
     (tmp_path / "b").write_bytes(b"junk")
     with pytest.raises(InputError, match=r"no axial CT series .* 2 not DICOM"):
         read_ct(tmp_path)
+
+
+def test_forkserver_used_when_other_threads_run(tmp_path: Path) -> None:
+    import threading
+
+    from ichd.io.decode import start_method
+
+    stop = threading.Event()
+    worker = threading.Thread(target=stop.wait, name="busy-elsewhere")
+    worker.start()
+    try:
+        assert start_method() == "forkserver"
+        n = MIN_SLICES_FOR_POOL
+        write_series(tmp_path, make_ct_series(n))
+        (s,) = read_ct(tmp_path, workers=2)
+        np.testing.assert_array_equal(s.hu, series_hu(n))
+    finally:
+        stop.set()
+        worker.join()
