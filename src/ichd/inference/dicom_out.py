@@ -19,6 +19,7 @@ generated and the patient module is left empty, and a warning says so.
 from __future__ import annotations
 
 import datetime as _dt
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,22 +67,27 @@ class DicomContext:
         return self.source_series_instance_uid is not None and self.source_sop_class_uid is not None
 
 
-def is_valid_uid(uid: str | None) -> bool:
-    """True for a syntactically valid DICOM UID (digits and dots, at most 64 characters)."""
-    from pydicom.uid import UID
+_UID_RE = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*")
 
-    return bool(uid) and UID(str(uid)).is_valid
+
+def is_valid_uid(uid: str | None) -> bool:
+    """True for a syntactically valid DICOM UID (numeric components without leading zeros, at most 64 chars)."""
+    return bool(uid) and len(str(uid)) <= 64 and _UID_RE.fullmatch(str(uid)) is not None
+
+
+def split_frame(slice_uid: str) -> tuple[str, int | None]:
+    """``"<SOPInstanceUID>#<frame>"`` (a frame of a multi-frame image, as the reader names it) -> (uid, frame);
+    a plain SOPInstanceUID -> (uid, None)."""
+    uid, sep, frame = slice_uid.partition("#")
+    return (uid, int(frame)) if sep and frame.isdigit() else (slice_uid, None)
 
 
 def _letter(v: Sequence[float]) -> str:
-    """DICOM patient-orientation letters of a direction (dominant components, LPS axes)."""
+    """The DICOM patient-orientation letter of a direction's dominant LPS component (highdicom takes one letter
+    per direction, so a tilted column direction like P+F is reported as its dominant P)."""
     letters = (("L", "R"), ("P", "A"), ("H", "F"))
-    order = np.argsort(-np.abs(np.asarray(v, dtype=float)))
-    out = ""
-    for k in order[:2]:
-        if abs(v[k]) > 0.25:
-            out += letters[k][0] if v[k] > 0 else letters[k][1]
-    return out or "L"
+    k = int(np.argmax(np.abs(np.asarray(v, dtype=float))))
+    return letters[k][0] if v[k] > 0 else letters[k][1]
 
 
 def orientation_letters(image_orientation: Sequence[float] | None) -> tuple[str, str]:
@@ -163,9 +169,12 @@ def build_secondary_captures(pred: Prediction, evidence: Sequence[SliceEvidence]
         if ctx.references_source:
             from pydicom.dataset import Dataset
 
+            uid, frame = split_frame(pred.sop_instance_uids[ev.index])
             item = Dataset()
             item.ReferencedSOPClassUID = ctx.source_sop_class_uid
-            item.ReferencedSOPInstanceUID = pred.sop_instance_uids[ev.index]
+            item.ReferencedSOPInstanceUID = uid
+            if frame is not None:
+                item.ReferencedFrameNumber = frame
             sc.SourceImageSequence = [item]
         out.append(sc)
     return out
@@ -214,10 +223,11 @@ def build_sr(pred: Prediction, evidence: Sequence[SliceEvidence], scs: Sequence[
                                           referenced_sop_instance_uid=sc.SOPInstanceUID,
                                           relationship_type="HAS PROPERTIES"))
         if ctx.references_source and positive[lab]:
-            uid = pred.sop_instance_uids[int(np.argmax(pred.slice_probs[:, j]))]
+            uid, frame = split_frame(pred.sop_instance_uids[int(np.argmax(pred.slice_probs[:, j]))])
             stubs.setdefault(uid, _slice_stub(ref, ctx, uid))
             props.append(ImageContentItem(name=codes.DCM.SourceImage, referenced_sop_class_uid=ctx.source_sop_class_uid,
-                                          referenced_sop_instance_uid=uid, relationship_type="INFERRED FROM"))
+                                          referenced_sop_instance_uid=uid, referenced_frame_numbers=frame,
+                                          relationship_type="INFERRED FROM"))
         finding.ContentSequence = ContentSequence(props)
         findings.append(finding)
     container = ContainerContentItem(name=codes.DCM.Findings, relationship_type="CONTAINS")

@@ -16,6 +16,7 @@ UID, and ``prediction.json`` at the top holds the array of all results.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -148,12 +149,12 @@ def _dicom_context(series: CTSeries) -> tuple[Any, IngestWarning | None]:
     """Where the DICOM results go: the source study for DICOM input with valid UIDs, else a new study."""
     import highdicom as hd
 
-    from ichd.inference.dicom_out import DicomContext, is_valid_uid, orientation_letters
+    from ichd.inference.dicom_out import DicomContext, is_valid_uid, orientation_letters, split_frame
 
     meta = series.meta or {}
     source_series = meta.get("source_series_instance_uid") or series.series_instance_uid
     dicom_ok = (series.source_kind == "dicom" and is_valid_uid(series.study_instance_uid)
-                and is_valid_uid(source_series) and all(is_valid_uid(u) for u in series.sop_instance_uids))
+                and is_valid_uid(source_series) and all(is_valid_uid(split_frame(u)[0]) for u in series.sop_instance_uids))
     orientation = orientation_letters(meta.get("image_orientation"))
     if dicom_ok:
         reference = _source_header(series)
@@ -270,6 +271,7 @@ def run_predict(input_path: str | os.PathLike[str], opts: PredictOptions, *, pre
     if opts.out is not None:
         _check_out(Path(opts.out), planned, opts.overwrite)
     need_evidence = bool({"html", "dicom"} & set(formats))
+    created_out = opts.out is not None and not Path(opts.out).exists()
     stage = _stage_dir(Path(opts.out)) if opts.out is not None else None
     results: list[SeriesResult] = []
     try:
@@ -288,9 +290,15 @@ def run_predict(input_path: str | os.PathLike[str], opts: PredictOptions, *, pre
                     for r in results:
                         atomic_write_text(stage / r.folder / JSON_NAME, dumps(r.result))
             files = _commit(stage, Path(opts.out), planned)  # type: ignore[arg-type]
-    finally:
+    except BaseException:
         if stage is not None:
             shutil.rmtree(stage, ignore_errors=True)
+            if created_out:
+                with contextlib.suppress(OSError):
+                    Path(opts.out).rmdir()  # type: ignore[arg-type]  # only if still empty
+        raise
+    if stage is not None:
+        shutil.rmtree(stage, ignore_errors=True)
     return PredictRun(results=results, json_text=text, files=files)
 
 

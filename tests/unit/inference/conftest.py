@@ -1,4 +1,4 @@
-"""Fixtures for the inference tests: a small random-weight checkpoint and bundle, synthetic CT series."""
+"""Fixtures for the inference tests: small untrained models (tests/model_factories.py), synthetic CT series."""
 
 from __future__ import annotations
 
@@ -7,11 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ichd.constants import LABELS
 from ichd.types import CTSeries
-
-#: Small input size keeps the CPU tests fast (EfficientNet-Lite0 needs a multiple of 32).
-IMAGE_SIZE = 64
 
 
 def synthetic_head(n_slices: int, size: int = 96, *, seed: int = 0) -> np.ndarray:
@@ -52,53 +48,26 @@ def make_series():
 
 @pytest.fixture(scope="session")
 def cnn_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An untrained EfficientNet-Lite0 checkpoint at 64 px: the offline ImageNet backbone (so embeddings vary with
-    the image; a random-init backbone gives ~1e-9 features) and a seeded random head, saved in fp16."""
-    import torch
+    """An untrained EfficientNet-Lite0 checkpoint at 64 px (see tests/model_factories.py)."""
+    from model_factories import make_cnn_checkpoint
 
-    from ichd.models import create_model
-    from ichd.models.checkpoint import save_checkpoint
-    from ichd.preprocessing.config import PreprocessConfig
-
-    torch.manual_seed(0)
-    model = create_model("efficientnet_lite0", pretrained=True, input_size=IMAGE_SIZE)
-    torch.nn.init.normal_(model.classifier.weight, std=0.05)
-    path = tmp_path_factory.mktemp("ckpt") / "cnn.pt"
-    save_checkpoint(path, model, preprocess=PreprocessConfig(image_size=IMAGE_SIZE), half=True)
-    return path
+    return make_cnn_checkpoint(tmp_path_factory.mktemp("ckpt") / "cnn.pt")
 
 
 @pytest.fixture(scope="session")
 def bundle_dir(tmp_path_factory: pytest.TempPathFactory, cnn_checkpoint: Path) -> Path:
-    """A model bundle around :func:`cnn_checkpoint` with thresholds of 0.5 (CNN only)."""
-    from ichd.models.bundled import write_bundle
+    """A CNN-only model bundle around :func:`cnn_checkpoint` with thresholds of 0.5."""
+    from model_factories import make_bundle
 
-    out = tmp_path_factory.mktemp("bundle") / "test-model"
-    write_bundle(out, name="test-model", version="0.0.1", files={"cnn": cnn_checkpoint},
-                 thresholds=dict.fromkeys(LABELS, 0.5), model_card="# test model\n\nRandom weights.\n",
-                 extra={"description": "random weights for tests", "scan_rule": "max"})
-    return out
+    return make_bundle(tmp_path_factory.mktemp("bundle") / "test-model", cnn_checkpoint)
 
 
 @pytest.fixture(scope="session")
 def seq_checkpoint(tmp_path_factory: pytest.TempPathFactory, cnn_checkpoint: Path) -> Path:
-    """A random 1-layer BiLSTM sequence checkpoint over PCA-8 features of the test CNN, embedding that CNN."""
-    import torch
+    """A random BiLSTM sequence checkpoint over the test CNN (embedded), thresholds 0.4."""
+    from model_factories import make_seq_checkpoint
 
-    from ichd.models import create_model
-    from ichd.models.checkpoint import read_checkpoint, save_checkpoint
-    from ichd.models.feature_selection import FeatureSelector, SelectorConfig
-    from ichd.models.sequence import sequence_checkpoint_extra
-
-    torch.manual_seed(1)
-    rng = np.random.default_rng(0)
-    selector = FeatureSelector(SelectorConfig(method="pca", k=8)).fit(rng.normal(size=(40, 1280)).astype(np.float32))
-    model = create_model("seq_lstm", feature_dim=8, hidden=16, layers=1, dropout=0.0)
-    extra = sequence_checkpoint_extra(selector, scan_rule="max", cnn_checkpoint=read_checkpoint(cnn_checkpoint))
-    extra["thresholds"] = dict.fromkeys(LABELS, 0.4)
-    path = tmp_path_factory.mktemp("seq") / "seq.pt"
-    save_checkpoint(path, model, extra=extra)
-    return path
+    return make_seq_checkpoint(tmp_path_factory.mktemp("seq") / "seq.pt", cnn_checkpoint)
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,195 @@
+"""JSON result + schema, HTML report and DICOM SR/SC writers, on a hand-made prediction (no model needed)."""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ichd.constants import LABELS
+from ichd.errors import ModelError
+from ichd.inference.dicom_out import (
+    DicomContext,
+    is_valid_uid,
+    orientation_letters,
+    split_frame,
+    write_dicom_outputs,
+)
+from ichd.inference.evidence import SliceEvidence
+from ichd.inference.report_html import DISCLAIMER, render_html
+from ichd.inference.report_json import SCHEMA_VERSION, dumps, load_schema, prediction_to_dict, validate_result
+from ichd.types import IngestWarning, Prediction
+
+ROOT = "1.2.826.0.1.3680043.8.498.77"
+
+
+def _pred(n: int = 4) -> Prediction:
+    rng = np.random.default_rng(0)
+    p = rng.uniform(0.0, 0.3, size=(n, 6)).astype(np.float32)
+    p[2, 0], p[2, 5] = 0.9, 0.8  # slice 2: any + subdural
+    return Prediction(
+        slice_probs=p, scan_probs=p.max(axis=0), thresholds=dict.fromkeys(LABELS, 0.5),
+        model={"name": "m", "version": "1.0", "sha256": "ab" * 32, "scan_rule": "max", "tta": "false"},
+        study_instance_uid=f"{ROOT}.1", series_instance_uid=f"{ROOT}.2",
+        sop_instance_uids=[f"{ROOT}.3.{i}" for i in range(n)], positions_mm=np.arange(n) * 5.0,
+        warnings=[IngestWarning("gap", "a <script>gap</script>", ("a.dcm",))], timing_s={"cnn": 0.5})
+
+
+def _evidence(pred: Prediction) -> list[SliceEvidence]:
+    hu = np.full((48, 48), -1000.0, np.float32)
+    hu[8:40, 8:40] = 40.0
+    cam = np.zeros((32, 32), np.float32)
+    cam[10:20, 10:20] = 1.0
+    return [SliceEvidence(index=2, label="subdural", probability=0.8, image_hu=hu, cam=cam),
+            SliceEvidence(index=1, label="any", probability=0.2, image_hu=hu, cam=None)]
+
+
+def test_schema_is_valid_and_results_validate():
+    import jsonschema
+
+    jsonschema.Draft202012Validator.check_schema(load_schema())
+    pred = _pred()
+    data = prediction_to_dict(pred, flagged=[(2, "subdural", 0.8)], input_kind="dicom", generated_uids=False)
+    validate_result(data)
+    validate_result([data, data])
+    assert data["schema_version"] == SCHEMA_VERSION and data["n_slices"] == 4
+    assert data["scan_positive"] == {"any": True, "epidural": False, "intraparenchymal": False,
+                                     "intraventricular": False, "subarachnoid": False, "subdural": True}
+    assert data["slices"][2]["probabilities"]["subdural"] == pytest.approx(0.8, abs=1e-6)
+    assert data["slices"][1]["z_mm"] == 5.0 and data["model"]["tta"] is False
+    assert json.loads(dumps(data)) == data
+
+
+def test_unknown_positions_become_null():
+    pred = _pred()
+    pred.positions_mm = np.full(4, np.nan)
+    data = prediction_to_dict(pred)
+    validate_result(data)
+    assert all(s["z_mm"] is None for s in data["slices"])
+
+
+@pytest.mark.parametrize("breaks", [
+    lambda d: d["scan"].update(any=1.5),
+    lambda d: d["scan"].pop("subdural"),
+    lambda d: d["slices"][0]["probabilities"].update(extra=0.1),
+    lambda d: d.update(schema_version="2.0"),
+    lambda d: d["model"].update(sha256="xyz"),
+    lambda d: d.update(slices=[]),
+])
+def test_schema_rejects_broken_results(breaks):
+    data = prediction_to_dict(_pred())
+    broken = copy.deepcopy(data)
+    breaks(broken)
+    with pytest.raises(ModelError, match="does not match"):
+        validate_result(broken)
+
+
+def test_html_is_self_contained_and_escaped():
+    pred = _pred()
+    text = render_html(pred, _evidence(pred), model_info={"name": "m", "version": "1.0", "license": "CC BY 4.0",
+                                                          "model_card_text": "# card <b>"},
+                       input_kind="dicom")
+    assert text.startswith("<!DOCTYPE html>") and DISCLAIMER in text
+    assert "<script>" not in text and "&lt;script&gt;gap" in text and "# card &lt;b&gt;" in text
+    assert text.count("data:image/png;base64,") == 3  # curves + two slices
+    for attr in ('src="http', "src='http", 'href="http', "@import", "url("):
+        assert attr not in text
+    assert "Hemorrhage suspected" in text and "subdural" in text
+
+
+def test_html_without_flagged_slices():
+    pred = _pred()
+    pred.thresholds = dict.fromkeys(LABELS, 0.95)
+    text = render_html(pred, [], model_info={"name": "m"}, gradcam=False)
+    assert "No slice reached the operating threshold" in text and "No hemorrhage above" in text
+
+
+def _ctx(reference=None) -> DicomContext:
+    return DicomContext(study_instance_uid=f"{ROOT}.1", source_series_instance_uid=f"{ROOT}.2",
+                        source_sop_class_uid="1.2.840.10008.5.1.4.1.1.2", reference=reference)
+
+
+def _source_header():
+    from pydicom.dataset import Dataset
+
+    ds = Dataset()
+    ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = "Doe^Jane", "P-1", "19700101", "F"
+    ds.StudyDate, ds.StudyTime, ds.StudyID, ds.AccessionNumber = "20240101", "101010", "S1", "A1"
+    ds.ReferringPhysicianName = ""
+    return ds
+
+
+def test_dicom_outputs_reference_the_source(tmp_path: Path):
+    import pydicom
+
+    pred = _pred()
+    paths = write_dicom_outputs(tmp_path, pred, _evidence(pred), _ctx(_source_header()))
+    assert [p.name for p in paths] == ["sc-001.dcm", "sc-002.dcm", "sr.dcm"]
+    scs = [pydicom.dcmread(p) for p in paths[:2]]
+    sr = pydicom.dcmread(paths[2])
+    source_uids = set(pred.sop_instance_uids)
+    for ds in [*scs, sr]:
+        assert ds.StudyInstanceUID == pred.study_instance_uid  # same study as the source
+        assert ds.SeriesInstanceUID != pred.series_instance_uid and ds.SOPInstanceUID not in source_uids
+        assert ds.PatientID == "P-1" and ds.AccessionNumber == "A1"  # filed under the source patient
+    assert scs[0].SeriesInstanceUID == scs[1].SeriesInstanceUID != sr.SeriesInstanceUID
+    assert scs[0].SOPClassUID == "1.2.840.10008.5.1.4.1.1.7" and scs[0].SamplesPerPixel == 3
+    assert scs[0].SourceImageSequence[0].ReferencedSOPInstanceUID == pred.sop_instance_uids[2]
+    assert scs[0].pixel_array.shape == (48, 48, 3)
+    assert sr.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.33"  # Comprehensive SR
+    evidence = {item.ReferencedSOPInstanceUID
+                for study in sr.CurrentRequestedProcedureEvidenceSequence
+                for series in study.ReferencedSeriesSequence for item in series.ReferencedSOPSequence}
+    assert {scs[0].SOPInstanceUID, scs[1].SOPInstanceUID, pred.sop_instance_uids[2]} <= evidence
+    findings = sr.ContentSequence[-1].ContentSequence
+    assert len(findings) == 6
+    by_label = {}
+    for f in findings:
+        props = {p.ConceptNameCodeSequence[0].CodeMeaning: p for p in f.ContentSequence}
+        by_label[f.ConceptCodeSequence[0].CodeMeaning] = props
+    sdh = by_label["Subdural hemorrhage"]
+    assert float(sdh["Probability"].MeasuredValueSequence[0].NumericValue) == pytest.approx(0.8, abs=1e-4)
+    assert sdh["Presence of property"].ConceptCodeSequence[0].CodeMeaning == "Present"
+    assert sdh["Best illustration of finding"].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == scs[0].SOPInstanceUID
+    assert sdh["Source image"].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == pred.sop_instance_uids[2]
+    assert by_label["Intracranial hemorrhage (disorder)"]["Presence of property"].ConceptCodeSequence[0].CodeMeaning \
+        == "Present"
+    assert by_label["Epidural hemorrhage"]["Presence of property"].ConceptCodeSequence[0].CodeMeaning == "Absent"
+
+
+def test_dicom_outputs_for_non_dicom_input(tmp_path: Path):
+    import highdicom as hd
+    import pydicom
+
+    pred = _pred()
+    study = str(hd.UID())
+    ctx = DicomContext(study_instance_uid=study, source_series_instance_uid=None, source_sop_class_uid=None,
+                       reference=None)
+    paths = write_dicom_outputs(tmp_path, pred, _evidence(pred)[:1], ctx)
+    sr = pydicom.dcmread(paths[-1])
+    sc = pydicom.dcmread(paths[0])
+    assert sr.StudyInstanceUID == sc.StudyInstanceUID == study and "SourceImageSequence" not in sc
+    assert sr.PatientID == ""
+
+
+@pytest.mark.skipif(shutil.which("dciodvfy") is None, reason="dciodvfy (Debian dicom3tools) is not installed")
+def test_dciodvfy_finds_no_errors(tmp_path: Path):
+    pred = _pred()
+    for path in write_dicom_outputs(tmp_path, pred, _evidence(pred), _ctx(_source_header())):
+        out = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=60)
+        errors = [line for line in (out.stdout + out.stderr).splitlines() if line.startswith("Error")]
+        assert not errors, f"{path.name}: {errors}"
+
+
+def test_uid_and_orientation_helpers():
+    assert is_valid_uid("1.2.840.10008.1") and not is_valid_uid("ID_0fe31b044") and not is_valid_uid("")
+    assert orientation_letters([1, 0, 0, 0, 1, 0]) == ("L", "P")
+    assert orientation_letters([1, 0, 0, 0, 0.9483, -0.3173]) == ("L", "P")
+    assert orientation_letters([0, 1, 0, 0, 0, -1]) == ("P", "F")
+    assert orientation_letters(None) == ("L", "P")
+    assert split_frame("1.2.3#4") == ("1.2.3", 4) and split_frame("1.2.3") == ("1.2.3", None)

@@ -1,0 +1,122 @@
+"""run_predict: output layout, staging (no partial results), overwrite protection, several series."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from factories import make_ct_series, uid, write_series
+
+from ichd.errors import InputError
+from ichd.inference.report_json import validate_result
+from ichd.inference.run import PredictOptions, parse_formats, run_predict
+
+
+def _folder(tmp_path: Path, name: str = "ct", n: int = 4, **kw) -> Path:
+    folder = tmp_path / name
+    write_series(folder, make_ct_series(n, rows=48, columns=48, **kw))
+    return folder
+
+
+def test_parse_formats():
+    assert parse_formats(None, has_out=True) == ("json", "html")
+    assert parse_formats(None, has_out=False) == ("json",)
+    assert parse_formats("dicom, json,dicom", has_out=True) == ("dicom", "json")
+    with pytest.raises(InputError, match="did you mean 'html'"):
+        parse_formats("htm", has_out=True)
+    with pytest.raises(InputError, match="--out"):
+        parse_formats("json,html", has_out=False)
+
+
+def test_all_formats_for_one_dicom_series(tmp_path: Path, predictor):
+    import pydicom
+
+    src = _folder(tmp_path)
+    out = tmp_path / "out"
+    result = run_predict(src, PredictOptions(out=out, formats=("json", "html", "dicom")), predictor=predictor)
+    names = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+    assert names[-3:] == ["dicom/sr.dcm", "prediction.json", "report.html"] and names[0] == "dicom/sc-001.dcm"
+    data = json.loads((out / "prediction.json").read_text())
+    validate_result(data)
+    assert data["n_slices"] == 4 and data["input_kind"] == "dicom" and data["generated_uids"] is False
+    assert {"read", "preprocess", "cnn", "html", "dicom", "total"} <= set(data["timing_s"])
+    sr = pydicom.dcmread(out / "dicom" / "sr.dcm")
+    assert sr.StudyInstanceUID == data["study_instance_uid"]
+    assert result.json_text == (out / "prediction.json").read_text()
+    assert not list(out.glob(".ichd-predict-*"))  # staging folder removed
+    assert (out / "report.html").stat().st_mode & 0o044  # readable results, not 0600 temporaries
+
+
+def test_existing_results_are_not_overwritten(tmp_path: Path, predictor):
+    src = _folder(tmp_path)
+    out = tmp_path / "out"
+    run_predict(src, PredictOptions(out=out, formats=("json",)), predictor=predictor)
+    before = (out / "prediction.json").read_text()
+    with pytest.raises(InputError, match="--overwrite"):
+        run_predict(src, PredictOptions(out=out, formats=("json",)), predictor=predictor)
+    assert (out / "prediction.json").read_text() == before
+    run_predict(src, PredictOptions(out=out, formats=("json",), overwrite=True, tta=True), predictor=predictor)
+    assert json.loads((out / "prediction.json").read_text())["model"]["tta"] is True
+
+
+def test_a_failure_leaves_no_partial_files(tmp_path: Path, predictor, monkeypatch: pytest.MonkeyPatch):
+    src = _folder(tmp_path)
+    out = tmp_path / "out"
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    import ichd.inference.report_html as report_html
+
+    monkeypatch.setattr(report_html, "render_html", broken)
+    with pytest.raises(RuntimeError, match="disk full"):
+        run_predict(src, PredictOptions(out=out, formats=("json", "html", "dicom")), predictor=predictor)
+    assert not out.exists()  # the folder did not exist before: nothing is left, not even the staging folder
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    with pytest.raises(RuntimeError, match="disk full"):
+        run_predict(src, PredictOptions(out=out, formats=("json", "html", "dicom")), predictor=predictor)
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+
+
+def test_several_series_and_series_selection(tmp_path: Path, predictor):
+    src = tmp_path / "two"
+    study = uid("study-two")
+    a = make_ct_series(3, rows=48, columns=48, study_uid=study, series_uid=uid("series-a"))
+    b = make_ct_series(2, rows=48, columns=48, study_uid=study, series_uid=uid("series-b"))
+    write_series(src, a + b)
+    out = tmp_path / "out"
+    run_predict(src, PredictOptions(out=out, formats=("json", "html")), predictor=predictor)
+    data = json.loads((out / "prediction.json").read_text())
+    assert isinstance(data, list) and sorted(d["n_slices"] for d in data) == [2, 3]
+    for d in data:
+        folder = out / d["series_instance_uid"]
+        assert (folder / "report.html").is_file()
+        assert json.loads((folder / "prediction.json").read_text()) == d
+    one = run_predict(src, PredictOptions(series_uid=uid("series-b")), predictor=predictor)
+    assert json.loads(one.json_text)["n_slices"] == 2
+    with pytest.raises(InputError, match="not in the input"):
+        run_predict(src, PredictOptions(series_uid="1.2.3"), predictor=predictor)
+
+
+def test_image_input_gets_a_new_study_for_dicom_outputs(tmp_path: Path, predictor):
+    import numpy as np
+    import pydicom
+    from PIL import Image
+
+    src = tmp_path / "pngs"
+    src.mkdir()
+    for i in range(3):
+        img = np.zeros((48, 48), np.uint8)
+        img[8:40, 8:40] = 120 + 10 * i
+        Image.fromarray(img).save(src / f"{i:03d}.png")
+    out = tmp_path / "out"
+    run_predict(src, PredictOptions(out=out, formats=("json", "dicom"), window="40,80"), predictor=predictor)
+    data = json.loads((out / "prediction.json").read_text())
+    assert data["generated_uids"] is True and data["slices"][0]["z_mm"] is None
+    codes = [w["code"] for w in data["warnings"]]
+    assert "generated_study_uid" in codes
+    sr = pydicom.dcmread(out / "dicom" / "sr.dcm")
+    assert sr.StudyInstanceUID != data["study_instance_uid"] and sr.StudyInstanceUID in \
+        next(w["message"] for w in data["warnings"] if w["code"] == "generated_study_uid")
