@@ -24,8 +24,12 @@ COMMAND_MODULES: tuple[str, ...] = (
     "ingest",
     "models",
     "preprocess",
+    "train",
+    "train_seq",
+    "embed",
     "evaluate",
     "predict",
+    "explain",
 )
 
 HELP = """ichd — intracranial hemorrhage detection and subtype classification on head CT.

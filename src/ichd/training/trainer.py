@@ -1,0 +1,302 @@
+"""One training loop for every ichd model: epochs, per-epoch learning rates, gradient accumulation, mixed
+precision, channels_last, deterministic seeding, validation, and callbacks (checkpoints, metric logs).
+
+The loop knows nothing about CT: batches are ``dict``\\ s with ``image`` and ``target`` tensors (other keys,
+e.g. ``slice_id`` / ``scan_id``, are passed through to predictions), or ``(image, target, ...)`` tuples.
+Resuming: :meth:`Trainer.state_dict` / :meth:`Trainer.load_state_dict` carry the optimizer, the epoch and the
+metric history; every epoch re-seeds all random generators from ``(seed, epoch)``, so a run resumed after
+epoch ``k`` continues exactly as the uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ichd.errors import IchdError
+from ichd.utils.logging import get_logger
+from ichd.utils.progress import progress_bar
+
+log = get_logger(__name__)
+
+
+def seed_everything(seed: int, *, deterministic: bool = True) -> None:
+    """Seed python, numpy and torch; with ``deterministic`` ask torch for deterministic kernels (warn-only)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        if torch.backends.cudnn.is_available():
+            torch.backends.cudnn.benchmark = False
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of epoch ``epoch`` of a run seeded with ``seed`` (shuffling, augmentation, dropout)."""
+    return int(seed) * 1000 + int(epoch)
+
+
+class Callback:
+    """Hooks called by :class:`Trainer`; override what you need."""
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        """Before the first epoch (also when resuming)."""
+
+    def on_epoch_end(self, trainer: Trainer, epoch: int, metrics: dict[str, float]) -> None:
+        """After epoch ``epoch`` (0-based) with its train (``train/...``) and validation (``val/...``) metrics."""
+
+    def on_fit_end(self, trainer: Trainer) -> None:
+        """After the last epoch."""
+
+
+@dataclass
+class Predictions:
+    """Model outputs over a loader: probabilities, targets (when present) and pass-through metadata."""
+
+    probs: np.ndarray  # (n, C) float32
+    targets: np.ndarray | None  # (n, C) float32
+    meta: dict[str, list[Any]] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def split_batch(batch: Any) -> tuple[torch.Tensor, torch.Tensor | None, dict[str, list[Any]]]:
+    """``(image, target or None, metadata lists)`` of a dict or tuple batch."""
+    if isinstance(batch, dict):
+        meta = {k: (v.tolist() if isinstance(v, torch.Tensor) else list(v)) for k, v in batch.items()
+                if k not in ("image", "target")}
+        return batch["image"], batch.get("target"), meta
+    if isinstance(batch, (list, tuple)):
+        return batch[0], (batch[1] if len(batch) > 1 else None), {}
+    raise TypeError(f"cannot unpack a batch of type {type(batch).__name__}")
+
+
+class Trainer:
+    """Train ``model`` with ``loss_fn`` and Adam-style ``optimizer``, one learning rate per epoch.
+
+    Args:
+        model: the network (moved to ``device``; channels_last when asked).
+        loss_fn: ``loss_fn(logits, targets) -> scalar``.
+        optimizer: its learning rate is set from ``lr_per_epoch`` at the start of each epoch.
+        lr_per_epoch: learning rates; their number is the number of epochs.
+        device: a ``torch.device``.
+        metrics_factory: builds a fresh metric accumulator (``update(probs, targets, scan_ids)`` /
+            ``compute() -> dict``) for validation, e.g. :class:`ichd.evaluation.metrics.CumulativeMetrics`.
+        grad_accum: optimizer step every ``grad_accum`` batches (losses are scaled by ``1/grad_accum``).
+        amp: autocast (float16 + GradScaler on CUDA, bfloat16 on CPU).
+        seed: base seed; epoch ``e`` re-seeds everything with :func:`epoch_seed`.
+        loader_generator: the training DataLoader's ``generator``, re-seeded every epoch (shuffle order,
+            worker seeds).
+        reseed_fns: called with the epoch seed at the start of every epoch (e.g. an in-process augmentation's
+            own generator).
+        scan_ids: ``slice_id -> scan_id`` for scan-level validation metrics when batches carry only
+            ``slice_id``.
+        log_every: log a progress line every N optimizer steps (for log files; the bar updates each batch).
+        desc: label of the progress bar and log lines (e.g. ``"fold 2"``).
+    """
+
+    def __init__(self, model: nn.Module, loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+                 optimizer: torch.optim.Optimizer, *, lr_per_epoch: Sequence[float], device: torch.device,
+                 metrics_factory: Callable[[], Any] | None = None, grad_accum: int = 1, amp: bool = False,
+                 channels_last: bool = True, seed: int = 42, deterministic: bool = True,
+                 loader_generator: torch.Generator | None = None,
+                 reseed_fns: Iterable[Callable[[int], None]] = (), scan_ids: dict[str, str] | None = None,
+                 callbacks: Iterable[Callback] = (), log_every: int = 10, desc: str = "train") -> None:
+        self.device = device
+        self.channels_last = channels_last
+        self.model = model.to(device)
+        if channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.loss_fn = loss_fn.to(device) if isinstance(loss_fn, nn.Module) else loss_fn
+        self.optimizer = optimizer
+        self.lr_per_epoch = [float(x) for x in lr_per_epoch]
+        self.metrics_factory = metrics_factory
+        self.grad_accum = max(1, int(grad_accum))
+        self.amp = amp
+        self.seed = seed
+        self.deterministic = deterministic
+        self.loader_generator = loader_generator
+        self.reseed_fns = list(reseed_fns)
+        self.scan_ids = scan_ids
+        self.callbacks = list(callbacks)
+        self.log_every = max(1, int(log_every))
+        self.desc = desc
+        self.epoch = 0  # next epoch to run
+        self.step = 0  # optimizer steps so far
+        self.history: list[dict[str, float]] = []
+        use_scaler = amp and device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
+
+    @property
+    def epochs(self) -> int:
+        return len(self.lr_per_epoch)
+
+    # -- state for resuming ------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Optimizer, scaler, counters and metric history (the model's weights are saved separately)."""
+        return {"optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
+                "trainer": {"epoch": self.epoch, "step": self.step, "history": list(self.history),
+                            "lr_per_epoch": list(self.lr_per_epoch)}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` output (the model's weights must already be loaded)."""
+        self.optimizer.load_state_dict(state["optimizer"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        t = state["trainer"]
+        self.epoch, self.step, self.history = int(t["epoch"]), int(t["step"]), list(t["history"])
+
+    # -- helpers -----------------------------------------------------------------------------------------------
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if not self.amp:
+            return contextlib.nullcontext()
+        dtype = torch.float16 if self.device.type == "cuda" else torch.bfloat16
+        return torch.autocast(device_type=self.device.type, dtype=dtype)
+
+    def _to_device(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.device, non_blocking=True)
+        if self.channels_last and x.ndim == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def _seed_epoch(self, epoch: int) -> None:
+        s = epoch_seed(self.seed, epoch)
+        seed_everything(s, deterministic=self.deterministic)
+        if self.loader_generator is not None:
+            self.loader_generator.manual_seed(s)
+        for fn in self.reseed_fns:
+            fn(s)
+
+    # -- loops -------------------------------------------------------------------------------------------------
+    def train_epoch(self, loader: Iterable[Any], epoch: int) -> dict[str, float]:
+        """One pass over ``loader`` at ``lr_per_epoch[epoch]``; returns ``train/loss`` and ``train/img_per_s``."""
+        self._seed_epoch(epoch)
+        lr = self.lr_per_epoch[epoch]
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        total = len(loader) if hasattr(loader, "__len__") else None
+        bar = progress_bar(desc=f"{self.desc} epoch {epoch + 1}/{self.epochs}", total=total, unit="batch")
+        loss_sum, n_seen, t0 = 0.0, 0, time.perf_counter()
+        ema: float | None = None
+        pending = 0
+        try:
+            for i, batch in enumerate(loader):
+                x, y, _ = split_batch(batch)
+                if y is None:
+                    raise IchdError("training batches must carry targets")
+                x, y = self._to_device(x), y.to(self.device, non_blocking=True).float()
+                with self._autocast():
+                    logits = self.model(x)
+                loss = self.loss_fn(logits.float(), y)
+                if not torch.isfinite(loss):
+                    raise IchdError(f"{self.desc}: loss became {loss.item()} at epoch {epoch + 1}, batch {i + 1}",
+                                    hint="lower the learning rate or disable amp")
+                self.scaler.scale(loss / self.grad_accum).backward()
+                pending += 1
+                if pending == self.grad_accum or (total is not None and i + 1 == total):
+                    self.scaler.step(self.optimizer)
+                    self.scaler.update()
+                    self.optimizer.zero_grad(set_to_none=True)
+                    pending = 0
+                    self.step += 1
+                b = int(x.shape[0])
+                value = float(loss.detach())
+                loss_sum += value * b
+                n_seen += b
+                ema = value if ema is None else 0.9 * ema + 0.1 * value
+                ips = n_seen / max(time.perf_counter() - t0, 1e-9)
+                bar.set_postfix(loss=f"{ema:.4f}", img_s=f"{ips:.1f}", refresh=False)
+                bar.update(1)
+                if (i + 1) % self.log_every == 0:
+                    log.info("%s epoch %d/%d batch %d/%s loss %.4f (running %.4f) %.1f img/s", self.desc,
+                             epoch + 1, self.epochs, i + 1, total if total is not None else "?", value, ema, ips)
+            if pending:  # a loader without len: flush the last partial accumulation
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+                self.optimizer.zero_grad(set_to_none=True)
+                self.step += 1
+        finally:
+            bar.close()
+        seconds = time.perf_counter() - t0
+        return {"train/loss": loss_sum / max(n_seen, 1), "train/img_per_s": n_seen / max(seconds, 1e-9),
+                "train/seconds": seconds, "train/n": float(n_seen), "lr": lr}
+
+    @torch.no_grad()
+    def predict(self, loader: Iterable[Any], *, desc: str = "predict") -> Predictions:
+        """Sigmoid probabilities over ``loader`` in eval mode, with targets and metadata when present."""
+        self.model.eval()
+        probs: list[np.ndarray] = []
+        targets: list[np.ndarray] = []
+        meta: dict[str, list[Any]] = {}
+        total = len(loader) if hasattr(loader, "__len__") else None
+        bar = progress_bar(desc=f"{self.desc} {desc}", total=total, unit="batch")
+        t0 = time.perf_counter()
+        try:
+            for batch in loader:
+                x, y, m = split_batch(batch)
+                with self._autocast():
+                    logits = self.model(self._to_device(x))
+                probs.append(torch.sigmoid(logits.float()).cpu().numpy())
+                if y is not None:
+                    targets.append(y.float().cpu().numpy())
+                for k, v in m.items():
+                    meta.setdefault(k, []).extend(v)
+                bar.update(1)
+        finally:
+            bar.close()
+        p = np.concatenate(probs) if probs else np.zeros((0, 0), np.float32)
+        t = np.concatenate(targets) if targets and len(targets) == len(probs) else None
+        return Predictions(probs=p.astype(np.float32), targets=t, meta=meta, seconds=time.perf_counter() - t0)
+
+    def validate(self, loader: Iterable[Any]) -> tuple[dict[str, float], Predictions]:
+        """Predict ``loader`` and compute ``val/...`` metrics (with scan-level metrics when batches carry
+        ``scan_id``)."""
+        preds = self.predict(loader, desc="validate")
+        metrics: dict[str, float] = {"val/seconds": preds.seconds}
+        if self.metrics_factory is not None and preds.targets is not None:
+            acc = self.metrics_factory()
+            scans = preds.meta.get("scan_id")
+            if scans is None and self.scan_ids is not None and "slice_id" in preds.meta:
+                scans = [self.scan_ids[str(s)] for s in preds.meta["slice_id"]]
+            acc.update(preds.probs, preds.targets, scans)
+            metrics.update({f"val/{k}": float(v) for k, v in acc.compute().items()})
+        return metrics, preds
+
+    def fit(self, train_loader: Iterable[Any], val_loader: Iterable[Any] | None = None) -> list[dict[str, float]]:
+        """Run the remaining epochs (from :attr:`epoch`), validating after each; returns the metric history."""
+        for cb in self.callbacks:
+            cb.on_fit_start(self)
+        while self.epoch < self.epochs:
+            epoch = self.epoch
+            metrics = {"epoch": float(epoch + 1), **self.train_epoch(train_loader, epoch)}
+            if val_loader is not None:
+                val_metrics, _ = self.validate(val_loader)
+                metrics.update(val_metrics)
+            self.epoch = epoch + 1
+            self.history.append(metrics)
+            log.info("%s epoch %d/%d: %s", self.desc, epoch + 1, self.epochs, _summary(metrics))
+            for cb in self.callbacks:
+                cb.on_epoch_end(self, epoch, metrics)
+        for cb in self.callbacks:
+            cb.on_fit_end(self)
+        return self.history
+
+
+def _summary(metrics: dict[str, float]) -> str:
+    keys = ("train/loss", "train/img_per_s", "val/weighted_log_loss", "val/auc/any", "val/mean_auc",
+            "val/scan/auc/any")
+    parts = []
+    for k in keys:
+        if k in metrics and not (isinstance(metrics[k], float) and math.isnan(metrics[k])):
+            parts.append(f"{k}={metrics[k]:.4f}")
+    return " ".join(parts)
