@@ -7,8 +7,8 @@ import json
 from pathlib import Path
 
 import pytest
-from factories import make_ct_series, write_series
 
+from factories import make_ct_series, write_series
 from ichd.cli.main import run
 from ichd.inference.report_json import validate_result
 

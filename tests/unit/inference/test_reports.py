@@ -181,7 +181,7 @@ def test_dicom_outputs_for_non_dicom_input(tmp_path: Path):
 def test_dciodvfy_finds_no_errors(tmp_path: Path):
     pred = _pred()
     for path in write_dicom_outputs(tmp_path, pred, _evidence(pred), _ctx(_source_header())):
-        out = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=60)
+        out = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=60, check=False)
         errors = [line for line in (out.stdout + out.stderr).splitlines() if line.startswith("Error")]
         assert not errors, f"{path.name}: {errors}"
 

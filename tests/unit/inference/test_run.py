@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
-from factories import make_ct_series, uid, write_series
 
+from factories import make_ct_series, uid, write_series
 from ichd.errors import InputError
 from ichd.inference.report_json import validate_result
 from ichd.inference.run import PredictOptions, parse_formats, run_predict
@@ -67,7 +67,7 @@ def test_a_failure_leaves_no_partial_files(tmp_path: Path, predictor, monkeypatc
     def broken(*args, **kwargs):
         raise RuntimeError("disk full")
 
-    import ichd.inference.report_html as report_html
+    from ichd.inference import report_html
 
     monkeypatch.setattr(report_html, "render_html", broken)
     with pytest.raises(RuntimeError, match="disk full"):
