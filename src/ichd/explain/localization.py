@@ -144,11 +144,11 @@ def randomized_copy(model: nn.Module, *, mode: RandomizeMode = "full", fraction:
     clone = copy.deepcopy(model)
     names = parameterised_layers(clone)
     if mode == "cascading":
-        k = max(1, int(round(fraction * len(names))))
+        k = max(1, round(fraction * len(names)))
         names = names[len(names) - k:]
-    gen_state = torch.random.get_rng_state()
-    torch.manual_seed(seed)
-    try:
+    # A private CPU generator state: the caller's global RNG stream is left as it was.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
         modules = dict(clone.named_modules())
         with torch.no_grad():
             for name in names:
@@ -160,6 +160,4 @@ def randomized_copy(model: nn.Module, *, mode: RandomizeMode = "full", fraction:
                 else:
                     for p in m.parameters(recurse=False):
                         p.normal_(0.0, 0.02)
-    finally:
-        torch.random.set_rng_state(gen_state)
     return clone

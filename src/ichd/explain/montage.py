@@ -54,7 +54,7 @@ def montage_figure(tiles: list[MontageTile], *, title: str, ncols: int | None = 
     n = len(tiles)
     ncols = ncols or min(6, max(1, math.ceil(math.sqrt(n))))
     nrows = math.ceil(n / ncols)
-    fig = Figure(figsize=(tile_inches * ncols + 1.0, tile_inches * nrows + 0.7), dpi=dpi)
+    fig = Figure(figsize=(tile_inches * ncols + 1.0, tile_inches * nrows + 0.7), dpi=dpi, layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
     for ax, tile in zip(axes, tiles, strict=False):

@@ -149,7 +149,7 @@ def overlay_figure(image: np.ndarray, cam_map: np.ndarray, *, class_name: str, p
     from matplotlib.figure import Figure
 
     ncols = 2 if side_by_side else 1
-    fig = Figure(figsize=(4.2 * ncols + 0.8, 4.6), dpi=dpi)
+    fig = Figure(figsize=(4.2 * ncols + 0.8, 4.6), dpi=dpi, layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, ncols, squeeze=False)[0]
     if side_by_side:
@@ -165,7 +165,7 @@ def overlay_figure(image: np.ndarray, cam_map: np.ndarray, *, class_name: str, p
         title += f" — slice {slice_index}"
     fig.suptitle(title, fontsize=11)
     if subtitle:
-        fig.text(0.5, 0.01, subtitle, ha="center", va="bottom", fontsize=7, color="0.3")
+        fig.supxlabel(subtitle, fontsize=7, color="0.3")
     return fig
 
 

@@ -1,8 +1,8 @@
 """From a CT series and a slice CNN to Grad-CAM evidence for every positive finding.
 
-:func:`explain_series` runs the model over the series (the one preprocessing path,
-:func:`ichd.preprocessing.pipeline.preprocess_series`), flags every (slice, class) whose probability reaches the
-operating threshold, and computes a Grad-CAM map for each flagged pair. :func:`write_series_explanation` turns
+:func:`explain_series` flags every (slice, class) whose probability (from the predictor) reaches the operating
+threshold and computes a Grad-CAM map of the slice CNN for each flagged pair. The CNN input comes from the
+caller (``Predictor.model_inputs``), so there is one path from HU to model input. :func:`write_series_explanation` turns
 the result into one overlay PNG per finding, one montage per scan and an ``explain.json`` index::
 
     OUT/<scan>/overlays/slice_<i:03d>_<class>.png
@@ -16,11 +16,10 @@ padding and the resize of the preprocessing) only when drawn.
 from __future__ import annotations
 
 import json
-import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -34,7 +33,6 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
-    from ichd.preprocessing.config import PreprocessConfig
     from ichd.types import CTSeries
 
 log = get_logger(__name__)
@@ -85,27 +83,6 @@ def map_to_image(cam: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return np.ascontiguousarray(square[top:top + h, left:left + w])
 
 
-def model_input(series: CTSeries, preprocess: PreprocessConfig) -> np.ndarray:
-    """The series as the slice CNN's input: uint8 (z, 3, S, S) windows (the model normalises internally)."""
-    from ichd.preprocessing.pipeline import preprocess_series
-
-    return preprocess_series(series, preprocess)
-
-
-def slice_probabilities(model: nn.Module, x: np.ndarray, *, device: torch.device | str = "cpu",
-                        batch_size: int = 32) -> np.ndarray:
-    """Sigmoid probabilities (z, num_classes) of the slice CNN for model input ``x`` (z, 3, S, S)."""
-    import torch
-
-    model.eval()
-    out = []
-    with torch.no_grad():
-        for i in progress(range(0, len(x), batch_size), desc="scoring slices", unit="batch"):
-            xb = torch.from_numpy(np.ascontiguousarray(x[i:i + batch_size])).to(device)
-            out.append(torch.sigmoid(model(xb).float()).cpu().numpy())
-    return np.concatenate(out, axis=0) if out else np.zeros((0, len(LABELS)), np.float32)
-
-
 def resolve_classes(classes: Sequence[str | int] | None) -> tuple[str, ...]:
     """Class names (LABELS order, no duplicates) from names/abbreviations/indices; None means all six."""
     if not classes:
@@ -114,38 +91,39 @@ def resolve_classes(classes: Sequence[str | int] | None) -> tuple[str, ...]:
     return tuple(LABELS[i] for i in idx)
 
 
-def explain_series(series: CTSeries, model: nn.Module, preprocess: PreprocessConfig, *,
+ModelInputs = Callable[[int, int], "torch.Tensor"]
+
+
+def explain_series(series: CTSeries, model: nn.Module, model_inputs: ModelInputs, probabilities: np.ndarray, *,
                    thresholds: Mapping[str, float], classes: Sequence[str | int] | None = None,
-                   probabilities: np.ndarray | None = None, scan_id: str | None = None,
-                   method: CamMethod = "gradcam", device: torch.device | str = "cpu",
+                   scan_id: str | None = None, method: CamMethod = "gradcam",
                    batch_size: int = DEFAULT_BATCH_SIZE) -> SeriesExplanation:
     """Grad-CAM maps for every slice/class of ``series`` whose probability is at least its threshold.
 
     Args:
         series: the CT series (HU).
-        model: a registered slice CNN (eval mode, on ``device``).
-        preprocess: the preprocessing the model was trained with (from its checkpoint).
+        model: the registered slice CNN that the maps explain (eval mode).
+        model_inputs: ``(start, stop) -> (n, 3, S, S)`` tensor on the model's device: the CNN input of those
+            slices, e.g. :meth:`ichd.inference.predictor.Predictor.model_inputs` bound to ``series`` (the one
+            preprocessing path from HU to model input).
+        probabilities: (z, 6) slice probabilities that decide what is flagged (the predictor's output).
         thresholds: label -> operating threshold; every class in ``classes`` needs one.
         classes: classes to explain (names, abbreviations or indices); default all six.
-        probabilities: (z, 6) probabilities that decide what is flagged (e.g. the full predictor's output);
-            default the slice CNN's own probabilities.
         scan_id: name of the scan in outputs; default the series' SeriesInstanceUID.
+        method: ``"gradcam"`` or ``"gradcam++"``.
+        batch_size: flagged slices per Grad-CAM pass.
     """
     import torch
 
     names = resolve_classes(classes)
     missing = [c for c in names if c not in thresholds]
     if missing:
-        raise InputError(f"no operating threshold for {', '.join(missing)}",
-                         hint="pass --threshold, or use a checkpoint that stores thresholds")
-    x = model_input(series, preprocess)
-    probs = probabilities if probabilities is not None else slice_probabilities(
-        model, x, device=device, batch_size=max(batch_size, 16))
-    probs = np.asarray(probs, dtype=np.float32)
-    if probs.shape != (len(x), len(LABELS)):
-        raise InputError(f"probabilities have shape {probs.shape}, expected ({len(x)}, {len(LABELS)})")
+        raise InputError(f"no operating threshold for {', '.join(missing)}")
+    probs = np.asarray(probabilities, dtype=np.float32)
+    if probs.shape != (series.n_slices, len(LABELS)):
+        raise InputError(f"probabilities have shape {probs.shape}, expected ({series.n_slices}, {len(LABELS)})")
     flagged: dict[int, list[str]] = {}
-    for i in range(len(x)):
+    for i in range(series.n_slices):
         hits = [c for c in names if probs[i, LABELS.index(c)] >= float(thresholds[c])]
         if hits:
             flagged[i] = hits
@@ -159,15 +137,15 @@ def explain_series(series: CTSeries, model: nn.Module, preprocess: PreprocessCon
     for start in progress(range(0, len(slices), batch_size), desc="Grad-CAM", unit="batch"):
         batch = slices[start:start + batch_size]
         needed = sorted({c for i in batch for c in flagged[i]}, key=LABELS.index)
-        xb = torch.from_numpy(np.ascontiguousarray(x[batch])).to(device)
+        xb = torch.cat([model_inputs(i, i + 1) for i in batch], dim=0)
         maps = cam.compute(xb, needed).maps  # (b, len(needed), S, S)
         for bi, i in enumerate(batch):
             for c in flagged[i]:
-                k = needed.index(c)
                 result.findings.append(Finding(slice_index=i, class_name=c,
                                                probability=float(probs[i, LABELS.index(c)]),
-                                               threshold=float(thresholds[c]), cam=maps[bi, k].copy()))
-    log.info("scan %s: %d findings on %d of %d slices", result.scan_id, len(result.findings), len(slices), len(x))
+                                               threshold=float(thresholds[c]),
+                                               cam=maps[bi, needed.index(c)].copy()))
+    log.info("%d findings on %d of %d slices", len(result.findings), len(slices), series.n_slices)
     return result
 
 
@@ -237,15 +215,50 @@ def write_series_explanation(series: CTSeries, expl: SeriesExplanation, out_dir:
     return index
 
 
-def default_thresholds(value: float | None, stored: Mapping[str, float] | None) -> dict[str, float]:
-    """Operating thresholds: ``value`` for every class when given, else the stored ones, else 0.5 (logged)."""
-    if value is not None:
-        if not 0.0 < value < 1.0 or math.isnan(value):
-            raise InputError(f"threshold must be between 0 and 1, got {value}")
-        return {c: float(value) for c in LABELS}
-    out = {c: 0.5 for c in LABELS}
-    if stored:
-        out.update({c: float(v) for c, v in stored.items() if c in LABELS})
-    else:
-        log.warning("the model stores no operating thresholds; using 0.5 for every class")
-    return out
+class ExplainPredictor(Protocol):
+    """What :func:`explain_to_folder` needs from a predictor (:class:`ichd.inference.predictor.Predictor`)."""
+
+    cnn: nn.Module
+    thresholds: dict[str, float]
+
+    def model_inputs(self, series: CTSeries, start: int = 0, stop: int | None = None) -> torch.Tensor: ...
+
+    def predict_series(self, series: CTSeries) -> Any: ...
+
+
+def explain_to_folder(all_series: Sequence[CTSeries], predictor: ExplainPredictor, out: str | Path, *,
+                      classes: Sequence[str | int] | None = None, method: CamMethod = "gradcam",
+                      threshold: float | None = None, overwrite: bool = False,
+                      model_info: Mapping[str, Any] | None = None,
+                      batch_size: int = DEFAULT_BATCH_SIZE) -> list[dict[str, Any]]:
+    """Predict, explain and write every series of ``all_series`` under ``out`` (one sub-folder per scan).
+
+    The slice probabilities that decide what is flagged are the predictor's (``predict_series``; with a
+    sequence stage these are its slice outputs), the thresholds are the predictor's operating thresholds unless
+    ``threshold`` overrides them for every class, and the maps explain the predictor's slice CNN on exactly the
+    input it sees. Existing results are not replaced unless ``overwrite``. Returns the per-scan index dicts.
+    """
+    from ichd.preprocessing.cache import safe_file_stem
+
+    if threshold is not None and not 0.0 < threshold < 1.0:
+        raise InputError(f"--threshold must be between 0 and 1 (exclusive), got {threshold}")
+    thresholds = dict(predictor.thresholds)
+    if threshold is not None:
+        thresholds = dict.fromkeys(LABELS, float(threshold))
+    out = Path(out)
+    stems = [safe_file_stem(s.series_instance_uid) for s in all_series]
+    if len(set(stems)) != len(stems):
+        raise InputError("two input series have the same SeriesInstanceUID; explain them one at a time")
+    taken = [st for st in stems if (out / st / "explain.json").exists()]
+    if taken and not overwrite:
+        raise InputError(f"{out} already holds results for {len(taken)} of these series (e.g. {taken[0]})",
+                         hint="choose another --out folder, or pass --overwrite to replace them")
+    indexes = []
+    for series in all_series:
+        pred = predictor.predict_series(series)
+        expl = explain_series(
+            series, predictor.cnn, lambda a, b, s=series: predictor.model_inputs(s, a, b),
+            np.asarray(pred.slice_probs), thresholds=thresholds, classes=classes, method=method,
+            batch_size=batch_size)
+        indexes.append(write_series_explanation(series, expl, out, model_info=model_info))
+    return indexes

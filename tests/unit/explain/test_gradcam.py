@@ -7,7 +7,7 @@ import copy
 import numpy as np
 import pytest
 import torch
-from conftest import SIZE, ToyCNN, synthetic_hu, to_input
+from explain_toy import SIZE, ToyCNN, synthetic_hu, to_input
 from torch import nn
 
 from ichd.errors import InputError, ModelError

@@ -7,7 +7,7 @@ import copy
 import numpy as np
 import pytest
 import torch
-from conftest import ToyCNN, to_input
+from explain_toy import ToyCNN, to_input
 
 from ichd.errors import InputError
 from ichd.explain.gradcam import GradCAM

@@ -1,0 +1,71 @@
+"""``ichd explain``: Grad-CAM evidence for every positive finding (overlay PNGs, scan montages)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``explain`` command to ``app``."""
+
+    @app.command("explain")
+    def explain(
+        input_path: Annotated[Path, typer.Argument(
+            metavar="INPUT",
+            help="CT input: a DICOM file, folder or zip; a NIfTI file; a CT-ICH root or patient folder; or a folder "
+                 "of windowed PNG/JPG slices (then give --window).")],
+        out: Annotated[Path, typer.Option("--out", "-o", help="Output folder: one sub-folder per scan with "
+                                                              "overlays/*.png, montage.png and explain.json.")],
+        classes: Annotated[str | None, typer.Option(
+            "--classes", "-c", help="Comma-separated classes to explain, names or abbreviations (e.g. any,subdural "
+                                    "or IPH,SDH). Default: all six.")] = None,
+        model: Annotated[str, typer.Option(
+            "--model", "-m", help="Bundled model name, model bundle folder, or checkpoint .pt file; the maps "
+                                  "explain its slice CNN.")] = "default",
+        method: Annotated[str, typer.Option("--method", help="gradcam or gradcam++.")] = "gradcam",
+        threshold: Annotated[float | None, typer.Option(
+            "--threshold", help="Flag slices at or above this probability for every class (default: the model's "
+                                "operating thresholds).")] = None,
+        series: Annotated[str | None, typer.Option(
+            "--series", help="Explain only the series with this SeriesInstanceUID.")] = None,
+        device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda[:N].")] = "auto",
+        window: Annotated[str | None, typer.Option(
+            "--window", help="LEVEL,WIDTH in HU of windowed PNG/JPG slice folders (e.g. 40,80).")] = None,
+        overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace results already in --out.")] = False,
+    ) -> None:
+        """Grad-CAM overlays for every slice/class at or above the operating threshold, and a montage per scan.
+
+        Slice probabilities come from the full predictor; the maps explain its slice CNN (registry's layer).
+
+        Overlays: brain window L40/W80, map where >= 0.2 of its maximum, colour bar, class, probability, slice.
+
+        Research use only; not a medical device.
+        """
+        from ichd.errors import InputError
+        from ichd.explain.gradcam import METHODS
+        from ichd.explain.pipeline import explain_to_folder
+        from ichd.inference.predictor import Predictor
+        from ichd.io.reader import read_ct
+
+        if method not in METHODS:
+            raise InputError(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
+        wanted = [c for c in (classes or "").split(",") if c.strip()] or None
+        predictor = Predictor.load(model, device=device)
+        all_series = read_ct(input_path, window=window)
+        if series is not None:
+            all_series = [s for s in all_series if s.series_instance_uid == series]
+            if not all_series:
+                raise InputError(f"--series {series!r} is not in {input_path}",
+                                 hint="`ichd ingest PATH` lists the series UIDs")
+        ident = predictor.identity
+        indexes = explain_to_folder(all_series, predictor, out, classes=wanted, method=method,  # type: ignore[arg-type]
+                                    threshold=threshold, overwrite=overwrite,
+                                    model_info={"name": ident.name, "version": ident.version,
+                                                "sha256": ident.sha256})
+        for idx in indexes:
+            typer.echo(f"scan {idx['scan_id']}: {len(idx['findings'])} finding(s) on "
+                       f"{len(idx['flagged_slices'])} of {idx['n_slices']} slices", err=True)
+        typer.echo(f"wrote results to {out}", err=True)
