@@ -325,6 +325,7 @@ class Cache:
         #: pandas DataFrame indexed by slice_id with scan_id, patient_id, slice_index, z_mm.
         self.slices = slices
         self._arrays: dict[str, np.ndarray] = {}
+        self._rows_by_scan: dict[str, np.ndarray] | None = None
 
     def __len__(self) -> int:
         return len(self.series)
@@ -371,7 +372,9 @@ class Cache:
 
     def scan_slices(self, scan_id: str) -> Any:
         """The scan's rows of :attr:`slices`, ordered by ``slice_index`` (inferior -> superior)."""
-        rows = self.slices[self.slices["scan_id"] == scan_id]
+        if self._rows_by_scan is None:  # one grouping pass, not a scan of the whole table per call
+            self._rows_by_scan = {str(k): v for k, v in self.slices.groupby("scan_id", sort=False).indices.items()}
+        rows = self.slices.iloc[self._rows_by_scan.get(scan_id, np.empty(0, dtype=np.int64))]
         return rows.sort_values("slice_index")
 
     def __getstate__(self) -> dict[str, Any]:
