@@ -28,7 +28,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from scipy.stats import rankdata
 
 from ichd.constants import LABEL_WEIGHTS, LABELS
 
@@ -106,8 +105,14 @@ def roc_auc(y_true: Any, y_score: Any) -> float:
     n_neg = y.size - n_pos
     if n_pos == 0 or n_neg == 0:
         return math.nan
-    ranks = rankdata(s)
-    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+    # mid-ranks (1-based) of the sorted scores: tied scores share the mean of their positions
+    order = np.argsort(s, kind="mergesort")
+    s_sorted = s[order]
+    starts = np.flatnonzero(np.r_[True, s_sorted[1:] != s_sorted[:-1]])
+    ends = np.r_[starts[1:], s_sorted.size]
+    mid_ranks = np.repeat((starts + ends + 1) / 2.0, ends - starts)
+    rank_sum = float(mid_ranks[y[order]].sum())
+    return (rank_sum - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg)
 
 
 def average_precision(y_true: Any, y_score: Any) -> float:

@@ -653,13 +653,13 @@ def write_report(ev: Evaluation, out: str | Path, *, overwrite: bool = False) ->
 
     Refuses a non-empty ``out`` unless ``overwrite``. Every file is written atomically. Returns the paths.
     """
-    from ichd.evaluation.plots import png_bytes
-
     out = prepare_output_dir(out, overwrite=overwrite)
     paths: dict[str, Path] = {}
     images: dict[str, bytes] = {}
     names: dict[str, str] = {}
     for name, (fig, _caption) in ev.figures.items():
+        from ichd.evaluation.plots import png_bytes
+
         rel = f"plots/{name}.png"
         data = png_bytes(fig)
         images[rel] = data
