@@ -84,3 +84,23 @@ def test_bad_inputs_give_one_line_errors(ctich_preds: tuple[Path, Path, Path], t
     (busy / "keep.txt").write_text("x")
     assert run(["evaluate", str(val), str(labels), "--out", str(busy)]) == 2
     assert "not empty" in capsys.readouterr().err and (busy / "keep.txt").read_text() == "x"
+
+
+def test_rsna_submission_against_rsna_labels(data_root: Path, tmp_path: Path) -> None:
+    """An RSNA-format submission scored against RSNA-format labels: slice level only, said in the report."""
+    labels = data_root / "rsna-samples" / "source_dcm_test.csv"
+    truth = pd.read_csv(labels)
+    sub = truth.assign(Label=np.where(truth["Label"] == 1, 0.8, 0.1))
+    sub_path = tmp_path / "submission.csv"
+    sub.to_csv(sub_path, index=False)
+    out = tmp_path / "rsna"
+    assert run(["-q", "evaluate", str(sub_path), str(labels), "--out", str(out), "--bootstrap", "0",
+                "--no-plots"]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["inputs"]["predictions_format"] == "rsna-csv" and m["scan"] is None
+    # every slice: BCE is -ln 0.8 for positives and -ln 0.9 for negatives, whatever the class
+    y = truth.assign(sop=truth["ID"].str.rsplit("_", n=1).str[0], lab=truth["ID"].str.rsplit("_", n=1).str[1])
+    per = {lab: float(np.mean(np.where(g["Label"] == 1, -np.log(0.8), -np.log(0.9)))) for lab, g in y.groupby("lab")}
+    expected = (2 * per["any"] + sum(per[lab] for lab in LABELS[1:])) / 7
+    assert m["rsna_weighted_log_loss"]["overall"] == pytest.approx(expected)
+    assert "slice level only" in (out / "report.md").read_text()
