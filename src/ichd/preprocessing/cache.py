@@ -9,10 +9,10 @@ Layout (see docs/architecture.md)::
       slices.csv            slice_id, scan_id, patient_id, slice_index, z_mm
       series/<scan_id>.npy  (z, C, S, S) uint8 0..255 (or float16 0..1): the windows, before normalisation
 
-Building is **resumable**: every finished input (a CT-ICH patient, or one input path) is recorded in the
-manifest, which is rewritten atomically after each one, so an interrupted run continues where it stopped and a
+Building is **resumable**: every finished work unit (a CT-ICH patient, one DICOM series of a multi-series
+folder or zip, or else one input path; see :func:`expand_inputs`) is recorded in the manifest, which is rewritten atomically after each one, so an interrupted run continues where it stopped and a
 re-run with the same settings does nothing. A cache built with different settings is never mixed or overwritten.
-Inputs are processed in parallel over a process pool (``workers``).
+Units are processed in parallel over a process pool (``workers``), so memory holds one series per worker.
 """
 
 from __future__ import annotations
@@ -57,35 +57,106 @@ def safe_file_stem(scan_id: str) -> str:
 
 @dataclass(frozen=True)
 class CacheInput:
-    """One unit of work: a CT-ICH patient (``kind="ctich"``) or one path for ``ichd.io.read_ct``."""
+    """One unit of work (decoded, cached and recorded as done on its own):
+
+    * ``kind="ctich"``: one CT-ICH patient (``path`` = the CT-ICH root, ``patient`` = its number);
+    * ``kind="dicom"``: one DICOM series of a folder or zip holding several (``series`` = "study/series" UIDs,
+      ``sources`` = its files as ``(path, zip member or None)``), planned from the headers by
+      :func:`expand_inputs` so big multi-series folders are decoded one series at a time, in parallel;
+    * ``kind="path"``: anything else, read whole by :func:`ichd.io.read_ct` (``window`` for PNG/JPG folders).
+    """
 
     kind: str
     path: str
     patient: int | None = None
     window: tuple[float, float] | None = None
+    series: str | None = None
+    sources: tuple[tuple[str, str | None], ...] = ()
 
     @property
     def key(self) -> str:
         """Stable key recorded in the manifest when this input is done."""
         if self.kind == "ctich":
             return f"ctich:{self.path}:{self.patient:03d}"
+        if self.kind == "dicom":
+            return f"dicom:{self.path}:{self.series}"
         return f"path:{self.path}"
 
-    def load(self) -> list[CTSeries]:
-        """Decode the input into HU series."""
+    @property
+    def where(self) -> str:
+        """How messages name this input (no patient data: paths and UIDs only)."""
+        if self.kind == "ctich":
+            return f"{self.path} patient {self.patient:03d}"
+        if self.kind == "dicom":
+            return f"{self.path} series {self.series}"
+        return self.path
+
+    def load(self, decode_workers: int | None = None) -> list[CTSeries]:
+        """Decode the input into HU series (``decode_workers`` is passed to the DICOM decoder)."""
         if self.kind == "ctich":
             from ichd.io.images import read_ctich_patient
 
             return [read_ctich_patient(self.path, int(self.patient))]
+        if self.kind == "dicom":
+            from ichd.io import dicom
+            from ichd.io.sources import DicomSource, close_zip_handles
+
+            try:
+                result = dicom.read_dicom([DicomSource(p, m) for p, m in self.sources], workers=decode_workers)
+            finally:
+                close_zip_handles()
+            if not result.series:
+                raise InputError(f"no readable CT slice left in series {self.series} of {self.path}",
+                                 hint="read the folder with ichd ingest to see why each file was skipped")
+            extra = dicom.skipped_warnings(result.skipped)
+            for series in result.series:
+                series.warnings.extend(extra)
+            return result.series
         from ichd.io.reader import read_ct
 
-        return list(read_ct(self.path, window=self.window))
+        return list(read_ct(self.path, window=self.window, workers=decode_workers))
+
+
+def plan_dicom_series(path: Path) -> list[CacheInput] | None:
+    """One :class:`CacheInput` per DICOM series of the folder or zip ``path``, from a header-only pass.
+
+    Returns ``None`` when ``path`` is not a DICOM folder/zip or holds a single series (then the whole input is one
+    unit read by ``read_ct``). Files skipped while planning (non-images, broken files) are logged with counts;
+    the series' own files are re-checked when each series is read.
+    """
+    from ichd.io import dicom, sources
+
+    if path.is_dir():
+        found, _ = sources.folder_sources(path)
+    elif path.is_file() and path.suffix.lower() == ".zip":
+        found, _ = sources.zip_sources(path)
+    else:
+        return None
+    if len(found) < 2:
+        return None
+    try:
+        headers, skipped = dicom.scan_headers(found)
+    finally:
+        sources.close_zip_handles()
+    groups: dict[tuple[str, str], dict[Any, None]] = {}
+    for h in headers:
+        groups.setdefault((h.study_uid, h.series_uid), {})[h.source] = None
+    if len(groups) <= 1:
+        return None
+    if skipped:
+        for w in dicom.skipped_warnings(skipped):
+            log.warning("%s: %s", path, w.message)
+    resolved = str(path.resolve())
+    return [CacheInput("dicom", resolved, series=f"{study}/{series}",
+                       sources=tuple((src.path, src.member) for src in files))
+            for (study, series), files in sorted(groups.items())]
 
 
 def expand_inputs(paths: Iterable[str | os.PathLike[str]], *, window: tuple[float, float] | None = None,
                   patients: Sequence[int] | None = None) -> list[CacheInput]:
-    """Work units for ``paths``: a CT-ICH root becomes one unit per patient (parallel and resumable per patient),
-    anything else one unit read by ``ichd.io.read_ct``. ``patients`` limits CT-ICH roots to those patients."""
+    """Work units for ``paths``: a CT-ICH root becomes one unit per patient and a DICOM folder/zip with several
+    series one unit per series (parallel and resumable per unit); anything else is one unit read by
+    ``ichd.io.read_ct``. ``patients`` limits CT-ICH roots to those patient numbers."""
     from ichd.io.images import ctich_patients, is_ctich_root
 
     out: list[CacheInput] = []
@@ -98,8 +169,9 @@ def expand_inputs(paths: Iterable[str | os.PathLike[str]], *, window: tuple[floa
             available = ctich_patients(path)
             chosen = available if patients is None else [q for q in available if q in set(patients)]
             out.extend(CacheInput("ctich", resolved, q) for q in chosen)
-        else:
-            out.append(CacheInput("path", resolved, None, window))
+            continue
+        planned = plan_dicom_series(path)
+        out.extend(planned if planned else [CacheInput("path", resolved, None, window)])
     return out
 
 
@@ -119,15 +191,15 @@ def _slice_rows(series: CTSeries, scan_id: str, patient_id: str) -> list[dict[st
             for i, uid in enumerate(series.sop_instance_uids)]
 
 
-def _process_input(item: CacheInput, out: str, cfg_dict: dict[str, Any],
-                   skip_scan_ids: frozenset[str]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def _process_input(item: CacheInput, out: str, cfg_dict: dict[str, Any], skip_scan_ids: frozenset[str],
+                   decode_workers: int | None = None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Worker: decode one input, preprocess and write each new series; return (entries, slice rows)."""
     from ichd.preprocessing.pipeline import preprocess_series
 
     cfg = PreprocessConfig.from_dict(cfg_dict)
     entries: list[dict[str, Any]] = []
     rows: list[dict[str, Any]] = []
-    for series in item.load():
+    for series in item.load(decode_workers):
         scan_id = series.series_instance_uid
         if scan_id in skip_scan_ids:
             log.warning("series %s from %s is already in the cache (from another input); skipped", scan_id,
@@ -273,16 +345,15 @@ def build_cache(inputs: Iterable[str | os.PathLike[str] | CacheInput], out: str 
 
     def fail(item: CacheInput, err: BaseException) -> None:
         msg = err.message if isinstance(err, IchdError) else f"{type(err).__name__}: {err}"
-        where = item.path if item.kind != "ctich" else f"{item.path} patient {item.patient:03d}"
-        log.error("failed to preprocess %s: %s", where, msg)
-        summary.failed.append((where, msg))
+        log.error("failed to preprocess %s: %s", item.where, msg)
+        summary.failed.append((item.where, msg))
         bar.update(1)
 
     try:
         if n_workers <= 1 or len(todo) <= 1:
             for item in todo:
                 try:
-                    record(item, _process_input(item, str(out), cfg_dict, writer.scan_ids))
+                    record(item, _process_input(item, str(out), cfg_dict, writer.scan_ids, None))
                 except (IchdError, OSError, ValueError) as e:
                     fail(item, e)
         else:
@@ -292,7 +363,8 @@ def build_cache(inputs: Iterable[str | os.PathLike[str] | CacheInput], out: str 
                 while queue or pending:
                     while queue and len(pending) < 2 * n_workers:
                         item = queue.pop(0)
-                        pending[pool.submit(_process_input, item, str(out), cfg_dict, writer.scan_ids)] = item
+                        # one decoder per pool process: the pool already uses the cores
+                        pending[pool.submit(_process_input, item, str(out), cfg_dict, writer.scan_ids, 1)] = item
                     finished, _ = wait(pending, return_when=FIRST_COMPLETED)
                     for fut in finished:
                         item = pending.pop(fut)

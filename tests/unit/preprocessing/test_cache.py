@@ -122,3 +122,31 @@ def test_safe_file_stem() -> None:
     assert safe_file_stem("1.2.840.113619") == "1.2.840.113619"
     assert safe_file_stem("a/b c") == "a_b_c"
     assert safe_file_stem("..") == "_.."
+
+
+def test_multi_series_dicom_folder_is_planned_per_series(tmp_path: Path) -> None:
+    from factories import make_ct_series, write_series
+
+    from ichd.preprocessing.cache import expand_inputs
+
+    folder = tmp_path / "dicom"
+    a = make_ct_series(4, patient_id="PAT-A", series_uid="1.2.3.1")
+    b = make_ct_series(3, patient_id="PAT-B", series_uid="1.2.3.2")
+    write_series(folder / "a", a)
+    write_series(folder / "b", b)
+    (folder / "notes.txt").write_text("not dicom")
+    units = expand_inputs([folder])
+    assert [u.kind for u in units] == ["dicom", "dicom"]
+    assert sorted(len(u.sources) for u in units) == [3, 4]
+    out = tmp_path / "cache"
+    summary = build_cache([folder], out, CFG, workers=0)
+    assert (summary.written, summary.total_slices, summary.failed) == (2, 7, [])
+    cache = open_cache(out)
+    assert sorted(cache.scan_ids) == ["1.2.3.1", "1.2.3.2"]
+    assert cache.array("1.2.3.1").shape == (4, 3, 16, 16)
+    rows = cache.scan_slices("1.2.3.1")
+    assert rows["z_mm"].is_monotonic_increasing and rows["slice_index"].tolist() == [0, 1, 2, 3]
+    assert rows["patient_id"].nunique() == 1 and "PAT-A" not in rows["patient_id"].iloc[0]  # pseudonymised
+    assert build_cache([folder], out, CFG, workers=0).skipped_inputs == 2
+    # one series only: the whole folder is one read_ct unit
+    assert [u.kind for u in expand_inputs([folder / "a"])] == ["path"]
