@@ -6,6 +6,8 @@
   invariant, so the max-normalisation of the map does not matter. An all-zero map scores 0.
 * **Chance levels**: what a uniform map over the head would score (energy fraction = mask area / head area;
   pointing game = dilated-mask area / head area), so the numbers can be read against a baseline.
+* **Data**: :func:`read_masked_slices` reads the 26 real-HU CT-ICH slices with hemorrhage masks; and
+  :func:`bootstrap_means` gives patient-level bootstrap CIs.
 * **Randomisation test** (Adebayo et al. 2018, "Sanity checks for saliency maps"): the model's weights are
   re-initialised — all of them ("full") or cascading from the classifier down to the input — and the maps of
   the randomised model are compared with the trained model's by SSIM. A method that explains the *model* must
@@ -15,11 +17,18 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
+from ichd.constants import LABELS
 from ichd.errors import InputError
+from ichd.types import CTSeries
 
 if TYPE_CHECKING:
     from torch import nn
@@ -161,3 +170,106 @@ def randomized_copy(model: nn.Module, *, mode: RandomizeMode = "full", fraction:
                     for p in m.parameters(recurse=False):
                         p.normal_(0.0, 0.02)
     return clone
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The real-HU slices with hemorrhage masks (../shared/data/hu-slices) and bootstrap summaries
+# ----------------------------------------------------------------------------------------------------------------
+
+@dataclass
+class MaskedSlice:
+    """One real-HU CT slice with its hemorrhage mask, in the CT-ICH JPG orientation (anterior up).
+
+    Attributes:
+        name: file stem, e.g. ``"071_14"``.
+        patient_id: ``ctich-<ppp>`` (the id CT-ICH folds split on).
+        ctich_slice: the matching CT-ICH JPG slice number.
+        series: a one-slice :class:`~ichd.types.CTSeries` (HU, rotated).
+        mask: (H, W) bool hemorrhage mask (all subtypes together; the masks do not separate them).
+        labels: label -> 0/1 slice labels (from the matched CT-ICH slice).
+    """
+
+    name: str
+    patient_id: str
+    ctich_slice: int
+    series: CTSeries
+    mask: np.ndarray
+    labels: dict[str, int]
+
+    @property
+    def hu(self) -> np.ndarray:
+        return self.series.hu[0]
+
+
+def read_masked_slices(root: str | os.PathLike[str]) -> list[MaskedSlice]:
+    """Read ``hu-slices/`` (``labels.csv``, ``dicom/*.dcm``, ``masks/*.png``) as :class:`MaskedSlice` objects.
+
+    The DICOMs are Secondary Captures whose stored values are HU; they are read with
+    :func:`ichd.io.read_ct` (``allow_secondary_capture=True``). Image and mask are rotated with
+    ``np.rot90(arr, 1)`` into the CT-ICH orientation the models were trained on.
+    """
+    import pandas as pd
+    from PIL import Image
+
+    from ichd.io.images import ctich_scan_id
+    from ichd.io.reader import read_ct
+
+    root = Path(root)
+    table = root / "labels.csv"
+    if not table.is_file():
+        raise InputError(f"{table} not found", hint="point ICHD_DATA at the shared data folder (it holds hu-slices/)")
+    df = pd.read_csv(table)
+    missing = [c for c in ("file", "mask", "patient", "ctich_slice", *LABELS) if c not in df.columns]
+    if missing:
+        raise InputError(f"{table} lacks columns {missing}")
+    out = []
+    for row in df.itertuples(index=False):
+        [series] = read_ct(root / row.file, allow_secondary_capture=True)
+        hu = np.ascontiguousarray(np.rot90(series.hu, 1, axes=(1, 2)))
+        mask = np.ascontiguousarray(np.rot90(np.asarray(Image.open(root / row.mask)) > 0, 1))
+        if mask.shape != hu.shape[1:]:
+            raise InputError(f"{root / row.mask}: mask shape {mask.shape} differs from the image's {hu.shape[1:]}")
+        rotated = dataclasses.replace(series, hu=hu, warnings=[])
+        out.append(MaskedSlice(name=Path(row.file).stem, patient_id=ctich_scan_id(int(row.patient)),
+                               ctich_slice=int(row.ctich_slice), series=rotated, mask=mask,
+                               labels={lab: int(getattr(row, lab)) for lab in LABELS}))
+    return out
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A mean with its patient-level bootstrap percentile interval."""
+
+    mean: float
+    low: float
+    high: float
+    n: int
+    n_patients: int
+
+    def to_dict(self) -> dict[str, float | int]:
+        return {"mean": self.mean, "ci_low": self.low, "ci_high": self.high, "n": self.n,
+                "n_patients": self.n_patients}
+
+
+def bootstrap_means(values: dict[str, np.ndarray], patients: Sequence[str], *, n_boot: int = 2000,
+                    seed: int = 0) -> dict[str, Estimate]:
+    """Means of each array in ``values`` (one value per row) with seeded patient-level (cluster) bootstrap CIs.
+
+    Rows of one patient are resampled together (:mod:`ichd.evaluation.bootstrap`), so the intervals account for
+    several slices of a patient being correlated.
+    """
+    from ichd.evaluation.bootstrap import GroupIndex, bootstrap
+
+    groups = GroupIndex(list(patients))
+    arrays = {k: np.asarray(v, dtype=np.float64) for k, v in values.items()}
+    for k, v in arrays.items():
+        if len(v) != groups.n_rows:
+            raise InputError(f"{k}: {len(v)} values for {groups.n_rows} rows")
+
+    def statistic(draw: np.ndarray) -> dict[str, float]:
+        rows = groups.rows(draw)
+        return {k: float(v[rows].mean()) for k, v in arrays.items()}
+
+    intervals = bootstrap(statistic, groups.n_groups, n_boot=n_boot, seed=seed, desc="bootstrap")
+    return {k: Estimate(float(v.mean()), intervals[k].low, intervals[k].high, len(v), groups.n_groups)
+            for k, v in arrays.items()}
