@@ -492,6 +492,27 @@ def _level_blocks(level: str, m: dict[str, Any], thresholds: dict[str, Any], has
     return blocks
 
 
+def _summary_blocks(m: dict[str, Any], op: str = "0.5") -> list[Block]:
+    """One compact table with the seed paper's Table 3 metrics: accuracy, AUC, sensitivity and specificity per
+    label at slice and scan level, at threshold 0.5."""
+    levels = [lv for lv in ("slice", "scan") if m[lv] is not None]
+    header = ["label"] + [f"{lv} {name}" for lv in levels for name in ("accuracy", "AUC", "sensitivity",
+                                                                         "specificity")]
+    rows = []
+    for lab in LABELS:
+        row = [lab]
+        for lv in levels:
+            e = m[lv]["classes"][lab]
+            o = e["operating_points"][op]
+            row += [_f(o["accuracy"]), _f(e["auc"]), _f(o["sensitivity"]), _f(o["specificity"])]
+        rows.append(row)
+    return [("h2", "Summary"),
+            ("p", "Accuracy, AUC, sensitivity and specificity per label at slice and scan level, the metrics of "
+                  "Table 3 of Burduja et al. 2020 (which does not state its threshold; 0.5 here). Intervals and "
+                  "the other operating points follow below."),
+            ("table", (header, rows))]
+
+
 def report_blocks(ev: Evaluation, image_names: Mapping[str, str]) -> list[Block]:
     """The report as a list of blocks (heading, paragraph, list, table, image) rendered to Markdown and HTML."""
     m = ev.metrics
@@ -533,6 +554,7 @@ def report_blocks(ev: Evaluation, image_names: Mapping[str, str]) -> list[Block]
     blocks.append(("table", (["class", "log loss", "weight"], rows)))
 
     has_ci = bool(b)
+    blocks += _summary_blocks(m)
     blocks += _level_blocks("slice", m["slice"], t, has_ci)
     for name in ("slice_roc_pr", "slice_confusion", "slice_confusion_youden", "slice_reliability"):
         if name in image_names:
