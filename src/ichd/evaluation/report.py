@@ -507,9 +507,9 @@ def _summary_blocks(m: dict[str, Any], op: str = "0.5") -> list[Block]:
             row += [_f(o["accuracy"]), _f(e["auc"]), _f(o["sensitivity"]), _f(o["specificity"])]
         rows.append(row)
     return [("h2", "Summary"),
-            ("p", "Accuracy, AUC, sensitivity and specificity per label at slice and scan level, the metrics of "
+            ("p", ("Accuracy, AUC, sensitivity and specificity per label at slice and scan level, the metrics of "
                   "Table 3 of Burduja et al. 2020 (which does not state its threshold; 0.5 here). Intervals and "
-                  "the other operating points follow below."),
+                  "the other operating points follow below.")),
             ("table", (header, rows))]
 
 
