@@ -126,7 +126,6 @@ def test_safe_file_stem() -> None:
 
 def test_multi_series_dicom_folder_is_planned_per_series(tmp_path: Path) -> None:
     from factories import make_ct_series, write_series
-
     from ichd.preprocessing.cache import expand_inputs
 
     folder = tmp_path / "dicom"
