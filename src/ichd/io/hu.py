@@ -95,26 +95,28 @@ def to_hu(stored: np.ndarray, enc: PixelEncoding) -> tuple[np.ndarray, HuFixes]:
         else:
             padding = p == enc.padding_value
     intercept, slope = float(enc.intercept), float(enc.slope)
-    values = p.astype(np.float32)
     corrupted = has_corrupted_intercept(enc)
     if corrupted:
         shifted = p.astype(np.int32) + 1000
         shifted[shifted >= 4096] -= 4096
-        values = shifted.astype(np.float32)
+        hu = shifted.astype(np.float32)
         intercept = -1000.0
+    else:
+        hu = p.astype(np.float32)  # a new array: every step below works in place on it
     inverted = enc.photometric.upper() == "MONOCHROME1"
     if inverted:
-        if enc.pixel_representation == 0:
-            values = np.float32(2**enc.bits_stored - 1) - values
-        else:
-            values = np.float32(-1.0) - values
-    hu = values * np.float32(slope) + np.float32(intercept)
-    out_of_fov = hu < OUT_OF_FOV_HU
+        top = 2**enc.bits_stored - 1 if enc.pixel_representation == 0 else -1
+        np.subtract(np.float32(top), hu, out=hu)
+    if slope != 1.0:
+        hu *= np.float32(slope)
+    if intercept != 0.0:
+        hu += np.float32(intercept)
+    air = hu < OUT_OF_FOV_HU
+    n_fov = int(np.count_nonzero(air))
     n_pad = 0
     if padding is not None:
-        n_pad = int(padding.sum())
-        out_of_fov &= ~padding
-        hu[padding] = AIR_HU
-    n_fov = int(out_of_fov.sum())
-    hu[out_of_fov] = AIR_HU
+        n_pad = int(np.count_nonzero(padding))
+        n_fov -= int(np.count_nonzero(air & padding))
+        air |= padding
+    np.copyto(hu, np.float32(AIR_HU), where=air)
     return hu, HuFixes(corrupted, inverted, n_pad, n_fov)

@@ -1,0 +1,152 @@
+"""Ingest throughput: ``ichd.io.read_ct`` against a plain single-threaded pydicom decode loop, in one run.
+
+Usage::
+
+    python benchmarks/ingest.py [SERIES_FOLDER] [--repeats 5] [--workers 2] [--json out.json]
+
+Default folder: the 238-slice JPEG-lossless CQ500 series in ``$ICHD_DATA`` (``../shared/data``). Every measurement
+runs in a fresh child process (so peak memory is per measurement), modes interleaved, after one warm-up pass that
+puts the files in the page cache. Modes:
+
+* ``plain``: ``for f in files: ds = pydicom.dcmread(f); ds.pixel_array * slope + intercept`` (float32), stacked —
+  what a script without ichd does, single-threaded;
+* ``ichd``: ``read_ct(folder, workers=W)`` — the default (process pool);
+* ``ichd-thread``: the same read with a thread pool; ``ichd-serial``: ``workers=1``.
+
+Reported: slices/s (median and best of the repeats), the speed-up of ``ichd`` over ``plain`` (medians), and peak
+memory: the main process's peak RSS above its RSS before the read (``ru_maxrss``), divided by the size of the
+float32 volume, plus the largest peak RSS of a decoding worker process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+MODES = ("plain", "ichd", "ichd-thread", "ichd-serial")
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        pages = int(f.read().split()[1])
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _child(mode: str, folder: str, workers: int) -> dict[str, Any]:
+    """One measurement (runs in a fresh interpreter)."""
+    import numpy as np
+    import pydicom
+    import pydicom.pixels
+
+    from ichd.io import read_ct
+    from ichd.io.dicom import read_dicom
+    from ichd.io.sources import folder_sources
+    from ichd.utils.progress import set_progress_enabled
+
+    set_progress_enabled(False)
+    files = sorted(str(p) for p in Path(folder).rglob("*") if p.is_file())
+    base_mb = _rss_mb()
+
+    t0 = time.perf_counter()
+    if mode == "plain":
+        slices = []
+        for f in files:
+            ds = pydicom.dcmread(f)
+            slices.append(ds.pixel_array.astype(np.float32) * np.float32(ds.RescaleSlope)
+                          + np.float32(ds.RescaleIntercept))
+        volume = np.stack(slices)
+        del slices
+    elif mode == "ichd":
+        (series,) = read_ct(folder, workers=workers)
+        volume = series.hu
+    elif mode == "ichd-thread":
+        (series,) = read_dicom(folder_sources(Path(folder))[0], workers=workers, pool="thread").series
+        volume = series.hu
+    elif mode == "ichd-serial":
+        (series,) = read_ct(folder, workers=1)
+        volume = series.hu
+    else:
+        raise SystemExit(f"unknown mode {mode}")
+    seconds = time.perf_counter() - t0
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    worker_peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    volume_mb = volume.nbytes / 2**20
+    return {
+        "mode": mode, "slices": int(volume.shape[0]), "seconds": seconds, "slices_per_s": volume.shape[0] / seconds,
+        "volume_mb": volume_mb, "rss_before_mb": base_mb, "peak_rss_mb": peak_mb,
+        "peak_over_volume": (peak_mb - base_mb) / volume_mb,
+        "worker_peak_rss_mb": worker_peak_mb,
+    }
+
+
+def _measure(mode: str, folder: str, workers: int) -> dict[str, Any]:
+    cmd = [sys.executable, __file__, "--child", mode, folder, "--workers", str(workers)]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("folder", nargs="?", help="DICOM series folder (default: the CQ500 series in ICHD_DATA)")
+    parser.add_argument("--repeats", type=int, default=5, help="measurements per mode (interleaved)")
+    parser.add_argument("--workers", type=int, default=2, help="ichd decoding workers (default 2)")
+    parser.add_argument("--json", type=Path, help="also write the raw measurements here")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    if args.child:
+        print(json.dumps(_child(args.child, args.folder, args.workers)))
+        return 0
+
+    from ichd.paths import data_dir
+
+    folder = args.folder or str(data_dir() / "cq500" / "CQ500-CT-0" / "series-6_4cc-sec-150cc-D3D-on")
+    for p in Path(folder).rglob("*"):  # warm the page cache so every mode reads from memory
+        if p.is_file():
+            p.read_bytes()
+    load_before = os.getloadavg()
+    runs: dict[str, list[dict[str, Any]]] = {m: [] for m in MODES}
+    t0 = time.perf_counter()
+    for _ in range(args.repeats):
+        for mode in MODES:
+            runs[mode].append(_measure(mode, folder, args.workers))
+    wall = time.perf_counter() - t0
+    load_after = os.getloadavg()
+
+    print(f"folder: {folder}")
+    print(f"cpus: {os.cpu_count()}  workers: {args.workers}  repeats: {args.repeats}  total wall: {wall:.1f} s  "
+          f"load average before/after: {load_before[0]:.2f}/{load_after[0]:.2f}")
+    print(f"{'mode':<12} {'slices':>6} {'median sl/s':>12} {'best sl/s':>10} {'peak-base MB':>13} "
+          f"{'/volume':>8} {'worker MB':>10}")
+    summary: dict[str, dict[str, float]] = {}
+    for mode in MODES:
+        rs = runs[mode]
+        med = statistics.median(r["slices_per_s"] for r in rs)
+        best = max(r["slices_per_s"] for r in rs)
+        over = statistics.median(r["peak_over_volume"] for r in rs)
+        extra = statistics.median(r["peak_rss_mb"] - r["rss_before_mb"] for r in rs)
+        worker = max(r["worker_peak_rss_mb"] for r in rs)
+        summary[mode] = {"median_slices_per_s": med, "best_slices_per_s": best, "peak_over_volume": over}
+        print(f"{mode:<12} {rs[0]['slices']:>6} {med:>12.1f} {best:>10.1f} {extra:>13.0f} {over:>8.2f} "
+              f"{worker:>10.0f}")
+    print(f"volume: {runs['ichd'][0]['volume_mb']:.0f} MB float32")
+    speedup = summary["ichd"]["median_slices_per_s"] / summary["plain"]["median_slices_per_s"]
+    best_speedup = summary["ichd"]["best_slices_per_s"] / summary["plain"]["best_slices_per_s"]
+    print(f"speed-up of ichd over the plain loop: {speedup:.2f}x (medians), {best_speedup:.2f}x (best runs)")
+    if args.json:
+        args.json.write_text(json.dumps({"folder": folder, "runs": runs, "summary": summary,
+                                         "speedup_median": speedup, "speedup_best": best_speedup,
+                                         "load_before": load_before, "load_after": load_after}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
