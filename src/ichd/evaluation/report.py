@@ -298,6 +298,7 @@ def evaluate(
     }
     wll, per = weighted_log_loss(data.y, data.p, per_class=True)
     metrics["rsna_weighted_log_loss"] = {"overall": wll, "per_class": dict(zip(LABELS, per.tolist()))}
+    metrics["per_fold"] = _per_fold(data)
 
     if n_boot > 0:
         metrics["bootstrap"] = _run_bootstrap(data, thresholds, n_boot, seed, n_bins, metrics)
@@ -321,6 +322,19 @@ def evaluate(
         if reader_fig is not None:
             evaluation.figures["readers_roc"] = reader_fig
     return evaluation
+
+
+def _per_fold(data: EvalData) -> dict[str, dict[str, float]] | None:
+    """Slice-level weighted log loss and ``any`` AUC per cross-validation fold (when the predictions say)."""
+    if data.folds is None:
+        return None
+    folds = np.asarray([str(f) for f in data.folds], dtype=object)
+    out = {}
+    for f in sorted(set(folds), key=lambda v: (len(v), v)):
+        rows = folds == f
+        out[f] = {"n_slices": int(rows.sum()), "weighted_log_loss": weighted_log_loss(data.y[rows], data.p[rows]),
+                  "auc_any": roc_auc(data.y[rows, 0], data.p[rows, 0])}
+    return out
 
 
 def _run_bootstrap(data: EvalData, thresholds: Thresholds, n_boot: int, seed: int, n_bins: int,
@@ -552,6 +566,11 @@ def report_blocks(ev: Evaluation, image_names: Mapping[str, str]) -> list[Block]
     rows = [[lab, _f(w["per_class"][lab], 4), _f(wt, 0)] for lab, wt in zip(LABELS, LABEL_WEIGHTS)]
     rows.append(["**weighted mean**", _ci(w["overall"], w.get("overall_ci95"), 4), _f(sum(LABEL_WEIGHTS), 0)])
     blocks.append(("table", (["class", "log loss", "weight"], rows)))
+    if m.get("per_fold"):
+        blocks.append(("p", "Per cross-validation fold (the predictions' `fold` column), slice level:"))
+        rows = [[f, str(v["n_slices"]), _f(v["weighted_log_loss"], 4), _f(v["auc_any"])]
+                for f, v in m["per_fold"].items()]
+        blocks.append(("table", (["fold", "slices", "weighted log loss", "AUC (any)"], rows)))
 
     has_ci = bool(b)
     blocks += _summary_blocks(m)

@@ -56,6 +56,11 @@ def test_evaluate_metrics_and_intervals() -> None:
     again = evaluate(data, n_boot=40, seed=0, plots=False).metrics
     assert again["slice"]["classes"]["any"]["ci95"] == any_slice["ci95"]
     json.dumps(m)  # JSON-ready (no NaN objects)
+    assert m["per_fold"] is None
+    data.folds = np.asarray([i % 2 for i in range(len(data.y))], dtype=object)
+    per_fold = evaluate(data, n_boot=0, plots=False).metrics["per_fold"]
+    assert list(per_fold) == ["0", "1"] and per_fold["1"]["n_slices"] == len(data.y) // 2
+    assert per_fold["0"]["weighted_log_loss"] == pytest.approx(weighted_log_loss(data.y[::2], data.p[::2]))
 
 
 def test_thresholds_from_validation_are_applied_unchanged() -> None:
