@@ -43,6 +43,8 @@ MANIFEST = "manifest.json"
 SLICES = "slices.csv"
 SERIES_DIR = "series"
 SLICE_COLUMNS = ("slice_id", "scan_id", "patient_id", "slice_index", "z_mm")
+#: Longest time between two rewrites of manifest.json / slices.csv while a cache is being built.
+FLUSH_SECONDS = 10.0
 
 
 def safe_file_stem(scan_id: str) -> str:
@@ -265,6 +267,7 @@ class _ManifestWriter:
                 raise InputError(f"{str(out)!r} exists, is not empty and is not an ichd cache",
                                  hint="pass a new or empty --out folder")
             self.manifest = {"version": CACHE_VERSION, "preprocess": cfg.to_dict(), "inputs": [], "series": []}
+        self._last_flush = time.monotonic()
         self.rows: list[dict[str, Any]] = []
         if (out / SLICES).is_file():
             import pandas as pd
@@ -272,10 +275,9 @@ class _ManifestWriter:
             self.rows = pd.read_csv(out / SLICES, dtype={"slice_id": str, "scan_id": str, "patient_id": str}
                                     ).to_dict("records")
         # Drop records whose array file disappeared, so they are rebuilt.
-        present = [e for e in self.manifest["series"] if (out / e["file"]).is_file()]
-        lost_inputs = {e["input"] for e in self.manifest["series"] if e not in present}
+        lost_inputs = {e["input"] for e in self.manifest["series"] if not (out / e["file"]).is_file()}
         if lost_inputs:
-            self.manifest["series"] = [e for e in present if e["input"] not in lost_inputs]
+            self.manifest["series"] = [e for e in self.manifest["series"] if e["input"] not in lost_inputs]
             self.manifest["inputs"] = [k for k in self.manifest["inputs"] if k not in lost_inputs]
             keep = {e["scan_id"] for e in self.manifest["series"]}
             self.rows = [r for r in self.rows if r["scan_id"] in keep]
@@ -289,14 +291,23 @@ class _ManifestWriter:
         return frozenset(e["scan_id"] for e in self.manifest["series"])
 
     def add(self, key: str, entries: list[dict[str, Any]], rows: list[dict[str, Any]]) -> None:
-        self.manifest["series"].extend(entries)
+        """Record a finished unit; series already recorded (the same series reached from two inputs) are dropped.
+        The files are rewritten at most every :data:`FLUSH_SECONDS` (and by :meth:`flush` at the end), so big
+        caches do not rewrite a growing slices.csv after every series; after a crash, units done since the last
+        flush are simply redone."""
+        known = self.scan_ids
+        fresh = [e for e in entries if e["scan_id"] not in known]
+        fresh_ids = {e["scan_id"] for e in fresh}
+        self.manifest["series"].extend(fresh)
         self.manifest["inputs"].append(key)
-        self.rows.extend(rows)
-        self.flush()
+        self.rows.extend(r for r in rows if r["scan_id"] in fresh_ids)
+        if time.monotonic() - self._last_flush >= FLUSH_SECONDS:
+            self.flush()
 
     def flush(self) -> None:
         import pandas as pd
 
+        self._last_flush = time.monotonic()
         self.out.mkdir(parents=True, exist_ok=True)
         table = pd.DataFrame(self.rows, columns=list(SLICE_COLUMNS))
         with atomic_path(self.out / SLICES) as tmp:
@@ -374,8 +385,7 @@ def build_cache(inputs: Iterable[str | os.PathLike[str] | CacheInput], out: str 
                             fail(item, e)
     finally:
         bar.close()
-        if not (out / MANIFEST).is_file():
-            writer.flush()
+        writer.flush()
     summary.total_series = len(writer.manifest["series"])
     summary.total_slices = len(writer.rows)
     summary.seconds = time.perf_counter() - t0

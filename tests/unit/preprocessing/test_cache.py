@@ -149,3 +149,27 @@ def test_multi_series_dicom_folder_is_planned_per_series(tmp_path: Path) -> None
     assert build_cache([folder], out, CFG, workers=0).skipped_inputs == 2
     # one series only: the whole folder is one read_ct unit
     assert [u.kind for u in expand_inputs([folder / "a"])] == ["path"]
+
+
+def test_crash_keeps_finished_units_and_resume_completes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import ichd.preprocessing.cache as cache_mod
+
+    root = _ctich_root(tmp_path / "ctich", {49: 2, 50: 2, 51: 2})
+    out = tmp_path / "cache"
+    real = cache_mod._process_input
+    calls = {"n": 0}
+
+    def crash_on_second(*args, **kwargs):  # type: ignore[no-untyped-def]
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise RuntimeError("simulated crash")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(cache_mod, "FLUSH_SECONDS", 1e9)  # nothing flushed before the crash
+    monkeypatch.setattr(cache_mod, "_process_input", crash_on_second)
+    with pytest.raises(RuntimeError):
+        build_cache([root], out, CFG, workers=0)
+    assert open_cache(out).scan_ids == ["ctich-049"]  # flushed on the way out
+    monkeypatch.setattr(cache_mod, "_process_input", real)
+    summary = build_cache([root], out, CFG, workers=0)
+    assert (summary.written, summary.skipped_inputs, summary.total_series) == (2, 1, 3)
