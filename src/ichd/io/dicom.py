@@ -544,6 +544,7 @@ def _plan_series(frames: list[FrameHeader], strict: bool) -> tuple[list[FrameHea
             "read from Secondary Capture images: stored values (after any rescale) are taken as HU; "
             "geometry tags may be missing"))
     facts = [dict(f.facts) for f in ordered]
+    orientation = _most_common(f.geometry.orientation for f in ordered)
     plan = {
         "spacing_mm": (dz, float(pixel_spacing[0]), float(pixel_spacing[1])),
         "positions_mm": ordering.positions_mm,
@@ -564,11 +565,10 @@ def _plan_series(frames: list[FrameHeader], strict: bool) -> tuple[list[FrameHea
             "uneven_spacing": ordering.uneven,
             "slice_thickness_mm": _most_common(f.slice_thickness for f in ordered),
             "multiframe": any(f.frame is not None for f in ordered),
+            "image_orientation": list(orientation) if orientation is not None else None,
+            "normal": [round(float(v), 6) for v in slice_normal(orientation)] if orientation is not None else None,
         },
     }
-    if tilt_source is not None:
-        plan["meta"]["normal"] = [round(float(v), 6) for v in slice_normal(
-            _most_common(f.geometry.orientation for f in ordered))] if ordered[0].geometry.orientation else None
     return ordered, plan, odd
 
 
@@ -654,6 +654,7 @@ def _decode_series(decoder: FrameDecoder, study: str, series: str, ordered: list
     if source_series is not None:
         meta["source_series_instance_uid"] = source_series
     meta["n_files"] = len({ordered[k].source for k in keep})
+    meta["files"] = [ordered[k].source.name for k in keep]
     return CTSeries(
         hu=volume,
         spacing_mm=plan["spacing_mm"],
@@ -667,6 +668,29 @@ def _decode_series(decoder: FrameDecoder, study: str, series: str, ordered: list
         source_kind="dicom",
         meta=meta,
     )
+
+
+def reference_dataset(series: CTSeries, index: int = 0) -> Any:
+    """Re-read the header (no pixels) of slice ``index`` of a DICOM :class:`CTSeries` (e.g. to copy the patient and
+    study modules into a derived object). Works for files and zip members (``meta["files"]`` names them)."""
+    import pydicom
+
+    files = series.meta.get("files")
+    if series.source_kind != "dicom" or not files:
+        raise InputError(f"series {series.series_instance_uid} was not read from DICOM files",
+                         hint="reference_dataset needs a series returned by read_ct on DICOM input")
+    name = files[index]
+    prefix = series.source + ":"
+    if series.source.lower().endswith(".zip") and name.startswith(prefix):
+        source = DicomSource(series.source, name[len(prefix):])
+    else:
+        source = DicomSource(name)
+    try:
+        return pydicom.dcmread(source.open(), stop_before_pixels=True)
+    except (OSError, ValueError) as e:
+        raise InputError(f"{name}: could not re-read the DICOM header ({e})", hint="was the file moved?") from e
+    finally:
+        close_zip_handles()
 
 
 def _common_source(sources: Sequence[DicomSource]) -> str:

@@ -353,3 +353,23 @@ def test_forkserver_used_when_other_threads_run(tmp_path: Path) -> None:
     finally:
         stop.set()
         worker.join()
+
+
+def test_meta_files_orientation_and_reference_dataset(tmp_path: Path) -> None:
+    from ichd.io.dicom import reference_dataset
+
+    datasets = make_ct_series(3, tilt_deg=10.0)
+    paths = write_series(tmp_path / "f", datasets, shuffle_seed=4)
+    (s,) = read_ct(tmp_path / "f")
+    assert s.meta["files"] == [str(p) for p in paths]  # datasets are inferior -> superior
+    assert s.meta["image_orientation"] == pytest.approx(list(datasets[0].ImageOrientationPatient))
+    assert s.meta["sop_class_uid"] == "1.2.840.10008.5.1.4.1.1.2"
+    assert reference_dataset(s, 1).SOPInstanceUID == s.sop_instance_uids[1]
+
+    archive = tmp_path / "s.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for p in paths:
+            zf.write(p, f"a/{p.name}")
+    (z,) = read_ct(archive)
+    assert z.meta["files"][0] == f"{archive}:a/{paths[0].name}"
+    assert reference_dataset(z, 2).SOPInstanceUID == z.sop_instance_uids[2]
