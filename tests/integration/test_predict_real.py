@@ -50,6 +50,7 @@ def test_cq500_single_slice_dicom_outputs_reference_the_source(data_root: Path, 
     assert sc.SourceImageSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
     assert sc.SourceImageSequence[0].ReferencedSOPClassUID == source.SOPClassUID
     assert sr.SeriesInstanceUID != source.SeriesInstanceUID
+    assert sr.PatientID == sc.PatientID == source.PatientID  # filed under the source patient
 
 
 def test_rsna_samples_one_scan_per_slice(data_root: Path, test_bundle: Path, capsys):

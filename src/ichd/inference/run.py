@@ -176,17 +176,15 @@ def _dicom_context(series: CTSeries) -> tuple[Any, IngestWarning | None]:
 
 
 def _source_header(series: CTSeries) -> Any | None:
-    """One source slice's header (no pixels), to copy the patient/study module into the outputs; None when the
-    reader recorded no file for the slices."""
-    files = (series.meta or {}).get("files")
-    if not files:
-        return None
-    from ichd.io.dicom import read_dataset_header
+    """One source slice's header (no pixels), to copy the patient/study module into the outputs; None (with the
+    reason logged, never patient data) when it cannot be re-read, e.g. the files were moved meanwhile."""
+    from ichd.errors import IchdError
+    from ichd.io.dicom import reference_dataset
 
     try:
-        return read_dataset_header(files[0])
-    except Exception as e:  # noqa: BLE001 - any failure means "no header": the outputs say so in a warning
-        log.warning("could not re-read a source DICOM header: %s", type(e).__name__)
+        return reference_dataset(series, 0)
+    except IchdError as e:
+        log.warning("could not re-read a source DICOM header: %s", e.message)
         return None
 
 

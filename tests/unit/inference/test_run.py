@@ -42,7 +42,10 @@ def test_all_formats_for_one_dicom_series(tmp_path: Path, predictor):
     assert data["n_slices"] == 4 and data["input_kind"] == "dicom" and data["generated_uids"] is False
     assert {"read", "preprocess", "cnn", "html", "dicom", "total"} <= set(data["timing_s"])
     sr = pydicom.dcmread(out / "dicom" / "sr.dcm")
-    assert sr.StudyInstanceUID == data["study_instance_uid"]
+    source = pydicom.dcmread(next(src.glob("*.dcm")), stop_before_pixels=True)
+    assert sr.StudyInstanceUID == data["study_instance_uid"] == source.StudyInstanceUID
+    assert sr.PatientID == source.PatientID and sr.PatientID  # filed under the source patient
+    assert "dicom_patient_module_empty" not in {w["code"] for w in data["warnings"]}
     assert result.json_text == (out / "prediction.json").read_text()
     assert not list(out.glob(".ichd-predict-*"))  # staging folder removed
     assert (out / "report.html").stat().st_mode & 0o044  # readable results, not 0600 temporaries
