@@ -13,7 +13,7 @@ puts the files in the page cache. Modes:
 * ``ichd``: ``read_ct(folder, workers=W)`` — the default (process pool);
 * ``ichd-thread``: the same read with a thread pool; ``ichd-serial``: ``workers=1``.
 
-Reported: slices/s (median and best of the repeats), the speed-up of ``ichd`` over ``plain`` (medians), and peak
+Reported: slices/s (median and best of the repeats), CPU time per slice (process + decoding workers), the speed-up of ``ichd`` over ``plain`` (medians), and peak
 memory: the main process's peak RSS above its RSS before the read (``ru_maxrss``), divided by the size of the
 float32 volume, plus the largest peak RSS of a decoding worker process.
 """
@@ -40,6 +40,12 @@ def _rss_mb() -> float:
     return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
+def _cpu_s() -> float:
+    """User + system CPU seconds of this process and its finished children (the decoding workers)."""
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 def _child(mode: str, folder: str, workers: int) -> dict[str, Any]:
     """One measurement (runs in a fresh interpreter)."""
     import numpy as np
@@ -54,6 +60,7 @@ def _child(mode: str, folder: str, workers: int) -> dict[str, Any]:
     set_progress_enabled(False)
     files = sorted(str(p) for p in Path(folder).rglob("*") if p.is_file())
     base_mb = _rss_mb()
+    cpu0 = _cpu_s()
 
     t0 = time.perf_counter()
     if mode == "plain":
@@ -76,6 +83,7 @@ def _child(mode: str, folder: str, workers: int) -> dict[str, Any]:
     else:
         raise SystemExit(f"unknown mode {mode}")
     seconds = time.perf_counter() - t0
+    cpu = _cpu_s() - cpu0
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     worker_peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     volume_mb = volume.nbytes / 2**20
@@ -83,7 +91,7 @@ def _child(mode: str, folder: str, workers: int) -> dict[str, Any]:
         "mode": mode, "slices": int(volume.shape[0]), "seconds": seconds, "slices_per_s": volume.shape[0] / seconds,
         "volume_mb": volume_mb, "rss_before_mb": base_mb, "peak_rss_mb": peak_mb,
         "peak_over_volume": (peak_mb - base_mb) / volume_mb,
-        "worker_peak_rss_mb": worker_peak_mb,
+        "worker_peak_rss_mb": worker_peak_mb, "cpu_s": cpu, "cpu_ms_per_slice": 1000 * cpu / volume.shape[0],
     }
 
 
@@ -124,8 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"folder: {folder}")
     print(f"cpus: {os.cpu_count()}  workers: {args.workers}  repeats: {args.repeats}  total wall: {wall:.1f} s  "
           f"load average before/after: {load_before[0]:.2f}/{load_after[0]:.2f}")
-    print(f"{'mode':<12} {'slices':>6} {'median sl/s':>12} {'best sl/s':>10} {'peak-base MB':>13} "
-          f"{'/volume':>8} {'worker MB':>10}")
+    print(f"{'mode':<12} {'slices':>6} {'median sl/s':>12} {'best sl/s':>10} {'CPU ms/slice':>13} "
+          f"{'peak-base MB':>13} {'/volume':>8} {'worker MB':>10}")
     summary: dict[str, dict[str, float]] = {}
     for mode in MODES:
         rs = runs[mode]
@@ -134,9 +142,11 @@ def main(argv: list[str] | None = None) -> int:
         over = statistics.median(r["peak_over_volume"] for r in rs)
         extra = statistics.median(r["peak_rss_mb"] - r["rss_before_mb"] for r in rs)
         worker = max(r["worker_peak_rss_mb"] for r in rs)
-        summary[mode] = {"median_slices_per_s": med, "best_slices_per_s": best, "peak_over_volume": over}
-        print(f"{mode:<12} {rs[0]['slices']:>6} {med:>12.1f} {best:>10.1f} {extra:>13.0f} {over:>8.2f} "
-              f"{worker:>10.0f}")
+        cpu = statistics.median(r["cpu_ms_per_slice"] for r in rs)
+        summary[mode] = {"median_slices_per_s": med, "best_slices_per_s": best, "peak_over_volume": over,
+                         "cpu_ms_per_slice": cpu}
+        print(f"{mode:<12} {rs[0]['slices']:>6} {med:>12.1f} {best:>10.1f} {cpu:>13.1f} {extra:>13.0f} "
+              f"{over:>8.2f} {worker:>10.0f}")
     print(f"volume: {runs['ichd'][0]['volume_mb']:.0f} MB float32")
     speedup = summary["ichd"]["median_slices_per_s"] / summary["plain"]["median_slices_per_s"]
     best_speedup = summary["ichd"]["best_slices_per_s"] / summary["plain"]["best_slices_per_s"]

@@ -7,7 +7,8 @@ when installed. Deflate is inflated by pydicom's reader. :func:`check_decoders` 
 
 **Parallelism.** pylibjpeg-libjpeg holds the GIL while decoding, so threads do not speed up JPEG-lossless series;
 :class:`FrameDecoder` therefore uses a process pool (``pool="process"``, default) for series of at least
-:data:`MIN_SLICES_FOR_POOL` slices, and decodes smaller ones in the calling process. Workers are forked when the
+:data:`MIN_SLICES_FOR_POOL` slices, and decodes smaller ones in the calling process. The same pool reads the
+headers of folders with at least :data:`MIN_ITEMS_FOR_MAP` files (:meth:`FrameDecoder.map`). Workers are forked when the
 calling process has a single thread (cheap: nothing to re-import), else started with ``forkserver``. At most
 ``4 × workers`` slices are in flight, so the memory beyond the output volume stays bounded. ``pool="thread"`` is
 kept for callers that cannot start processes (``benchmarks/ingest.py`` measures both).
@@ -19,7 +20,7 @@ import multiprocessing
 import os
 import threading
 import warnings as pywarnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import (
     FIRST_COMPLETED,
     Executor,
@@ -29,7 +30,7 @@ from concurrent.futures import (
     wait,
 )
 from dataclasses import dataclass
-from typing import Any, Literal, Self
+from typing import Any, Literal, Self, TypeVar
 
 import numpy as np
 
@@ -59,10 +60,14 @@ DEFLATED_SYNTAX = "1.2.840.10008.1.2.1.99"
 
 #: Series with fewer slices than this are decoded in the calling process (a pool costs more than it saves).
 MIN_SLICES_FOR_POOL = 16
+#: Header reads (:meth:`FrameDecoder.map`) go to the pool from this many files on.
+MIN_ITEMS_FOR_MAP = 64
 #: Slices in flight per worker (bounds the memory held outside the output volume).
 IN_FLIGHT_PER_WORKER = 4
 
 PoolKind = Literal["process", "thread"]
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 @dataclass(frozen=True)
@@ -209,6 +214,14 @@ class FrameDecoder:
                 self._executor = ProcessPoolExecutor(self.workers,
                                                      mp_context=multiprocessing.get_context(start_method()))
         return self._executor
+
+    def map(self, fn: Callable[[T], R], items: Sequence[T]) -> Iterator[R]:
+        """``fn`` over ``items``, results in order: in the worker processes for a process pool and at least
+        :data:`MIN_ITEMS_FOR_MAP` items, else in this process. ``fn`` must be picklable (a module-level function)."""
+        if self.pool_kind != "process" or self.workers <= 1 or len(items) < MIN_ITEMS_FOR_MAP:
+            return (fn(item) for item in items)
+        chunk = max(1, min(32, len(items) // (self.workers * 8)))
+        return self._pool().map(fn, items, chunksize=chunk)
 
     def decode_into(self, jobs: Sequence[DecodeJob], volume: np.ndarray,
                     on_outcome: Callable[[int, DecodeOutcome], None]) -> None:

@@ -20,6 +20,7 @@ copied from the files: only UIDs, a SHA-1 prefix of PatientID (``meta["patient_i
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import re
@@ -420,15 +421,19 @@ class DicomReadResult:
     skipped: list[Skipped] = field(default_factory=list)
 
 
-def scan_headers(sources: Sequence[DicomSource], *, strict: bool = False, allow_secondary_capture: bool = False
-                 ) -> tuple[list[FrameHeader], list[Skipped]]:
-    """Read every header; in strict mode the first broken file raises :class:`InputError`."""
+def scan_headers(sources: Sequence[DicomSource], *, strict: bool = False, allow_secondary_capture: bool = False,
+                 decoder: FrameDecoder | None = None) -> tuple[list[FrameHeader], list[Skipped]]:
+    """Read every header; in strict mode the first broken file (in ``sources`` order) raises :class:`InputError`.
+
+    With a process-pool ``decoder``, big folders are read by its worker processes (header parsing is pure Python).
+    """
     headers: list[FrameHeader] = []
     skipped: list[Skipped] = []
+    read = functools.partial(read_header, allow_secondary_capture=allow_secondary_capture)
+    results = decoder.map(read, sources) if decoder is not None else map(read, sources)
     bar = progress_bar(desc="reading DICOM headers", total=len(sources), unit="file")
     try:
-        for source in sources:
-            result = read_header(source, allow_secondary_capture=allow_secondary_capture)
+        for result in results:
             bar.update(1)
             if isinstance(result, Skipped):
                 if strict and result.is_problem:
@@ -587,7 +592,15 @@ def read_dicom(sources: Sequence[DicomSource], *, strict: bool = False, workers:
             image's SOPInstanceUID; the real one is in ``meta["source_series_instance_uid"]``).
         pool: ``"process"`` (default) or ``"thread"`` workers (see :mod:`ichd.io.decode`).
     """
-    headers, skipped = scan_headers(sources, strict=strict, allow_secondary_capture=allow_secondary_capture)
+    with FrameDecoder(workers, pool) as decoder:
+        return _read_dicom(sources, decoder, strict=strict, allow_secondary_capture=allow_secondary_capture,
+                           independent=independent)
+
+
+def _read_dicom(sources: Sequence[DicomSource], decoder: FrameDecoder, *, strict: bool,
+                allow_secondary_capture: bool, independent: bool) -> DicomReadResult:
+    headers, skipped = scan_headers(sources, strict=strict, allow_secondary_capture=allow_secondary_capture,
+                                    decoder=decoder)
     if headers:
         check_decoders({h.transfer_syntax for h in headers}, [h.name for h in headers])
     groups: dict[tuple[str, str], list[FrameHeader]] = defaultdict(list)
@@ -605,12 +618,10 @@ def read_dicom(sources: Sequence[DicomSource], *, strict: bool = False, workers:
     result = DicomReadResult(skipped=skipped)
     bar = progress_bar(desc="decoding DICOM", total=sum(len(p[2]) for p in plans), unit="slice")
     try:
-        with FrameDecoder(workers, pool) as decoder:
-            for study, series, ordered, plan in plans:
-                built = _decode_series(decoder, study, series, ordered, plan, strict=strict, bar=bar,
-                                       skipped=skipped)
-                if built is not None:
-                    result.series.append(built)
+        for study, series, ordered, plan in plans:
+            built = _decode_series(decoder, study, series, ordered, plan, strict=strict, bar=bar, skipped=skipped)
+            if built is not None:
+                result.series.append(built)
     finally:
         bar.close()
         close_zip_handles()

@@ -373,3 +373,17 @@ def test_meta_files_orientation_and_reference_dataset(tmp_path: Path) -> None:
     (z,) = read_ct(archive)
     assert z.meta["files"][0] == f"{archive}:a/{paths[0].name}"
     assert reference_dataset(z, 2).SOPInstanceUID == z.sop_instance_uids[2]
+
+
+def test_many_files_headers_read_by_worker_processes(tmp_path: Path) -> None:
+    from ichd.io.decode import MIN_ITEMS_FOR_MAP
+
+    n = MIN_ITEMS_FOR_MAP + 6
+    datasets = make_ct_series(n, rows=8, columns=8, spacing=1.0)
+    write_series(tmp_path, datasets, shuffle_seed=5)
+    (tmp_path / "zz_garbage.dcm").write_bytes(b"garbage" * 30)
+    (s,) = read_ct(tmp_path, workers=2)
+    assert s.n_slices == n and np.all(np.diff(s.positions_mm) > 0)
+    assert any(w.code == "skipped_files" and "zz_garbage.dcm" in w.message for w in s.warnings)
+    with pytest.raises(InputError, match=r"zz_garbage\.dcm: not a DICOM file"):
+        read_ct(tmp_path, workers=2, strict=True)
