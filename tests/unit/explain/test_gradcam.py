@@ -60,6 +60,34 @@ def test_matches_the_grad_cam_formula_on_a_linear_head() -> None:
     np.testing.assert_allclose(result.logits, model(x).detach().numpy(), atol=1e-6)
 
 
+def test_grad_cam_pp_matches_the_paper_formula_on_a_linear_head() -> None:
+    """With g_k = v_ck / (h w) constant over pixels: alpha_k = 1 / (2 + g_k sum_ab A_k[a,b]) (Chattopadhay et
+    al. 2018, eq. 19 with the exponential score) and w_k = h w alpha_k ReLU(g_k)."""
+    torch.manual_seed(4)
+    model = ToyCNN().eval()
+    x = torch.rand(2, 3, 12, 12)
+    with torch.no_grad():
+        acts = model.features((x - model.mean) / model.std).double()
+        g = (model.classifier.weight[1].double() / (12 * 12))[None, :]
+        alpha = 1.0 / (2.0 + g * acts.sum(dim=(2, 3)))
+        w = 12 * 12 * alpha * torch.relu(g)
+        expected = torch.relu((w[:, :, None, None] * acts).sum(1))
+    result = GradCAM(model, method="gradcam++").compute(x, [1])
+    np.testing.assert_allclose(result.raw[:, 0], expected.numpy(), rtol=1e-4, atol=1e-6)
+
+
+def test_grad_cam_equals_monai_on_the_layer_grid(trained_toy, toy_data) -> None:
+    """Cross-check against MONAI's Grad-CAM (un-normalised maps at the layer's resolution)."""
+    from monai.visualize import GradCAM as MonaiGradCAM
+
+    x = to_input(toy_data[0][:3])
+    ours = GradCAM(trained_toy).compute(x, [0]).raw[:, 0]
+    # MONAI's backward hooks need an input that requires grad (else torch warns the hook fires on outputs).
+    monai_cam = MonaiGradCAM(copy.deepcopy(trained_toy), target_layers="features")
+    theirs = monai_cam.compute_map(x.clone().requires_grad_(True), class_idx=0)
+    np.testing.assert_allclose(ours, theirs.detach().numpy()[:, 0], rtol=1e-5, atol=1e-7)
+
+
 @pytest.mark.parametrize("method", ["gradcam", "gradcam++"])
 def test_zero_gradient_class_gives_an_all_zero_map_not_nan(trained_toy, toy_data, method) -> None:
     model = copy.deepcopy(trained_toy)
