@@ -21,6 +21,10 @@ taken with :func:`torch.autograd.grad`, so the model's ``.grad`` buffers are nev
 Maps are upsampled bilinearly to the input size (or ``output_size``) and scaled to [0, 1] by their maximum.
 A map without positive evidence (e.g. a class whose score does not depend on the layer, zero gradient) is
 returned as all zeros, never NaN.
+
+Why not ``monai.visualize``: its Grad-CAM gives the same layer-resolution maps (the tests check equality), but it
+leaves its hooks registered on the model; its Grad-CAM++ (MONAI 1.6) sums ``A * g^3`` over the map in the
+denominator instead of the paper's ``sum(A) * g^3`` and fails on batches of more than one image.
 """
 
 from __future__ import annotations
