@@ -85,13 +85,18 @@ def run(argv: list[str] | None = None) -> int:
     app = build_app()
     try:
         app(args=argv, prog_name="ichd", standalone_mode=False)
-    except click.exceptions.Exit as e:
-        return int(e.exit_code)
-    except click.exceptions.Abort:
+    except (click.exceptions.Exit, typer.Exit) as e:
+        return int(getattr(e, "exit_code", 0))
+    except (click.exceptions.Abort, typer.Abort):
         return _fail("aborted", 130)
-    except click.ClickException as e:
-        e.show()
-        return 2
+    except (click.ClickException, typer.TyperException) as e:
+        # usage errors (bad option values, missing arguments): click prints usage + one line
+        show = getattr(e, "show", None)
+        if callable(show):
+            show()
+        else:
+            _fail(str(e), 2)
+        return int(getattr(e, "exit_code", 2) or 2)
     except IchdError as e:
         if STATE.debug:
             traceback.print_exc()
