@@ -47,7 +47,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--runs", type=Path, default=Path("runs/cnn_ctich"),
                    help="CV run folder with folds.csv and fold<K>/<checkpoint>")
-    p.add_argument("--checkpoint", default="final.pt", help="checkpoint file name inside each fold folder")
+    p.add_argument("--checkpoint", default="final.pt",
+                   help="checkpoint file name(s) inside each fold folder, comma-separated: the first that exists "
+                        "is used (e.g. final.pt,last.pt while training is still running)")
+    p.add_argument("--allow-missing", action="store_true",
+                   help="skip (and report) slices whose fold has no checkpoint yet instead of failing")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/localization"), help="output folder")
     p.add_argument("--methods", default="gradcam,gradcam++", help="comma-separated; the first is the primary one")
     p.add_argument("--tolerance", type=int, default=5, help="pointing-game tolerance in pixels (512 matrix)")
@@ -62,8 +66,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def fold_models(runs: Path, checkpoint: str, patients: set[str]) -> dict[str, tuple[int, Path]]:
-    """patient id -> (fold, checkpoint path) of the model that held the patient out; checked in the checkpoint."""
+def fold_models(runs: Path, checkpoints: list[str], patients: set[str], *, allow_missing: bool
+                ) -> dict[str, tuple[int, Path, int | None]]:
+    """patient id -> (fold, checkpoint path, epoch) of the model that held the patient out.
+
+    The held-out patients stored in the checkpoint (``extra["val_patients"]``) are checked against
+    ``folds.csv``. Patients whose fold has none of ``checkpoints`` are left out when ``allow_missing``.
+    """
     import pandas as pd
 
     from ichd.errors import InputError
@@ -74,17 +83,28 @@ def fold_models(runs: Path, checkpoint: str, patients: set[str]) -> dict[str, tu
     lost = sorted(patients - set(fold_of))
     if lost:
         raise InputError(f"{runs / 'folds.csv'} has no fold for {lost}")
-    out: dict[str, tuple[int, Path]] = {}
-    checked: dict[int, set[str]] = {}
+    out: dict[str, tuple[int, Path, int | None]] = {}
+    checked: dict[int, tuple[Path, int | None, set[str]] | None] = {}
     for pid in sorted(patients):
         k = fold_of[pid]
-        path = runs / f"fold{k}" / checkpoint
         if k not in checked:
-            raw = read_checkpoint(path)
-            checked[k] = set(map(str, (raw.get("extra") or {}).get("val_patients") or []))
-        if checked[k] and pid not in checked[k]:
+            found = [runs / f"fold{k}" / name for name in checkpoints if (runs / f"fold{k}" / name).is_file()]
+            if not found:
+                if not allow_missing:
+                    raise InputError(f"no {' or '.join(checkpoints)} in {runs / f'fold{k}'}",
+                                     hint="wait for the fold to finish, or pass --allow-missing")
+                checked[k] = None
+            else:
+                raw = read_checkpoint(found[0])
+                val = set(map(str, (raw.get("extra") or {}).get("val_patients") or []))
+                checked[k] = (found[0], raw.get("epoch"), val)
+        entry = checked[k]
+        if entry is None:
+            continue
+        path, epoch, val = entry
+        if val and pid not in val:
             raise InputError(f"{path} does not list {pid} among its held-out patients")
-        out[pid] = (k, path)
+        out[pid] = (k, path, epoch)
     return out
 
 
@@ -115,14 +135,17 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    slices = read_masked_slices(data_dir() / "hu-slices")
-    models = fold_models(args.runs, args.checkpoint, {s.patient_id for s in slices})
+    all_slices = read_masked_slices(data_dir() / "hu-slices")
+    models = fold_models(args.runs, [c.strip() for c in args.checkpoint.split(",") if c.strip()],
+                         {s.patient_id for s in all_slices}, allow_missing=args.allow_missing)
+    slices = [s for s in all_slices if s.patient_id in models]
+    skipped = sorted(s.name for s in all_slices if s.patient_id not in models)
     predictors: dict[int, Predictor] = {}
     rows: list[dict[str, Any]] = []
     rand_rows: list[dict[str, Any]] = []
     maps_for_examples: dict[tuple[str, str, str], np.ndarray] = {}
     for s in slices:
-        k, path = models[s.patient_id]
+        k, path, _epoch = models[s.patient_id]
         if k not in predictors:
             predictors[k] = Predictor.load(path, device=args.device)
         pr = predictors[k]
@@ -199,6 +222,9 @@ def main(argv: list[str] | None = None) -> int:
                           for k, p in sorted(predictors.items())},
         "layer_source": "override (--layer, diagnostic)" if args.layer else "model registry (default_cfg)",
         "model": {str(k): p.identity.name for k, p in sorted(predictors.items())},
+        "checkpoints": {str(k): {"path": str(path), "epoch": epoch}
+                        for k, path, epoch in sorted({v for v in models.values()})},
+        "skipped_slices": skipped,
         "map_resolution": int(df["map_resolution"].iloc[0]),
         "ctich_masks": "none in the data (README: the CT-ICH copy has no *_HGE_Seg masks)",
     }
@@ -229,6 +255,10 @@ def markdown(summary: dict[str, Any]) -> str:
              f"({meta['map_resolution']}x{meta['map_resolution']} before upsampling); tolerance "
              f"{meta['tolerance_px']} px; 95% patient-level bootstrap CIs ({meta['n_boot']} reps, seed {meta['seed']})."),
              ""]
+    ck = "; ".join(f"fold{k}: {v['path']} (epoch {v['epoch']})" for k, v in meta["checkpoints"].items())
+    lines += [f"Out-of-fold models: {ck}.", ""]
+    if meta["skipped_slices"]:
+        lines += [f"Skipped (fold model not available yet): {', '.join(meta['skipped_slices'])}.", ""]
     for method, per_class in summary["localization"].items():
         lines += [f"**{method}** (out-of-fold models)", "",
                   "| class | slices (patients) | pointing game | chance | energy in mask | chance |",
