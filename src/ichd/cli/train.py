@@ -8,6 +8,7 @@ merge`` pools the folds' out-of-fold predictions. Other modules add commands to 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
@@ -33,17 +34,21 @@ def _parse_overrides(items: list[str] | None) -> dict[str, object]:
 
 @train_app.command("cnn")
 def train_cnn_cmd(
-    config: Path = typer.Option(..., "--config", "-c", help="Training config YAML (e.g. configs/cnn_ctich.yaml)."),
-    fold: str = typer.Option("0", "--fold", "-f",
-                             help="Validation fold 0..K-1 (train on the others), or 'all' for the final fit on "
-                                  "every patient (no validation)."),
-    out: Path | None = typer.Option(None, "--out", "-o",
-                                    help="Run folder (default: `out` in the config); fold{K}/ is written inside."),
-    restart: bool = typer.Option(False, "--restart",
-                                 help="Ignore an existing fold{K}/last.pt and train this fold from scratch."),
-    overrides: list[str] | None = typer.Option(None, "--set",
-                                               help="Override a config value, KEY=VALUE with a dotted key "
-                                                    "(repeatable), e.g. --set optim.batch_size=16."),
+    config: Annotated[Path, typer.Option("--config", "-c",
+                                         help="Training config YAML (e.g. configs/cnn_ctich.yaml).")],
+    fold: Annotated[str, typer.Option("--fold", "-f",
+                                      help="Validation fold 0..K-1 (train on the others), or 'all' for the final "
+                                           "fit on every patient (no validation).")] = "0",
+    out: Annotated[Path | None, typer.Option("--out", "-o",
+                                             help="Run folder (default: `out` in the config); fold{K}/ is "
+                                                  "written inside.")] = None,
+    restart: Annotated[bool, typer.Option("--restart",
+                                          help="Ignore an existing fold{K}/last.pt and train this fold from "
+                                               "scratch.")] = False,
+    overrides: Annotated[list[str] | None, typer.Option("--set",
+                                                        help="Override a config value, KEY=VALUE with a dotted "
+                                                             "key (repeatable), e.g. --set optim.batch_size=16."
+                                                        )] = None,
 ) -> None:
     """Train the slice CNN on one patient-level fold; resumes after a kill from fold{K}/last.pt."""
     from ichd.errors import ConfigError
@@ -69,7 +74,7 @@ def train_cnn_cmd(
 
 @train_app.command("merge")
 def merge_cmd(
-    out: Path = typer.Argument(..., help="Run folder holding fold0/ .. fold{K-1}/ (each with oof.csv)."),
+    out: Annotated[Path, typer.Argument(help="Run folder holding fold0/ .. fold{K-1}/ (each with oof.csv).")],
 ) -> None:
     """Pool the folds' out-of-fold predictions into OUT/oof.csv and OUT/cv_metrics.json."""
     from ichd.constants import LABELS

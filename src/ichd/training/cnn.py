@@ -112,7 +112,7 @@ def _init_worker(augment: Any, worker_id: int) -> None:
         _seed_augmentation(info.dataset, augment, info.seed)
 
 
-def _make_loaders(cfg: CnnTrainConfig, cache: Any, train_df: Any, val_df: Any | None, seed: int
+def make_loaders(cfg: CnnTrainConfig, cache: Any, train_df: Any, val_df: Any | None, seed: int
                   ) -> tuple[Any, Any, Any, Any]:
     """Training loader (augmented; shuffled or class-balanced; seeded generator), validation loader, the
     generator, and the training dataset."""
@@ -214,7 +214,7 @@ def train_cnn(cfg: CnnTrainConfig, fold: int | str, *, out: str | Path | None = 
                          weights=cfg.model.weights, **model_kwargs)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr_per_epoch[0],
                                  weight_decay=cfg.optim.weight_decay)
-    train_loader, val_loader, generator, train_ds = _make_loaders(cfg, cache, train_df, val_df, cfg.seed)
+    train_loader, val_loader, generator, train_ds = make_loaders(cfg, cache, train_df, val_df, cfg.seed)
     reseed = []
     if cfg.augment_enabled and cfg.data.num_workers == 0:
         # Without worker processes the augmentation runs here: re-seed it at the start of every epoch.
