@@ -120,8 +120,7 @@ def load_backbone_weights(backbone: nn.Module, path: str | Path) -> None:
     state: dict[str, torch.Tensor] = {}
     for key, value in obj.items():
         for prefix in ("module.", "backbone."):
-            if key.startswith(prefix):
-                key = key[len(prefix):]
+            key = key.removeprefix(prefix)
         state[key] = value
     own = backbone.state_dict()
     state = {k: v for k, v in state.items() if k in own or not k.startswith(_CLASSIFIER_PREFIXES)}
