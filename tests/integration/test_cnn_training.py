@@ -125,3 +125,23 @@ def test_resume_refuses_another_config(cfg) -> None:
     cfg.optim.batch_size = 8
     with pytest.raises(ConfigError, match="different configuration"):
         train_cnn(cfg, 1)
+
+
+def test_augmented_loader_is_reproducible(cfg) -> None:
+    from ichd.data.datasets import SliceDataset
+    from ichd.training.cnn import load_training_table, make_loaders
+
+    cfg.data.num_workers = 1
+    cache, labels = load_training_table(cfg)
+    loader, _, generator, _ = make_loaders(cfg, cache, labels, None, seed=3)
+
+    def first_batch(seed: int) -> dict:
+        generator.manual_seed(seed)  # what the trainer does at the start of every epoch
+        return next(iter(loader))
+
+    a, b, c = first_batch(5), first_batch(5), first_batch(6)
+    assert a["slice_id"] == b["slice_id"] and torch.equal(a["image"], b["image"])
+    assert a["slice_id"] != c["slice_id"]
+    plain = SliceDataset(cache, a["slice_id"])
+    raw = torch.stack([plain[i]["image"] for i in range(len(plain))])
+    assert raw.shape == a["image"].shape and not torch.equal(raw, a["image"])  # augmentation is on
