@@ -157,7 +157,7 @@ def reliability_figure(y: np.ndarray, p: np.ndarray, *, level: str, n_bins: int 
         ax.plot([0, 1], [0, 1], ls=":", color="grey", lw=1)
         ax.plot(curve.mean_predicted, curve.fraction_positive, marker="o", ms=4, lw=1.4,
                 color=LABEL_COLORS.get(lab))
-        ax.set(xlim=(0, 1), ylim=(0, 1), title=f"{_name(lab)}  ECE {_fmt(ece)}")
+        ax.set(xlim=(0, 1), ylim=(0, 1), title=f"{_name(lab)}  ECE {_fmt(ece)}  (n+={int(np.sum(y[:, c] > 0.5))})")
         ax.set_xlabel("mean predicted probability", fontsize=8)
         ax.set_ylabel("observed fraction positive", fontsize=8)
         ax.tick_params(labelsize=7)
