@@ -19,9 +19,9 @@ Writes OUT/metrics.json, OUT/thresholds.json, OUT/report.md, OUT/report.html (se
 
 
 def evaluate_command(
-    predictions: Annotated[Path, typer.Argument(help="Predictions: ichd CSV, predict JSON file/folder, or RSNA "
+    predictions: Annotated[Path, typer.Argument(metavar="PREDICTIONS", help="Predictions: ichd CSV, predict JSON file/folder, or RSNA "
                                                      "submission CSV.")],
-    labels: Annotated[Path, typer.Argument(help="Labels: CT-ICH labels.csv, RSNA stage_2_train.csv or ichd "
+    labels: Annotated[Path, typer.Argument(metavar="LABELS", help="Labels: CT-ICH labels.csv, RSNA stage_2_train.csv or ichd "
                                                 "labels CSV.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (must be empty or new unless "
                                                           "--overwrite).")],
