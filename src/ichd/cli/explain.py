@@ -34,6 +34,11 @@ def register(app: typer.Typer) -> None:
         device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda[:N].")] = "auto",
         window: Annotated[str | None, typer.Option(
             "--window", help="LEVEL,WIDTH in HU of windowed PNG/JPG slice folders (e.g. 40,80).")] = None,
+        independent: Annotated[bool, typer.Option(
+            "--independent", help="Treat every image as its own one-slice scan (e.g. a folder of unrelated RSNA "
+                                  "slices).")] = False,
+        strict: Annotated[bool, typer.Option(
+            "--strict", help="Fail on the first broken file instead of skipping it with a warning.")] = False,
         overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace results already in --out.")] = False,
     ) -> None:
         """Grad-CAM overlays for every slice/class at or above the operating threshold, and a montage per scan.
@@ -54,7 +59,7 @@ def register(app: typer.Typer) -> None:
             raise InputError(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
         wanted = [c for c in (classes or "").split(",") if c.strip()] or None
         predictor = Predictor.load(model, device=device)
-        all_series = read_ct(input_path, window=window)
+        all_series = read_ct(input_path, window=window, strict=strict, independent=independent)
         if series is not None:
             all_series = [s for s in all_series if s.series_instance_uid == series]
             if not all_series:
