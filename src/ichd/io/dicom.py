@@ -410,7 +410,7 @@ def read_header(source: DicomSource, *, allow_secondary_capture: bool = False) -
 
 
 # --------------------------------------------------------------------------------------------------------------
-# decoding
+# the reader
 
 
 @dataclass

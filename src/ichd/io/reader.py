@@ -58,7 +58,8 @@ def read_ct(path: str | os.PathLike[str], *, window: Sequence[float] | str | Non
     Args:
         path: file, folder or archive.
         window: ``(level, width)`` or ``"L,W"`` of 8-bit PNG/JPG slices (required for image folders only).
-        strict: raise on the first broken file instead of skipping it (see the module docstring).
+        strict: raise on the first broken file instead of skipping it (see the module docstring). A single DICOM
+            file is always read strictly: skipping it would leave nothing to report.
         workers: DICOM decoding threads (default ``min(2, cpu_count)``).
         independent: the images are unrelated slices, each read as its own one-slice series (DICOM and images).
         allow_secondary_capture: read DICOM Secondary Capture images (Modality CT/OT, e.g. slices exported in HU

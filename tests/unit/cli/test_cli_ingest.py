@@ -50,3 +50,11 @@ def test_strict_fails_on_garbage_file(tmp_path: Path, capsys: pytest.CaptureFixt
 
 def test_help() -> None:
     assert run(["ingest", "--help"]) == 0
+
+
+def test_demo(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(["-q", "ingest", "--demo", "--json"]) == 0
+    (series,) = json.loads(capsys.readouterr().out)["series"]
+    assert series["source_kind"] == "ctich" and series["n_slices"] > 10
+    assert run(["-q", "ingest", "--demo", "somewhere"]) == 2
+    assert "not both" in capsys.readouterr().err
