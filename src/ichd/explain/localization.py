@@ -1,7 +1,7 @@
 """Measures of how well a heat map localises a lesion, and the model-randomisation sanity check.
 
-* **Pointing game** (Zhang et al. 2018): a hit when the map's maximum lies inside the lesion mask dilated by a
-  tolerance (5 px by default, a disk). A map with no evidence at all (all zero) is a miss.
+* **Pointing game** (Zhang et al. 2018): a hit when the map's maximum (:func:`peak`) lies inside the lesion mask
+  dilated by a tolerance (5 px by default, a disk). A map with no evidence at all (all zero) is a miss.
 * **Energy fraction**: the share of the map's total mass that falls inside the (undilated) mask. Scale
   invariant, so the max-normalisation of the map does not matter. An all-zero map scores 0.
 * **Chance levels**: what a uniform map over the head would score (energy fraction = mask area / head area;
@@ -66,13 +66,20 @@ def dilate(mask: np.ndarray, radius: int) -> np.ndarray:
     return binary_dilation(mask, structure=disk(radius))
 
 
-def peak(cam: np.ndarray) -> tuple[int, int] | None:
-    """(row, col) of the map's maximum (the first one in row-major order), or None for an all-zero map."""
-    cam = np.asarray(cam)
-    if not np.any(cam > 0):
+def peak(cam: np.ndarray, *, rtol: float = 1e-6) -> tuple[int, int] | None:
+    """(row, col) of the map's maximum, or None for an all-zero map.
+
+    A map upsampled from a coarse grid has a *plateau* of (near-)maximal pixels where the top cell touches the
+    border (bilinear interpolation clamps there), and taking the first argmax would put the peak on the image
+    edge. So of all pixels within ``rtol`` of the maximum, the one nearest their centroid is returned.
+    """
+    cam = np.asarray(cam, dtype=np.float64)
+    top = float(cam.max(initial=0.0))
+    if top <= 0:
         return None
-    r, c = np.unravel_index(int(np.argmax(cam)), cam.shape)
-    return int(r), int(c)
+    rows, cols = np.nonzero(cam >= top * (1.0 - rtol))
+    i = int(np.argmin((rows - rows.mean()) ** 2 + (cols - cols.mean()) ** 2))
+    return int(rows[i]), int(cols[i])
 
 
 def pointing_game(cam: np.ndarray, mask: np.ndarray, *, tolerance_px: int = DEFAULT_TOLERANCE_PX) -> bool:

@@ -116,3 +116,14 @@ def test_randomised_model_gives_different_maps(trained_toy, toy_data) -> None:
     rand = GradCAM(randomized_copy(trained_toy, mode="full", seed=0))(x, 0)
     ssim = np.mean([map_ssim(a, b) for a, b in zip(real, rand, strict=True)])
     assert ssim < 0.6
+
+
+def test_peak_of_a_border_plateau_is_its_centre_not_the_image_edge() -> None:
+    from ichd.explain.overlay import resize_map
+
+    coarse = np.zeros((4, 4), np.float32)
+    coarse[1, 0] = 1.0  # top cell on the left border
+    up = resize_map(coarse, (64, 64))
+    r, c = peak(up)
+    assert 20 <= r <= 27 and 0 < c <= 8  # inside the plateau between the border and the cell centre, not column 0
+    assert peak(np.array([[0.0, 2.0], [1.0, 0.0]])) == (0, 1)
