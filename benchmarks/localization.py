@@ -167,6 +167,8 @@ def main(argv: list[str] | None = None) -> int:
                     "slice": s.name, "patient_id": s.patient_id, "ctich_slice": s.ctich_slice, "fold_model": k,
                     "checkpoint": str(path), "method": method, "class": c,
                     "probability": round(float(probs[LABELS.index(c)]), 4),
+                    "threshold": pr.thresholds[c],
+                    "flagged": int(float(probs[LABELS.index(c)]) >= pr.thresholds[c]),
                     "hit": int(pointing_game(cam, s.mask, tolerance_px=args.tolerance)),
                     "energy_fraction": round(energy_fraction(cam, s.mask), 4),
                     "chance_hit": round(chance_hit, 4), "chance_energy": round(chance_energy, 4),
@@ -205,6 +207,13 @@ def main(argv: list[str] | None = None) -> int:
                                    ("hit", "energy_fraction", "chance_hit", "chance_energy")},
                                   sub["patient_id"].tolist(), n_boot=args.n_boot, seed=args.seed)
             summary["localization"][method][c] = {key: e.to_dict() for key, e in est.items()}
+            # The maps a reader would actually see: slices the model flags for this class.
+            flagged = sub[sub["flagged"] == 1]
+            if not flagged.empty:
+                fest = bootstrap_means({"hit": flagged["hit"].to_numpy(),
+                                        "energy_fraction": flagged["energy_fraction"].to_numpy()},
+                                       flagged["patient_id"].tolist(), n_boot=args.n_boot, seed=args.seed)
+                summary["localization"][method][c]["flagged"] = {key: e.to_dict() for key, e in fest.items()}
     for label, _ in CASCADE:
         sub = rdf[rdf["randomization"] == label]
         est = bootstrap_means({key: sub[key].to_numpy() for key in ("ssim", "hit", "energy_fraction")},
@@ -246,6 +255,12 @@ def _ci(e: dict[str, Any], pct: bool = False) -> str:
     return f"{f(e['mean'])} [{f(e['ci_low'])}, {f(e['ci_high'])}]"
 
 
+def _flagged(est: dict[str, Any]) -> str:
+    if "flagged" not in est:
+        return "0"
+    return f"{est['flagged']['hit']['n']}, {_ci(est['flagged']['hit'], True)}"
+
+
 def markdown(summary: dict[str, Any]) -> str:
     """The summary as markdown tables (what goes into docs/results.md)."""
     meta = summary["meta"]
@@ -261,12 +276,13 @@ def markdown(summary: dict[str, Any]) -> str:
         lines += [f"Skipped (fold model not available yet): {', '.join(meta['skipped_slices'])}.", ""]
     for method, per_class in summary["localization"].items():
         lines += [f"**{method}** (out-of-fold models)", "",
-                  "| class | slices (patients) | pointing game | chance | energy in mask | chance |",
-                  "|---|---|---|---|---|---|"]
+                  ("| class | slices (patients) | pointing game | chance | energy in mask | chance "
+                  "| flagged by the model: n, pointing game |"),
+                  "|---|---|---|---|---|---|---|"]
         for c, est in per_class.items():
             lines.append(f"| {c} | {est['hit']['n']} ({est['hit']['n_patients']}) | {_ci(est['hit'], True)} | "
                          f"{100 * est['chance_hit']['mean']:.0f}% | {_ci(est['energy_fraction'])} | "
-                         f"{est['chance_energy']['mean']:.2f} |")
+                         f"{est['chance_energy']['mean']:.2f} | {_flagged(est)} |")
         lines.append("")
     lines += [("**Randomisation sanity check** (Adebayo et al. 2018; 'any' maps, "
               f"{next(iter(summary['localization']))}): SSIM real vs randomised, and localization of the randomised maps"),
