@@ -6,7 +6,8 @@ Two passes, so non-image objects cost almost nothing:
    :class:`FrameHeader` (one per frame for multi-frame files) or the file becomes a :class:`Skipped` with a reason:
    ``not_dicom``, ``unreadable``, ``missing_tags``, ``bad_tags`` (problems: fatal in strict mode), or
    ``localizer``, ``dose_report``, ``secondary_capture``, ``not_ct``, ``no_pixel_data``, ``not_axial`` (objects that
-   are not axial CT slices: skipped in both modes, counted in a ``skipped_files`` warning).
+   are not axial CT slices: skipped in both modes). :func:`skipped_warnings` counts them in ``skipped_files`` and
+   ``skipped_non_image`` warnings.
 2. **Pixels** (:func:`read_dicom`): images are grouped by StudyInstanceUID/SeriesInstanceUID, the majority matrix
    size is kept, slices are ordered along the normal (:mod:`ichd.io.geometry`), and only the kept slices are
    decoded (:mod:`ichd.io.decode`, a process pool for big series) straight into a preallocated float32 volume
@@ -96,6 +97,7 @@ NON_IMAGE_REASONS: dict[str, str] = {
 #: Lossy transfer syntaxes (JPEG baseline/extended, JPEG-LS near-lossless, JPEG 2000, HTJ2K lossy).
 LOSSY_SYNTAXES = frozenset({"1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.81",
                             "1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.4.203"})
+
 
 @dataclass(frozen=True)
 class FrameHeader:
