@@ -5,7 +5,8 @@ Adam step, channels_last) on the same model, batch size and thread count, in the
 draws batches from the training DataLoader of ``ichd train cnn`` (memory-mapped uint8 cache -> float ->
 augmentation -> collate, with the config's worker count); the "synthetic" side feeds pre-built random
 tensors, so its rate is the compute-only ceiling. ratio = real / synthetic; the target is >= 0.85 (data loading
-is not the bottleneck). Rounds alternate synthetic / real to cancel drift from other load on the machine.
+is not the bottleneck). Rounds alternate which side runs first (ABBA) to cancel drift from other load on the
+machine.
 
     python benchmarks/train_throughput.py --config configs/cnn_ctich.yaml --batches 12 --rounds 3
 
@@ -87,8 +88,13 @@ def main() -> int:
     trainer.train_epoch(real_batches(args.warmup), 0)
     rows = []
     for r in range(args.rounds):
-        syn = trainer.train_epoch(synthetic_batches(args.batches), 0)["train/img_per_s"]
-        real = trainer.train_epoch(real_batches(args.batches), 0)["train/img_per_s"]
+        # Alternate which side goes first (ABBA) so a trend in the machine's load does not favour one side.
+        if r % 2 == 0:
+            syn = trainer.train_epoch(synthetic_batches(args.batches), 0)["train/img_per_s"]
+            real = trainer.train_epoch(real_batches(args.batches), 0)["train/img_per_s"]
+        else:
+            real = trainer.train_epoch(real_batches(args.batches), 0)["train/img_per_s"]
+            syn = trainer.train_epoch(synthetic_batches(args.batches), 0)["train/img_per_s"]
         rows.append({"round": r, "synthetic_img_per_s": syn, "real_img_per_s": real, "ratio": real / syn})
         print(f"round {r}: synthetic {syn:.2f} img/s, real pipeline {real:.2f} img/s, ratio {real / syn:.3f}",
               flush=True)
