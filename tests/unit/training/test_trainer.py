@@ -128,3 +128,12 @@ def test_non_finite_loss_is_reported() -> None:
 
     with pytest.raises(IchdError, match="loss became nan"):
         trainer.train_epoch(loader, 0)
+
+
+def test_amp_on_cpu_uses_bfloat16_and_trains() -> None:
+    trainer, loader = make_trainer(make_model(), lrs=(1e-2,), amp=True)
+    seen = []
+    trainer.model[0].register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    history = trainer.fit(loader, loader)
+    assert seen and seen[0] == torch.bfloat16
+    assert torch.isfinite(torch.tensor(history[-1]["val/weighted_log_loss"]))
