@@ -13,9 +13,11 @@ puts the files in the page cache. Modes:
 * ``ichd``: ``read_ct(folder, workers=W)`` — the default (process pool);
 * ``ichd-thread``: the same read with a thread pool; ``ichd-serial``: ``workers=1``.
 
-Reported: slices/s (median and best of the repeats), CPU time per slice (process + decoding workers), the speed-up of ``ichd`` over ``plain`` (medians), and peak
-memory: the main process's peak RSS above its RSS before the read (``ru_maxrss``), divided by the size of the
-float32 volume, plus the largest peak RSS of a decoding worker process.
+Reported: slices/s (median and best of the repeats); CPU time per slice (process + decoding workers); the speed-up
+of ``ichd`` over ``plain`` (medians and best runs); and peak memory above the level before the read, divided by
+the float32 volume's size: for the whole process tree as PSS (proportional set size, so the shared-memory volume
+that worker processes fill is counted once), sampled every 10 ms by a separate monitor process, and for the main
+process alone as peak RSS (``ru_maxrss``); plus the largest peak RSS of one decoding worker.
 """
 
 from __future__ import annotations
@@ -46,6 +48,43 @@ def _cpu_s() -> float:
     return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
+def _tree_pss_mb(pid: int) -> float:
+    """Proportional set size of ``pid`` and all its children, MB (shared pages split between their users)."""
+    import psutil
+
+    total = 0
+    try:
+        parent = psutil.Process(pid)
+        procs = [parent, *parent.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0.0
+    for proc in procs:
+        try:
+            total += proc.memory_full_info().pss
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return total / 2**20
+
+
+def _monitor(pid: int) -> None:
+    """Sample the PSS of ``pid``'s process tree every 10 ms; "mark" on stdin sets the baseline, "stop" reports."""
+    import select
+
+    base = peak = _tree_pss_mb(pid)
+    while True:
+        ready, _, _ = select.select([sys.stdin], [], [], 0.01)
+        if ready:
+            line = sys.stdin.readline().strip()
+            if line == "mark":
+                base = peak = _tree_pss_mb(pid)
+                print("ok", flush=True)
+            else:
+                print(json.dumps({"base_pss_mb": base, "peak_pss_mb": max(peak, _tree_pss_mb(pid))}), flush=True)
+                return
+        else:
+            peak = max(peak, _tree_pss_mb(pid))
+
+
 def _child(mode: str, folder: str, workers: int) -> dict[str, Any]:
     """One measurement (runs in a fresh interpreter)."""
     import numpy as np
@@ -59,6 +98,12 @@ def _child(mode: str, folder: str, workers: int) -> dict[str, Any]:
 
     set_progress_enabled(False)
     files = sorted(str(p) for p in Path(folder).rglob("*") if p.is_file())
+    monitor = subprocess.Popen([sys.executable, __file__, "--monitor", str(os.getpid())], stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, text=True)  # a process, not a thread: see decode.start_method
+    assert monitor.stdin is not None and monitor.stdout is not None
+    monitor.stdin.write("mark\n")
+    monitor.stdin.flush()
+    monitor.stdout.readline()
     base_mb = _rss_mb()
     cpu0 = _cpu_s()
 
@@ -84,13 +129,19 @@ def _child(mode: str, folder: str, workers: int) -> dict[str, Any]:
         raise SystemExit(f"unknown mode {mode}")
     seconds = time.perf_counter() - t0
     cpu = _cpu_s() - cpu0
+    monitor.stdin.write("stop\n")
+    monitor.stdin.flush()
+    pss = json.loads(monitor.stdout.readline())
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    worker_peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    worker_peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # before reaping the monitor
+    monitor.wait()
     volume_mb = volume.nbytes / 2**20
     return {
         "mode": mode, "slices": int(volume.shape[0]), "seconds": seconds, "slices_per_s": volume.shape[0] / seconds,
         "volume_mb": volume_mb, "rss_before_mb": base_mb, "peak_rss_mb": peak_mb,
         "peak_over_volume": (peak_mb - base_mb) / volume_mb,
+        "tree_pss_extra_mb": pss["peak_pss_mb"] - pss["base_pss_mb"],
+        "tree_pss_over_volume": (pss["peak_pss_mb"] - pss["base_pss_mb"]) / volume_mb,
         "worker_peak_rss_mb": worker_peak_mb, "cpu_s": cpu, "cpu_ms_per_slice": 1000 * cpu / volume.shape[0],
     }
 
@@ -108,8 +159,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2, help="ichd decoding workers (default 2)")
     parser.add_argument("--json", type=Path, help="also write the raw measurements here")
     parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--monitor", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
+    if args.monitor:
+        _monitor(args.monitor)
+        return 0
     if args.child:
         print(json.dumps(_child(args.child, args.folder, args.workers)))
         return 0
@@ -133,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"cpus: {os.cpu_count()}  workers: {args.workers}  repeats: {args.repeats}  total wall: {wall:.1f} s  "
           f"load average before/after: {load_before[0]:.2f}/{load_after[0]:.2f}")
     print(f"{'mode':<12} {'slices':>6} {'median sl/s':>12} {'best sl/s':>10} {'CPU ms/slice':>13} "
-          f"{'peak-base MB':>13} {'/volume':>8} {'worker MB':>10}")
+          f"{'tree PSS +MB':>13} {'/volume':>8} {'main RSS +MB':>13} {'worker MB':>10}")
     summary: dict[str, dict[str, float]] = {}
     for mode in MODES:
         rs = runs[mode]
@@ -143,10 +198,12 @@ def main(argv: list[str] | None = None) -> int:
         extra = statistics.median(r["peak_rss_mb"] - r["rss_before_mb"] for r in rs)
         worker = max(r["worker_peak_rss_mb"] for r in rs)
         cpu = statistics.median(r["cpu_ms_per_slice"] for r in rs)
-        summary[mode] = {"median_slices_per_s": med, "best_slices_per_s": best, "peak_over_volume": over,
-                         "cpu_ms_per_slice": cpu}
-        print(f"{mode:<12} {rs[0]['slices']:>6} {med:>12.1f} {best:>10.1f} {cpu:>13.1f} {extra:>13.0f} "
-              f"{over:>8.2f} {worker:>10.0f}")
+        pss_extra = statistics.median(r["tree_pss_extra_mb"] for r in rs)
+        pss_over = statistics.median(r["tree_pss_over_volume"] for r in rs)
+        summary[mode] = {"median_slices_per_s": med, "best_slices_per_s": best, "cpu_ms_per_slice": cpu,
+                         "tree_pss_over_volume": pss_over, "main_rss_over_volume": over}
+        print(f"{mode:<12} {rs[0]['slices']:>6} {med:>12.1f} {best:>10.1f} {cpu:>13.1f} {pss_extra:>13.0f} "
+              f"{pss_over:>8.2f} {extra:>13.0f} {worker:>10.0f}")
     print(f"volume: {runs['ichd'][0]['volume_mb']:.0f} MB float32")
     speedup = summary["ichd"]["median_slices_per_s"] / summary["plain"]["median_slices_per_s"]
     best_speedup = summary["ichd"]["best_slices_per_s"] / summary["plain"]["best_slices_per_s"]

@@ -9,13 +9,17 @@ when installed. Deflate is inflated by pydicom's reader. :func:`check_decoders` 
 :class:`FrameDecoder` therefore uses a process pool (``pool="process"``, default) for series of at least
 :data:`MIN_SLICES_FOR_POOL` slices, and decodes smaller ones in the calling process. The same pool reads the
 headers of folders with at least :data:`MIN_ITEMS_FOR_MAP` files (:meth:`FrameDecoder.map`). Workers are forked when the
-calling process has a single thread (cheap: nothing to re-import), else started with ``forkserver``. At most
-``4 × workers`` slices are in flight, so the memory beyond the output volume stays bounded. ``pool="thread"`` is
+calling process has a single thread (cheap: nothing to re-import) and then write each slice straight into the
+output volume, which lives in anonymous shared memory (:func:`shared_volume`); otherwise they are started with
+``forkserver`` and slices travel back through the pool's pipe. At most ``4 × workers`` slices are in flight, so
+the memory beyond the output volume stays bounded. ``pool="thread"`` is
 kept for callers that cannot start processes (``benchmarks/ingest.py`` measures both).
 """
 
 from __future__ import annotations
 
+import functools
+import mmap
 import multiprocessing
 import os
 import threading
@@ -178,12 +182,39 @@ def _process_job(job: DecodeJob) -> DecodeOutcome:
     return run_job(job, record_warnings=True)
 
 
-class FrameDecoder:
-    """Decodes lists of :class:`DecodeJob` into volumes; owns one lazily started pool for all series of a read.
+#: Volumes in shared memory that forked workers write into, by key (set in the parent before the fork).
+_SHARED_VOLUMES: dict[int, np.ndarray] = {}
 
-    Use as a context manager so the pool is shut down::
+
+def _process_job_shared(key: int, k: int, job: DecodeJob) -> DecodeOutcome:
+    """Decode in a forked worker and write the slice straight into the parent's shared volume."""
+    outcome = run_job(job, record_warnings=True)
+    if outcome.hu is None:
+        return outcome
+    _SHARED_VOLUMES[key][k] = outcome.hu
+    return DecodeOutcome(None, outcome.fixes, warnings=outcome.warnings)
+
+
+def shared_volume(shape: tuple[int, ...]) -> np.ndarray:
+    """A zeroed float32 array in anonymous shared memory (``MAP_SHARED``), writable by forked children.
+
+    The mapping lives as long as the array (numpy keeps the mmap object alive); it is an ordinary array to callers.
+    """
+    count = int(np.prod(shape))
+    buf = mmap.mmap(-1, max(count * 4, 1))
+    return np.frombuffer(buf, dtype=np.float32, count=count).reshape(shape)
+
+
+class FrameDecoder:
+    """Decodes lists of :class:`DecodeJob` into volumes with a pool of ``workers`` (see the module docstring).
+
+    Process pools live for one :meth:`map` or :meth:`decode_into` call: a fresh fork for each series lets the
+    workers write into that series' shared volume (:meth:`new_volume`), so slices are never pickled back. Under
+    ``forkserver`` (other threads running) slices travel back through the pool's pipe instead. A thread pool is
+    kept for the whole read. Use as a context manager::
 
         with FrameDecoder(workers=2) as decoder:
+            volume = decoder.new_volume((n, rows, cols))
             decoder.decode_into(jobs, volume, on_outcome)
     """
 
@@ -192,7 +223,8 @@ class FrameDecoder:
         if pool not in ("process", "thread"):
             raise ValueError(f"pool must be 'process' or 'thread', got {pool!r}")
         self.pool_kind: PoolKind = pool
-        self._executor: Executor | None = None
+        self._threads: ThreadPoolExecutor | None = None
+        self._shared: set[int] = set()
 
     def __enter__(self) -> Self:
         return self
@@ -201,35 +233,44 @@ class FrameDecoder:
         self.close()
 
     def close(self) -> None:
-        """Shut the pool down (idempotent)."""
-        if self._executor is not None:
-            self._executor.shutdown(wait=True, cancel_futures=True)
-            self._executor = None
+        """Shut the thread pool down (idempotent; process pools are shut down after each call)."""
+        if self._threads is not None:
+            self._threads.shutdown(wait=True, cancel_futures=True)
+            self._threads = None
 
-    def _pool(self) -> Executor:
-        if self._executor is None:
-            if self.pool_kind == "thread":
-                self._executor = ThreadPoolExecutor(self.workers, thread_name_prefix="ichd-decode")
-            else:
-                self._executor = ProcessPoolExecutor(self.workers,
-                                                     mp_context=multiprocessing.get_context(start_method()))
-        return self._executor
+    def _uses_processes(self, n: int, minimum: int) -> bool:
+        return self.pool_kind == "process" and self.workers > 1 and n >= minimum
+
+    def _process_pool(self) -> ProcessPoolExecutor:
+        method = start_method()
+        context = multiprocessing.get_context(method)
+        if method == "forkserver":
+            context.set_forkserver_preload(["ichd.io.decode"])  # workers start with pydicom/numpy imported
+        return ProcessPoolExecutor(self.workers, mp_context=context)
+
+    def new_volume(self, shape: tuple[int, int, int]) -> np.ndarray:
+        """A float32 volume for :meth:`decode_into`: in shared memory when forked workers will fill it."""
+        if self._uses_processes(shape[0], MIN_SLICES_FOR_POOL) and start_method() == "fork":
+            volume = shared_volume(shape)
+            self._shared.add(id(volume))
+            return volume
+        return np.empty(shape, dtype=np.float32)
 
     def map(self, fn: Callable[[T], R], items: Sequence[T]) -> Iterator[R]:
-        """``fn`` over ``items``, results in order: in the worker processes for a process pool and at least
-        :data:`MIN_ITEMS_FOR_MAP` items, else in this process. ``fn`` must be picklable (a module-level function)."""
-        if self.pool_kind != "process" or self.workers <= 1 or len(items) < MIN_ITEMS_FOR_MAP:
-            return (fn(item) for item in items)
+        """``fn`` over ``items``, results in order: in worker processes for a process pool and at least
+        :data:`MIN_ITEMS_FOR_MAP` items, else in this process. ``fn`` must be picklable (a module-level function).
+        Close the returned generator (or exhaust it) to shut its pool down."""
+        if not self._uses_processes(len(items), MIN_ITEMS_FOR_MAP):
+            yield from (fn(item) for item in items)
+            return
         chunk = max(1, min(32, len(items) // (self.workers * 8)))
-        return self._pool().map(fn, items, chunksize=chunk)
+        with self._process_pool() as pool:
+            yield from pool.map(fn, items, chunksize=chunk)
 
     def decode_into(self, jobs: Sequence[DecodeJob], volume: np.ndarray,
                     on_outcome: Callable[[int, DecodeOutcome], None]) -> None:
-        """Decode ``jobs[k]`` into ``volume[k]``; ``on_outcome(k, outcome)`` is called once per job, in any order.
-
-        ``outcome.hu`` is dropped after it was copied into the volume. Exceptions raised by ``on_outcome`` stop the
-        work and propagate.
-        """
+        """Decode ``jobs[k]`` into ``volume[k]``; ``on_outcome(k, outcome)`` is called once per job, in any order,
+        with ``outcome.hu`` already stored (and dropped). Exceptions raised by ``on_outcome`` stop the work."""
         if self.workers <= 1 or len(jobs) < MIN_SLICES_FOR_POOL:
             with pywarnings.catch_warnings(record=True) as caught:
                 pywarnings.simplefilter("always")
@@ -237,19 +278,41 @@ class FrameDecoder:
                     self._deliver(k, run_job(job), volume, on_outcome)
             self._log_warnings(jobs, [str(w.message) for w in caught])
             return
-        pool = self._pool()
-        fn = _process_job if self.pool_kind == "process" else run_job
+        if self.pool_kind == "thread":
+            if self._threads is None:
+                self._threads = ThreadPoolExecutor(self.workers, thread_name_prefix="ichd-decode")
+            self._run(self._threads, [functools.partial(run_job, job) for job in jobs], volume, on_outcome, jobs)
+            return
+        key = id(volume)
+        shared = key in self._shared and start_method() == "fork"
+        if shared:
+            _SHARED_VOLUMES[key] = volume
+            tasks = [functools.partial(_process_job_shared, key, k, job) for k, job in enumerate(jobs)]
+        else:
+            tasks = [functools.partial(_process_job, job) for job in jobs]
+        log.debug("decoding %d slices in %d worker processes (%s)", len(jobs), self.workers,
+                  "writing into shared memory" if shared else "slices sent back through the pool")
+        try:
+            with self._process_pool() as pool:
+                self._run(pool, tasks, volume, on_outcome, jobs)
+        finally:
+            _SHARED_VOLUMES.pop(key, None)
+            self._shared.discard(key)
+
+    def _run(self, pool: Executor, tasks: Sequence[Callable[[], DecodeOutcome]], volume: np.ndarray,
+             on_outcome: Callable[[int, DecodeOutcome], None], jobs: Sequence[DecodeJob]) -> None:
+        """Submit ``tasks`` keeping at most ``IN_FLIGHT_PER_WORKER × workers`` pending; deliver as they finish."""
         limit = self.workers * IN_FLIGHT_PER_WORKER
         pending: dict[Future[DecodeOutcome], int] = {}
         messages: list[str] = []
-        next_job = 0
+        next_task = 0
         with pywarnings.catch_warnings(record=True) as caught:  # thread pool: decode warnings land here
             pywarnings.simplefilter("always")
             try:
-                while next_job < len(jobs) or pending:
-                    while next_job < len(jobs) and len(pending) < limit:
-                        pending[pool.submit(fn, jobs[next_job])] = next_job
-                        next_job += 1
+                while next_task < len(tasks) or pending:
+                    while next_task < len(tasks) and len(pending) < limit:
+                        pending[pool.submit(tasks[next_task])] = next_task
+                        next_task += 1
                     done, _ = wait(pending, return_when=FIRST_COMPLETED)
                     for future in done:
                         k = pending.pop(future)

@@ -432,7 +432,7 @@ def scan_headers(sources: Sequence[DicomSource], *, strict: bool = False, allow_
     headers: list[FrameHeader] = []
     skipped: list[Skipped] = []
     read = functools.partial(read_header, allow_secondary_capture=allow_secondary_capture)
-    results = decoder.map(read, sources) if decoder is not None else map(read, sources)
+    results = decoder.map(read, sources) if decoder is not None else iter(map(read, sources))
     bar = progress_bar(desc="reading DICOM headers", total=len(sources), unit="file")
     try:
         for result in results:
@@ -445,6 +445,9 @@ def scan_headers(sources: Sequence[DicomSource], *, strict: bool = False, allow_
                 headers.extend(result)
     finally:
         bar.close()
+        close = getattr(results, "close", None)
+        if close is not None:
+            close()  # shuts the header pool down even when strict mode stopped early
     return headers, skipped
 
 
@@ -633,7 +636,7 @@ def _read_dicom(sources: Sequence[DicomSource], decoder: FrameDecoder, *, strict
 def _decode_series(decoder: FrameDecoder, study: str, series: str, ordered: list[FrameHeader],
                    plan: dict[str, Any], *, strict: bool, bar: Any, skipped: list[Skipped]) -> CTSeries | None:
     """Decode one planned series into a :class:`CTSeries` (``None`` when no slice could be decoded)."""
-    volume = np.empty((len(ordered), ordered[0].rows, ordered[0].columns), dtype=np.float32)
+    volume = decoder.new_volume((len(ordered), ordered[0].rows, ordered[0].columns))
     failed: set[int] = set()
     air = Counter[str]()
 

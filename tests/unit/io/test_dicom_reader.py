@@ -64,14 +64,19 @@ def test_transfer_syntaxes_round_trip_exactly(tmp_path: Path, ts: str) -> None:
 
 
 @pytest.mark.parametrize("pool", ["process", "thread"])
-def test_pooled_and_serial_decode_agree(tmp_path: Path, pool: str) -> None:
+def test_pooled_and_serial_decode_agree(tmp_path: Path, pool: str, caplog: pytest.LogCaptureFixture) -> None:
     n = MIN_SLICES_FOR_POOL + 4
     write_series(tmp_path, make_ct_series(n, transfer_syntax=RLELossless), shuffle_seed=1)
     (a,) = read_ct(tmp_path, workers=1)
-    (b,) = read_dicom(folder_sources(tmp_path)[0], workers=2, pool=pool).series  # type: ignore[arg-type]
+    with caplog.at_level("DEBUG", logger="ichd.io.decode"):
+        (b,) = read_dicom(folder_sources(tmp_path)[0], workers=2, pool=pool).series  # type: ignore[arg-type]
     np.testing.assert_array_equal(a.hu, series_hu(n))
     np.testing.assert_array_equal(a.hu, b.hu)
     assert a.sop_instance_uids == b.sop_instance_uids
+    if pool == "process":  # forked workers wrote straight into the shared volume
+        assert "writing into shared memory" in caplog.text
+    b.hu[0, 0, 0] = 123.0  # the returned volume is an ordinary writable array
+    assert b.hu.flags.writeable
 
 
 def test_decode_failure_in_worker_process_is_a_skip(tmp_path: Path) -> None:
