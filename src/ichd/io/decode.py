@@ -24,7 +24,7 @@ import multiprocessing
 import os
 import threading
 import warnings as pywarnings
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import (
     FIRST_COMPLETED,
     Executor,
@@ -119,12 +119,15 @@ def start_method() -> str:
     return "forkserver"
 
 
-def check_decoders(transfer_syntaxes: Iterable[str], files: Sequence[str] = ()) -> None:
-    """Raise :class:`DependencyError` naming the package to install if a needed pixel decoder is missing."""
+def check_decoders(examples: Mapping[str, str]) -> None:
+    """Raise :class:`DependencyError` naming the package to install if a needed pixel decoder is missing.
+
+    ``examples`` maps each transfer syntax UID to be decoded to one file that uses it (named in the message).
+    """
     from pydicom.pixels import get_decoder
     from pydicom.uid import UID
 
-    for ts in sorted(set(transfer_syntaxes)):
+    for ts in sorted(examples):
         uid = UID(ts)
         if not uid.is_compressed or uid.is_deflated:
             continue
@@ -134,7 +137,7 @@ def check_decoders(transfer_syntaxes: Iterable[str], files: Sequence[str] = ()) 
             available = False
         if not available:
             package = DECODER_PACKAGES.get(ts, "python-gdcm")
-            example = f" (e.g. {files[0]})" if files else ""
+            example = f" (e.g. {examples[ts]})" if examples[ts] else ""
             raise DependencyError(
                 f"no decoder for transfer syntax {uid.name} ({ts}){example} is installed",
                 hint=f"install it with: pip install {package}")

@@ -607,7 +607,7 @@ def _read_dicom(sources: Sequence[DicomSource], decoder: FrameDecoder, *, strict
     headers, skipped = scan_headers(sources, strict=strict, allow_secondary_capture=allow_secondary_capture,
                                     decoder=decoder)
     if headers:
-        check_decoders({h.transfer_syntax for h in headers}, [h.name for h in headers])
+        check_decoders({h.transfer_syntax: h.name for h in reversed(headers)})  # reversed: the first file wins
     groups: dict[tuple[str, str], list[FrameHeader]] = defaultdict(list)
     for h in headers:
         if independent:

@@ -58,3 +58,15 @@ def test_demo(capsys: pytest.CaptureFixture[str]) -> None:
     assert series["source_kind"] == "ctich" and series["n_slices"] > 10
     assert run(["-q", "ingest", "--demo", "somewhere"]) == 2
     assert "not both" in capsys.readouterr().err
+
+
+def test_missing_decoder_is_one_line_naming_the_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    from pydicom.pixels.decoders.base import Decoder
+    from pydicom.uid import RLELossless
+
+    write_series(tmp_path, make_ct_series(2, transfer_syntax=RLELossless))
+    monkeypatch.setattr(Decoder, "is_available", property(lambda self: False))
+    assert run(["-q", "ingest", str(tmp_path)]) == 3  # DependencyError's exit code
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "pip install pylibjpeg pylibjpeg-rle" in err
