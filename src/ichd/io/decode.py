@@ -242,7 +242,9 @@ class FrameDecoder:
             self._threads = None
 
     def _uses_processes(self, n: int, minimum: int) -> bool:
-        return self.pool_kind == "process" and self.workers > 1 and n >= minimum
+        # a daemonic process (e.g. a multiprocessing.Pool worker) may not start children: decode in-process there
+        return (self.pool_kind == "process" and self.workers > 1 and n >= minimum
+                and not multiprocessing.current_process().daemon)
 
     def _process_pool(self) -> ProcessPoolExecutor:
         method = start_method()
@@ -274,7 +276,9 @@ class FrameDecoder:
                     on_outcome: Callable[[int, DecodeOutcome], None]) -> None:
         """Decode ``jobs[k]`` into ``volume[k]``; ``on_outcome(k, outcome)`` is called once per job, in any order,
         with ``outcome.hu`` already stored (and dropped). Exceptions raised by ``on_outcome`` stop the work."""
-        if self.workers <= 1 or len(jobs) < MIN_SLICES_FOR_POOL:
+        in_process = self.workers <= 1 or len(jobs) < MIN_SLICES_FOR_POOL or (
+            self.pool_kind == "process" and not self._uses_processes(len(jobs), MIN_SLICES_FOR_POOL))
+        if in_process:
             with pywarnings.catch_warnings(record=True) as caught:
                 pywarnings.simplefilter("always")
                 for k, job in enumerate(jobs):

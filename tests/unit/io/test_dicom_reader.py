@@ -392,3 +392,17 @@ def test_many_files_headers_read_by_worker_processes(tmp_path: Path) -> None:
     assert any(w.code == "skipped_files" and "zz_garbage.dcm" in w.message for w in s.warnings)
     with pytest.raises(InputError, match=r"zz_garbage\.dcm: not a DICOM file"):
         read_ct(tmp_path, workers=2, strict=True)
+
+
+def _read_in_daemon(folder: str) -> int:
+    (s,) = read_ct(folder, workers=2)
+    return s.n_slices
+
+
+def test_read_inside_a_daemonic_pool_worker_decodes_in_process(tmp_path: Path) -> None:
+    import multiprocessing
+
+    n = MIN_SLICES_FOR_POOL + 2
+    write_series(tmp_path, make_ct_series(n))
+    with multiprocessing.get_context("fork").Pool(1) as pool:  # Pool workers are daemonic
+        assert pool.apply(_read_in_daemon, (str(tmp_path),)) == n
