@@ -86,9 +86,9 @@ def write_dicom_study(folder: Path, n: int, size: int = 512) -> None:
         ds.save_as(folder / f"IM{z:04d}.dcm", enforce_file_format=True)
 
 
-def load_predictor(model: str, device: str, batch_size: int, tmp: Path) -> tuple[Any, str]:
-    """The named model; when no bundled default exists yet, an untrained EfficientNet-Lite0 at 256 px (same
-    compute as the shipped architecture; probabilities meaningless)."""
+def load_predictor(model: str, device: str, batch_size: int, tmp: Path, size: int = 128) -> tuple[Any, str]:
+    """The named model; when no bundled default exists yet, an untrained EfficientNet-Lite0 at ``size`` px (same
+    compute as the shipped architecture at that size; probabilities meaningless)."""
     from ichd.errors import ModelError
     from ichd.inference.predictor import Predictor
 
@@ -101,9 +101,10 @@ def load_predictor(model: str, device: str, batch_size: int, tmp: Path) -> tuple
     from ichd.models.checkpoint import save_checkpoint
     from ichd.preprocessing.config import PreprocessConfig
 
-    net = create_model("efficientnet_lite0", pretrained=True, input_size=256)
-    path = save_checkpoint(tmp / "untrained.pt", net, preprocess=PreprocessConfig(image_size=256), half=True)
-    return Predictor.load(path, device=device, batch_size=batch_size), "untrained efficientnet_lite0 @256 (no default bundle yet)"
+    net = create_model("efficientnet_lite0", pretrained=True, input_size=size)
+    path = save_checkpoint(tmp / "untrained.pt", net, preprocess=PreprocessConfig(image_size=size), half=True)
+    return (Predictor.load(path, device=device, batch_size=batch_size),
+            f"untrained efficientnet_lite0 @{size} px (no default bundle yet)")
 
 
 def timed(fn) -> tuple[float, Any]:
@@ -128,7 +129,8 @@ def run_timing(args: argparse.Namespace) -> dict[str, Any]:
         else:
             study = tmp / "study"
             write_dicom_study(study, args.slices)
-        t_load, (predictor, model_name) = timed(lambda: load_predictor(args.model, args.device, args.batch_size, tmp))
+        t_load, (predictor, model_name) = timed(lambda: load_predictor(args.model, args.device, args.batch_size, tmp,
+                                                                         args.untrained_size))
         series = read_ct(study)[0]
         warm = read_ct(study)[0]
         warm.hu, warm.sop_instance_uids, warm.positions_mm = warm.hu[:2], warm.sop_instance_uids[:2], warm.positions_mm[:2]
@@ -170,7 +172,7 @@ def run_timing(args: argparse.Namespace) -> dict[str, Any]:
         }
 
 
-def memory_child(n: int, batch_size: int, model: str, threads: int) -> None:
+def memory_child(n: int, batch_size: int, model: str, threads: int, size: int) -> None:
     """In a fresh process: peak RSS of predicting an n-slice 512x512 series (printed as JSON)."""
     import torch
 
@@ -178,7 +180,7 @@ def memory_child(n: int, batch_size: int, model: str, threads: int) -> None:
 
     torch.set_num_threads(threads)
     with tempfile.TemporaryDirectory(prefix="ichd-bench-mem-") as tmp_name:
-        predictor, model_name = load_predictor(model, "cpu", batch_size, Path(tmp_name))
+        predictor, model_name = load_predictor(model, "cpu", batch_size, Path(tmp_name), size)
         after_load = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         hu = phantom(n)
         series = CTSeries(hu=hu, spacing_mm=(5.0, 0.5, 0.5), positions_mm=np.arange(n) * 5.0,
@@ -196,7 +198,7 @@ def memory_child(n: int, batch_size: int, model: str, threads: int) -> None:
 
 def run_memory(args: argparse.Namespace) -> dict[str, Any]:
     cmd = [sys.executable, __file__, "--memory-child", str(args.memory), "--batch-size", str(args.batch_size),
-           "--model", args.model, "--threads", str(args.threads)]
+           "--model", args.model, "--threads", str(args.threads), "--untrained-size", str(args.untrained_size)]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -227,13 +229,15 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    ap.add_argument("--untrained-size", type=int, default=128,
+                    help="input size of the untrained stand-in used when there is no default bundle")
     ap.add_argument("--memory", type=int, default=0, help="also measure peak RSS for an N-slice series")
     ap.add_argument("--memory-only", action="store_true", help="skip the timing part")
     ap.add_argument("--memory-child", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--markdown", action="store_true", help="also print a Markdown table")
     args = ap.parse_args()
     if args.memory_child:
-        memory_child(args.memory_child, args.batch_size, args.model, args.threads)
+        memory_child(args.memory_child, args.batch_size, args.model, args.threads, args.untrained_size)
         return
     result: dict[str, Any] = {}
     if not args.memory_only:

@@ -57,3 +57,16 @@ def make_bundle(out: Path, cnn_checkpoint: Path, *, name: str = "test-model", th
                  extra={"description": "untrained weights for tests", "scan_rule": "max",
                         "license": "Apache-2.0 (test fixture)"})
     return out
+
+
+def single_thread_torch():
+    """Generator for an autouse fixture: torch on one CPU thread while a test module runs (on a shared 2-core
+    machine, torch's default of one thread per core oversubscribes the CPU and runs several times slower)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -14,3 +14,11 @@ def test_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     root = tmp_path_factory.mktemp("e2e-model")
     return make_bundle(root / "bundle", make_cnn_checkpoint(root / "cnn.pt"))
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """Torch on one CPU thread for these tests (see tests/model_factories.single_thread_torch)."""
+    from model_factories import single_thread_torch
+
+    yield from single_thread_torch()

@@ -16,6 +16,13 @@ from ichd.constants import LABELS
 from ichd.inference.report_json import validate_result
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    from model_factories import single_thread_torch
+
+    yield from single_thread_torch()
+
+
 @pytest.fixture(scope="module")
 def test_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from model_factories import make_bundle, make_cnn_checkpoint

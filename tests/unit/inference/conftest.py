@@ -10,7 +10,7 @@ import pytest
 from ichd.types import CTSeries
 
 
-def synthetic_head(n_slices: int, size: int = 96, *, seed: int = 0) -> np.ndarray:
+def synthetic_head(n_slices: int, size: int = 64, *, seed: int = 0) -> np.ndarray:
     """A (z, size, size) float32 HU volume: air, a skull ring (1000 HU), brain (~35 HU) with noise."""
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[:size, :size]
@@ -24,7 +24,7 @@ def synthetic_head(n_slices: int, size: int = 96, *, seed: int = 0) -> np.ndarra
     return vol
 
 
-def _make_series(n_slices: int = 5, size: int = 96, *, uid_root: str = "1.2.826.0.1.3680043.8.498.1",
+def _make_series(n_slices: int = 5, size: int = 64, *, uid_root: str = "1.2.826.0.1.3680043.8.498.1",
                  spacing_z: float = 5.0, seed: int = 0) -> CTSeries:
     """A DICOM-like synthetic series with valid UIDs and known positions."""
     return CTSeries(
@@ -76,3 +76,11 @@ def predictor(bundle_dir: Path):
     from ichd.inference.predictor import Predictor
 
     return Predictor.load(bundle_dir, device="cpu")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """Torch on one CPU thread for these tests (see tests/model_factories.single_thread_torch)."""
+    from model_factories import single_thread_torch
+
+    yield from single_thread_torch()
