@@ -123,3 +123,16 @@ def test_image_input_gets_a_new_study_for_dicom_outputs(tmp_path: Path, predicto
     sr = pydicom.dcmread(out / "dicom" / "sr.dcm")
     assert sr.StudyInstanceUID != data["study_instance_uid"] and sr.StudyInstanceUID in \
         next(w["message"] for w in data["warnings"] if w["code"] == "generated_study_uid")
+
+
+def test_nifti_input(tmp_path: Path, predictor):
+    import nibabel as nib
+    import numpy as np
+
+    vol = np.full((48, 48, 3), -1000, np.int16)  # x, y, z
+    vol[8:40, 8:40, :] = 40
+    path = tmp_path / "head.nii.gz"
+    nib.save(nib.Nifti1Image(vol, np.diag([0.5, 0.5, 5.0, 1.0])), str(path))
+    data = json.loads(run_predict(path, PredictOptions(), predictor=predictor).json_text)
+    validate_result(data)
+    assert data["input_kind"] == "nifti" and data["n_slices"] == 3 and data["generated_uids"] is True
