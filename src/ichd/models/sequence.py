@@ -233,25 +233,26 @@ register_model("seq_conv1d", family="sequence", source="1-D convolution along th
 SEQUENCE_EXTRA_FORMAT = "ichd-seq/1"
 
 
-def sequence_checkpoint_extra(selector: FeatureSelector, *, scan_rule: str = "max", min_run: int = RADNET_MIN_RUN,
+def sequence_checkpoint_extra(selector: FeatureSelector | None, *, scan_rule: str = "max", min_run: int = RADNET_MIN_RUN,
                               cnn: dict[str, Any] | None = None,
                               cnn_checkpoint: dict[str, Any] | None = None) -> dict[str, Any]:
     """The ``extra`` dict of a sequence checkpoint.
 
-    ``cnn`` describes the CNN(s) whose embeddings the model was trained on (names, files, sha256, embedding
+    ``selector`` is None for a model that reads only the CNN probabilities. ``cnn`` describes the CNN(s) whose embeddings the model was trained on (names, files, sha256, embedding
     mode); ``cnn_checkpoint`` is the raw ichd checkpoint dict of the CNN to run at inference, embedded so that
     the sequence checkpoint alone is enough to predict.
     """
-    return {"format": SEQUENCE_EXTRA_FORMAT, "selector": selector.state_dict(), "scan_rule": scan_rule,
+    return {"format": SEQUENCE_EXTRA_FORMAT, "selector": None if selector is None else selector.state_dict(),
+            "scan_rule": scan_rule,
             "min_run": int(min_run), "cnn": dict(cnn or {}), "cnn_checkpoint": cnn_checkpoint}
 
 
 @dataclass
 class SequenceBundle:
-    """A loaded sequence checkpoint: model (eval mode), fitted selector, scan rule and its CNN."""
+    """A loaded sequence checkpoint: model (eval mode), fitted selector (None: probabilities only), scan rule, CNN."""
 
     model: SequenceModel
-    selector: FeatureSelector
+    selector: FeatureSelector | None
     scan_rule: str = "max"
     min_run: int = RADNET_MIN_RUN
     cnn: dict[str, Any] = field(default_factory=dict)
@@ -273,7 +274,7 @@ class SequenceBundle:
         device = next(self.model.parameters()).device
         f_t = None
         if self.model.config.use_features:
-            if features is None:
+            if features is None or self.selector is None:
                 raise InputError("this sequence model needs the CNN embeddings, got none")
             f = self.selector.transform(features)
             if f.shape[0] != p.shape[0]:
@@ -296,9 +297,11 @@ def load_sequence_checkpoint(path: str | Path, *, map_location: str | torch.devi
     if not isinstance(ckpt.model, SequenceModel) or extra.get("format") != SEQUENCE_EXTRA_FORMAT:
         raise ModelError(f"{str(path)!r} is not a sequence-model checkpoint (model {ckpt.model_name!r})",
                          hint="pass a checkpoint written by `ichd train seq`")
-    selector = FeatureSelector.from_state_dict(extra["selector"])
-    if ckpt.model.config.use_features and selector.out_features != ckpt.model.feature_dim:
-        raise ModelError(f"{str(path)!r}: selector gives {selector.out_features} features but the model "
+    state = extra.get("selector")
+    selector = None if state is None else FeatureSelector.from_state_dict(state)
+    if ckpt.model.config.use_features and (selector is None or selector.out_features != ckpt.model.feature_dim):
+        got = None if selector is None else selector.out_features
+        raise ModelError(f"{str(path)!r}: selector gives {got} features but the model "
                          f"expects {ckpt.model.feature_dim}")
     return SequenceBundle(model=ckpt.model, selector=selector, scan_rule=str(extra.get("scan_rule", "max")),
                           min_run=int(extra.get("min_run", RADNET_MIN_RUN)), cnn=dict(extra.get("cnn") or {}),

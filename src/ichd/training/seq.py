@@ -47,6 +47,10 @@ class SeqOptimConfig:
     weight_decay: float = 0.0
     grad_clip: float | None = None  # max gradient norm (None = no clipping)
     seeds: list[int] = field(default_factory=lambda: [0])  # one model per seed; probabilities averaged
+    #: Early stopping on an inner validation split of the *training* patients (0 = off, train all epochs):
+    #: the model of the epoch with the lowest inner-validation loss is kept.
+    val_fraction: float = 0.0
+    patience: int = 3  # epochs without improvement before stopping (with val_fraction > 0)
 
 
 @dataclass
@@ -85,6 +89,9 @@ class SeqTrainConfig:
         o = self.optim
         if o.epochs < 1 or o.lr <= 0 or o.batch_scans < 1 or not o.seeds:
             raise ConfigError("optim needs epochs >= 1, lr > 0, batch_scans >= 1 and at least one seed")
+        if not 0.0 <= o.val_fraction < 0.5 or o.patience < 1:
+            raise ConfigError(f"optim.val_fraction must be in [0, 0.5) and patience >= 1, got {o.val_fraction}, "
+                              f"{o.patience}")
         if self.scan_rule not in SCAN_RULES:
             raise ConfigError(f"scan_rule must be one of {SCAN_RULES}, got {self.scan_rule!r}")
         if self.min_run < 1:
@@ -111,6 +118,14 @@ class ScanBatchData:
     probs: list[np.ndarray]
     labels: list[np.ndarray] | None
     rows: list[np.ndarray]  # table row indices of each scan, slice order
+    patients: list[str]
+
+    def take(self, idx: Any) -> ScanBatchData:
+        """The scans at positions ``idx``."""
+        pick = [int(i) for i in idx]
+        return ScanBatchData([self.features[i] for i in pick], [self.probs[i] for i in pick],
+                             None if self.labels is None else [self.labels[i] for i in pick],
+                             [self.rows[i] for i in pick], [self.patients[i] for i in pick])
 
 
 def align_labels(table: Any, labels_path: str) -> np.ndarray:
@@ -126,7 +141,8 @@ def _scan_data(table: Any, groups: list[np.ndarray], feats: np.ndarray | None,
     return ScanBatchData(features=[feats[g] if feats is not None else np.zeros((len(g), 0), np.float32)
                                    for g in groups],
                          probs=[table.probs[g].astype(np.float32) for g in groups],
-                         labels=None if labels is None else [labels[g] for g in groups], rows=groups)
+                         labels=None if labels is None else [labels[g] for g in groups], rows=groups,
+                         patients=[str(table.patient_id[g[0]]) for g in groups])
 
 
 def _pad(arrays: list[np.ndarray]):  # -> torch.Tensor (B, T, F)
@@ -144,9 +160,40 @@ def _pad(arrays: list[np.ndarray]):  # -> torch.Tensor (B, T, F)
 # ----------------------------------------------------------------------------------------------------------
 
 
+def inner_split(data: ScanBatchData, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Scan positions (train, validation) with ``fraction`` of the *patients* held out (seeded)."""
+    patients = sorted(set(data.patients))
+    n_val = int(round(fraction * len(patients)))
+    if fraction > 0 and (n_val < 1 or n_val >= len(patients)):
+        raise InputError(f"cannot hold out {fraction:.0%} of {len(patients)} training patients for early stopping",
+                         hint="set optim.val_fraction: 0 for small data")
+    held = set(np.random.default_rng(seed + 1_000_003).permutation(patients)[:n_val].tolist())
+    is_val = np.array([p in held for p in data.patients])
+    return np.flatnonzero(~is_val), np.flatnonzero(is_val)
+
+
+def _batches(data: ScanBatchData, idx: np.ndarray, batch: int, use_features: bool, device: Any, *,
+             labels: bool = True):
+    import torch
+
+    for i in range(0, len(idx), batch):
+        part = idx[i:i + batch]
+        lengths = torch.tensor([data.rows[j].shape[0] for j in part])
+        probs = _pad([data.probs[j] for j in part]).to(device)
+        feats = _pad([data.features[j] for j in part]).to(device) if use_features else None
+        target = _pad([data.labels[j] for j in part]).to(device) if labels and data.labels is not None else None
+        yield feats, probs, lengths, target
+
+
 def fit_sequence_model(data: ScanBatchData, feature_dim: int, model_cfg: SeqModelConfig, optim: SeqOptimConfig,
-                       seed: int, device: Any, *, desc: str = "seq") -> Any:
-    """Train one :class:`~ichd.models.sequence.SequenceModel` on ``data`` (with labels); returns it in eval mode."""
+                       seed: int, device: Any, *, desc: str = "seq") -> tuple[Any, dict[str, Any]]:
+    """Train one :class:`~ichd.models.sequence.SequenceModel` on ``data`` (with labels).
+
+    Returns ``(model in eval mode, info)``; ``info`` holds the epochs run, the kept epoch and the inner
+    validation losses when early stopping is on (``optim.val_fraction > 0``).
+    """
+    import copy
+
     import torch
 
     from ichd.models.sequence import SequenceModel
@@ -157,22 +204,20 @@ def fit_sequence_model(data: ScanBatchData, feature_dim: int, model_cfg: SeqMode
         raise InputError("the sequence model needs labelled training scans")
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
+    train_idx, val_idx = inner_split(data, optim.val_fraction, seed)
     model = SequenceModel(feature_dim, model_cfg).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=optim.lr, weight_decay=optim.weight_decay)
     loss_fn = WeightedBCEWithLogits().to(device)
-    n = len(data.rows)
-    steps = optim.epochs * ((n + optim.batch_scans - 1) // optim.batch_scans)
+    use_f = model_cfg.use_features
+    steps = optim.epochs * ((len(train_idx) + optim.batch_scans - 1) // optim.batch_scans)
     bar = progress_bar(desc=desc, total=steps, unit="step")
-    model.train()
+    best_loss, best_epoch, best_state, val_losses = float("inf"), optim.epochs, None, []
+    epoch = 0
     try:
-        for _ in range(optim.epochs):
-            order = rng.permutation(n)
-            for i in range(0, n, optim.batch_scans):
-                idx = order[i:i + optim.batch_scans]
-                lengths = torch.tensor([data.rows[j].shape[0] for j in idx])
-                probs = _pad([data.probs[j] for j in idx]).to(device)
-                feats = _pad([data.features[j] for j in idx]).to(device) if model_cfg.use_features else None
-                target = _pad([data.labels[j] for j in idx]).to(device)
+        for epoch in range(1, optim.epochs + 1):
+            model.train()
+            for feats, probs, lengths, target in _batches(data, rng.permutation(train_idx), optim.batch_scans,
+                                                          use_f, device):
                 logits = model(feats, probs, lengths)
                 mask = (torch.arange(logits.shape[1])[None, :] < lengths[:, None]).to(device)
                 loss = loss_fn(logits[mask], target[mask])
@@ -183,9 +228,28 @@ def fit_sequence_model(data: ScanBatchData, feature_dim: int, model_cfg: SeqMode
                 opt.step()
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
+            if len(val_idx):
+                model.eval()
+                with torch.no_grad():
+                    logit_list, target_list = [], []
+                    for feats, probs, lengths, target in _batches(data, val_idx, 8, use_f, device):
+                        logits = model(feats, probs, lengths)
+                        mask = (torch.arange(logits.shape[1])[None, :] < lengths[:, None]).to(device)
+                        logit_list.append(logits[mask])
+                        target_list.append(target[mask])
+                    val = float(loss_fn(torch.cat(logit_list), torch.cat(target_list)))
+                val_losses.append(round(val, 6))
+                if val < best_loss:
+                    best_loss, best_epoch, best_state = val, epoch, copy.deepcopy(model.state_dict())
+                elif epoch - best_epoch >= optim.patience:
+                    break
     finally:
         bar.close()
-    return model.eval()
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    info = {"epochs_run": epoch, "best_epoch": best_epoch if len(val_idx) else epoch,
+            "val_losses": val_losses, "n_train_scans": int(len(train_idx)), "n_val_scans": int(len(val_idx))}
+    return model.eval(), info
 
 
 def predict_sequence_model(model: Any, data: ScanBatchData, device: Any, batch_scans: int = 8) -> list[np.ndarray]:
@@ -195,13 +259,10 @@ def predict_sequence_model(model: Any, data: ScanBatchData, device: Any, batch_s
     model.eval()
     out: list[np.ndarray] = []
     with torch.no_grad():
-        for i in range(0, len(data.rows), batch_scans):
-            idx = list(range(i, min(i + batch_scans, len(data.rows))))
-            lengths = torch.tensor([data.rows[j].shape[0] for j in idx])
-            probs = _pad([data.probs[j] for j in idx]).to(device)
-            feats = _pad([data.features[j] for j in idx]).to(device) if model.config.use_features else None
+        for feats, probs, lengths, _ in _batches(data, np.arange(len(data.rows)), batch_scans,
+                                                 model.config.use_features, device, labels=False):
             p = torch.sigmoid(model(feats, probs, lengths)).cpu().numpy()
-            out.extend(p[b, : int(lengths[b])].astype(np.float32) for b in range(len(idx)))
+            out.extend(p[b, : int(lengths[b])].astype(np.float32) for b in range(len(lengths)))
     return out
 
 
@@ -235,7 +296,7 @@ def _fit_selector(cfg: SeqTrainConfig, table: Any, rows: np.ndarray, head_weight
 
 def _train_predict(cfg: SeqTrainConfig, table: Any, labels: np.ndarray, train_groups: list[np.ndarray],
                    test_groups: list[np.ndarray], head_weight: np.ndarray | None, device: Any, tag: str
-                   ) -> tuple[FeatureSelector | None, list[Any], list[np.ndarray] | None]:
+                   ) -> tuple[FeatureSelector | None, list[Any], list[np.ndarray] | None, list[dict[str, Any]]]:
     """Fit selector + one model per seed on train scans; average the seeds' predictions on test scans."""
     train_rows = np.concatenate(train_groups)
     selector = _fit_selector(cfg, table, train_rows, head_weight)
@@ -243,16 +304,17 @@ def _train_predict(cfg: SeqTrainConfig, table: Any, labels: np.ndarray, train_gr
     dim = selector.out_features if selector is not None else 0
     train = _scan_data(table, train_groups, feats, labels)
     test = _scan_data(table, test_groups, feats, None) if test_groups else None
-    models, preds = [], None
+    models, preds, infos = [], None, []
     for seed in cfg.optim.seeds:
-        model = fit_sequence_model(train, dim, cfg.model, cfg.optim, seed, device, desc=f"{tag} seed {seed}")
+        model, info = fit_sequence_model(train, dim, cfg.model, cfg.optim, seed, device, desc=f"{tag} seed {seed}")
         models.append(model)
+        infos.append({"seed": seed, **info})
         if test is not None:
             p = predict_sequence_model(model, test, device)
             preds = p if preds is None else [a + b for a, b in zip(preds, p)]
     if preds is not None:
         preds = [p / len(cfg.optim.seeds) for p in preds]
-    return selector, models, preds
+    return selector, models, preds, infos
 
 
 def _save(path: Path, model: Any, selector: FeatureSelector | None, cfg: SeqTrainConfig, *, fold: Any,
@@ -370,12 +432,14 @@ def train_seq(cfg: SeqTrainConfig, *, table: Any | None = None, labels: np.ndarr
     fold_groups: list[np.ndarray] = []
     fold_preds: list[np.ndarray] = []
     fold_seconds: dict[str, float] = {}
+    fold_training: dict[str, list[dict[str, Any]]] = {}
     for k in folds:
         tk = time.perf_counter()
         train_groups = [g for g, f in zip(groups, scan_fold) if f != k]
         test_groups = [g for g, f in zip(groups, scan_fold) if f == k]
-        selector, models, preds = _train_predict(cfg, table, labels, train_groups, test_groups,
-                                                 table.head_weight.get(k), device, f"fold {k}")
+        selector, models, preds, infos = _train_predict(cfg, table, labels, train_groups, test_groups,
+                                                        table.head_weight.get(k), device, f"fold {k}")
+        fold_training[str(k)] = infos
         fold_groups.extend(test_groups)
         fold_preds.extend(preds or [])
         fold_seconds[str(k)] = round(time.perf_counter() - tk, 2)
@@ -386,7 +450,8 @@ def train_seq(cfg: SeqTrainConfig, *, table: Any | None = None, labels: np.ndarr
         log.info("seq fold %s: %d train scans, %d test scans, %.1f s", k, len(train_groups), len(test_groups),
                  fold_seconds[str(k)])
 
-    metrics: dict[str, Any] = {"name": cfg.name, "folds": folds, "fold_seconds": fold_seconds}
+    metrics: dict[str, Any] = {"name": cfg.name, "folds": folds, "fold_seconds": fold_seconds,
+                               "fold_training": fold_training}
     oof = oof_scans = None
     if fold_groups:
         oof, oof_scans = predictions_frames(table, fold_groups, fold_preds, labels, cfg.scan_rule, cfg.min_run)
@@ -414,10 +479,11 @@ def train_seq(cfg: SeqTrainConfig, *, table: Any | None = None, labels: np.ndarr
             cnn_meta = {**cnn_meta, "deploy_checkpoint": str(cfg.cnn_checkpoint),
                         "deploy_sha256": sha256_file(ckpt_path)}
         final_cfg = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, seeds=cfg.optim.seeds[:1]))
-        selector, models, _ = _train_predict(final_cfg, table, labels, groups, [], head, device, "final")
+        selector, models, _, infos = _train_predict(final_cfg, table, labels, groups, [], head, device, "final")
+        metrics["final_training"] = infos[0]
         final_path = _save(out / "final" / "model.pt", models[0], selector, cfg, fold="all",
                            cnn=cnn_meta, cnn_checkpoint=cnn_raw,
-                           metrics={k: v for k, v in metrics.items() if k != "fold_seconds"})
+                           metrics={k: v for k, v in metrics.items() if k not in ("fold_seconds", "fold_training")})
         metrics["final_seconds"] = round(time.perf_counter() - tf, 2)
 
     seconds = time.perf_counter() - t0
