@@ -43,6 +43,9 @@ def register(app: typer.Typer) -> None:
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace results already in --out."),
         batch_size: int = typer.Option(16, "--batch-size", min=1,
                                        help="Slices per chunk through preprocessing and the CNN (bounds memory)."),
+        threads: int | None = typer.Option(None, "--threads", min=1,
+                                           help="CPU threads for torch (default: torch's choice, one per core; on a "
+                                                "machine busy with other jobs, 1 is often much faster)."),
     ) -> None:
         """Predict intracranial hemorrhage subtypes for every series of INPUT (research use only).
 
@@ -62,6 +65,10 @@ def register(app: typer.Typer) -> None:
                                  hint="reinstall ichd (scripts/install.sh)")
         if input_path is None:
             raise InputError("no INPUT given", hint="pass a DICOM/NIfTI/image path, or --demo (see ichd predict --help)")
+        if threads is not None:
+            import torch
+
+            torch.set_num_threads(threads)
         opts = PredictOptions(model=model, out=out, formats=parse_formats(fmt, has_out=out is not None), tta=tta,
                               gradcam=gradcam, series_uid=series, device=device, window=window,
                               independent=independent, strict=strict, overwrite=overwrite, batch_size=batch_size)
