@@ -111,8 +111,10 @@ def test_cross_validation_end_to_end(cfg, tmp_path: Path) -> None:
     assert doc["n_scans"] == len(PATIENTS) and 0 < doc["pooled"]["weighted_log_loss"] < 2
 
     # Resume: a finished fold is not trained again and gives the same predictions.
+    first_wall = json.loads((results[0].out_dir / "metrics.json").read_text())["wall_seconds"]
     again = train_cnn(cfg, 0)
     assert again.resumed_from_epoch == 1
+    assert json.loads((again.out_dir / "metrics.json").read_text())["wall_seconds"] >= first_wall  # cumulative
     assert pd.read_csv(again.oof_csv).equals(pd.read_csv(results[0].oof_csv))
 
 

@@ -180,7 +180,7 @@ def train_cnn(cfg: CnnTrainConfig, fold: int | str, *, out: str | Path | None = 
     from ichd.models import create_model
     from ichd.models.checkpoint import read_checkpoint, save_checkpoint
     from ichd.training.losses import WeightedBCEWithLogits
-    from ichd.training.trainer import Trainer, seed_everything
+    from ichd.training.trainer import Callback, Trainer, seed_everything
     from ichd.utils.device import resolve_device
     from ichd.utils.files import atomic_write_text
 
@@ -224,26 +224,26 @@ def train_cnn(cfg: CnnTrainConfig, fold: int | str, *, out: str | Path | None = 
     extra = {"val_patients": val_patients, "folds": cfg.data.folds, "fold_seed": cfg.data.fold_seed,
              "cache": str(cfg.data.cache), "labels_file": str(cfg.data.labels)}
 
-    class _Checkpointer:
-        """Save ``last.pt`` (resumable) and ``metrics.json`` after every epoch."""
+    earlier_seconds = 0.0  # wall time of earlier sessions of this fold (resumed runs)
 
-        def on_fit_start(self, trainer: Trainer) -> None:
-            pass
+    def wall_seconds() -> float:
+        return earlier_seconds + time.perf_counter() - t0
+
+    class _Checkpointer(Callback):
+        """Save ``last.pt`` (resumable) and ``metrics.json`` after every epoch."""
 
         def on_epoch_end(self, trainer: Trainer, epoch: int, metrics: dict[str, float]) -> None:
             save_checkpoint(fold_dir / "last.pt", trainer.model, config=cfg, preprocess=preprocess,
                             metrics=metrics, fold=fold, epoch=epoch + 1,
-                            training_state={**trainer.state_dict(), "fingerprint": fingerprint}, extra=extra)
+                            training_state={**trainer.state_dict(), "fingerprint": fingerprint,
+                                            "wall_seconds": wall_seconds()}, extra=extra)
             _write_metrics(trainer.history, final=False)
-
-        def on_fit_end(self, trainer: Trainer) -> None:
-            pass
 
     def _write_metrics(history: list[dict[str, float]], *, final: bool, oof: dict[str, float] | None = None) -> None:
         doc = {"fold": fold, "model": cfg.model.name, "image_size": int(cache.image_size),
                "epochs": cfg.optim.epochs, "finished": final, "history": _jsonable(history),
                "train_slices": len(train_df), "val_slices": 0 if val_df is None else len(val_df),
-               "val_patients": val_patients, "wall_seconds": time.perf_counter() - t0,
+               "val_patients": val_patients, "wall_seconds": wall_seconds(),
                "device": str(device), "threads": torch.get_num_threads()}
         if oof is not None:
             doc["oof"] = _jsonable(oof)
@@ -266,6 +266,7 @@ def train_cnn(cfg: CnnTrainConfig, fold: int | str, *, out: str | Path | None = 
         trainer.model.load_state_dict(raw["state_dict"])
         trainer.load_state_dict(raw)
         resumed_from = trainer.epoch
+        earlier_seconds = float(raw.get("wall_seconds", 0.0))
         log.info("fold %s: resuming after epoch %d of %d", fold, trainer.epoch, trainer.epochs)
     save_config(cfg, fold_dir / "config.yaml")
 
@@ -286,7 +287,7 @@ def train_cnn(cfg: CnnTrainConfig, fold: int | str, *, out: str | Path | None = 
                             metrics=final_metrics, fold=fold, epoch=trainer.epoch,
                             extra={**extra, "config_dict": config_to_dict(cfg)})
     _write_metrics(trainer.history, final=True, oof=oof_metrics)
-    seconds = time.perf_counter() - t0
+    seconds = wall_seconds()
     log.info("fold %s done in %.0f s: %s", fold, seconds, final)
     return FoldResult(fold=fold, out_dir=fold_dir, final_checkpoint=final, metrics=final_metrics,
                       oof_csv=oof_csv, resumed_from_epoch=resumed_from, seconds=seconds)
