@@ -106,3 +106,24 @@ def test_demo_runs_on_a_fresh_install(tmp_path: Path, test_bundle: Path, capsys)
     data = json.loads((out_dir / "prediction.json").read_text())
     assert data["input_kind"] == "ctich" and data["n_slices"] > 10
     assert (out_dir / "report.html").stat().st_size > 10_000
+
+
+def test_default_model_on_the_demo(tmp_path: Path, capsys):
+    """The README's first command: the shipped default model on the shipped demo study."""
+    from ichd.errors import ModelError
+    from ichd.models.bundled import get_bundled
+
+    try:
+        bundle = get_bundled("default")
+    except ModelError:
+        pytest.skip("no bundled default model in this checkout")
+    out_dir = tmp_path / "demo"
+    code, _, err = _predict(capsys, "--demo", "--out", str(out_dir))
+    assert code == 0, err
+    data = json.loads((out_dir / "prediction.json").read_text())
+    validate_result(data)
+    assert data["model"] == {"name": bundle.name, "version": bundle.version, "sha256": bundle.sha256,
+                             "scan_rule": data["model"]["scan_rule"], "tta": False}
+    assert data["thresholds"] == pytest.approx(bundle.thresholds, abs=1e-6)
+    html = (out_dir / "report.html").read_text()
+    assert bundle.name in html and "Not for clinical use" in html

@@ -111,8 +111,13 @@ def _fmt(x: Any, ci: Any = None) -> str:
 
 
 def render_model_card(*, name: str, version: str, architecture: dict[str, Any], summary: dict[str, Any],
-                      thresholds: dict[str, float], policy: dict[str, str], training: dict[str, Any]) -> str:
+                      thresholds: dict[str, float], policy: dict[str, str], training: dict[str, Any],
+                      has_sequence: bool) -> str:
     """The model card (Markdown) from the facts of the bundle."""
+    method = ("a 2D CNN on three CT windows scores each slice; its embeddings, reduced by feature selection, feed a "
+              "bidirectional LSTM over the slices of the scan (Burduja et al. 2020)" if has_sequence else
+              "a 2D CNN on three CT windows scores each slice (stage 1 of Burduja et al. 2020; this bundle has no "
+              "sequence stage) and the scan probability is the maximum over its slices")
     counts = summary.get("counts") or {}
     scan_rows = "\n".join(
         f"| {lab} ({LABEL_ABBREVIATIONS[lab]}) | {summary['scan'][lab]['n_positive']} | "
@@ -132,8 +137,7 @@ def render_model_card(*, name: str, version: str, architecture: dict[str, Any], 
 
 ## Summary
 Detects intracranial hemorrhage (ICH) and its five subtypes (epidural, intraparenchymal, intraventricular,
-subarachnoid, subdural) on non-contrast head CT, per slice and per scan, following Burduja et al. 2020
-(2D CNN on three CT windows; CNN embeddings reduced by feature selection feed a bidirectional LSTM over the slices).
+subarachnoid, subdural) on non-contrast head CT, per slice and per scan: {method}.
 
 ## Architecture and preprocessing
 {arch}
@@ -144,8 +148,9 @@ subarachnoid, subdural) on non-contrast head CT, per slice and per scan, followi
   Licence: CC BY 4.0. These weights are a derivative of that data and are shared under CC BY 4.0 with this
   attribution; ichd's code is Apache-2.0.
 - The dataset ships brain-window (L40/W120) and bone-window (L700/W3200) JPGs only. ichd reconstructs Hounsfield
-  units from the two windows (`ichd.io.images.ctich_to_hu`) and then applies the model's own windows: HU outside
-  the JPG windows are saturated and quantised to about 0.5 HU (brain) / 12.5 HU (bone) steps.
+  units from the two windows (`ichd.io.images.ctich_to_hu`: about 0.5 HU steps inside the brain window
+  [-20, 100] HU, about 12.5 HU steps outside it, saturated beyond the bone window) and then applies the model's own
+  windows.
 
 ## Training procedure
 {steps}
@@ -232,7 +237,8 @@ def build_bundle(out_dir: str | Path, *, cnn: str | Path, evaluation: str | Path
     pre = cnn_ckpt.preprocess or {}
     architecture: dict[str, Any] = {
         "slice CNN": f"{cnn_ckpt.model_name} ({cnn_ckpt.model.num_features}-d embedding), "
-                     f"input {pre.get('image_size')} px, normalisation {cnn_ckpt.default_cfg.get('norm')}",
+                     f"input {pre.get('image_size')} px, in-model normalisation preset "
+                     f"'{cnn_ckpt.default_cfg.get('norm')}'",
         "windows (level/width HU)": ", ".join(f"{k} {v[0]:g}/{v[1]:g}" for k, v in (pre.get("windows") or {}).items()),
         "resize": f"{pre.get('resize_mode', 'bilinear')} (antialiased), non-square slices padded with air",
     }
@@ -247,9 +253,12 @@ def build_bundle(out_dir: str | Path, *, cnn: str | Path, evaluation: str | Path
             scan_rule = str(seq_facts["scan_rule"])
             architecture["sequence stage"] = (f"{seq_facts['sequence_model']} {seq_facts['sequence_config']}, "
                                               f"features: {seq_facts['feature_selection']}")
+        else:
+            architecture["sequence stage"] = "none (CNN only)"
         architecture["scan probability"] = f"rule '{scan_rule}' over the slice probabilities"
         card = render_model_card(name=name, version=version, architecture=architecture, summary=summary,
-                                 thresholds=thresholds, policy=policy, training=training or {})
+                                 thresholds=thresholds, policy=policy, training=training or {},
+                                 has_sequence=sequence is not None)
         extra = {
             "description": "ICH + subtype detector trained on CT-ICH (82 patients): "
                            + ("CNN + sequence model" if sequence is not None else "slice CNN")
