@@ -9,10 +9,10 @@ import numpy as np
 
 from ichd.types import CTSeries
 
-#: Meta keys copied into the summary when present (all non-identifying).
+#: Meta keys copied into the summary when present (technical facts only; not even the hashed patient id).
 SUMMARY_META_KEYS: tuple[str, ...] = (
     "modality", "manufacturer", "kvp", "transfer_syntaxes", "ordering", "tilt_source", "slice_thickness_mm",
-    "multiframe", "n_files", "window", "patient_id",
+    "multiframe", "n_files", "window",
 )
 
 

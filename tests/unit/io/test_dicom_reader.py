@@ -331,7 +331,8 @@ def test_no_patient_identifiers_in_series_or_summary(tmp_path: Path) -> None:
     (s,) = read_ct(tmp_path)
     text = json.dumps(series_summary(s)) + repr(s.meta)
     assert "SECRET-ID-42" not in text and "Test^Patient" not in text
-    assert len(s.meta["patient_id"]) == 12
+    assert len(s.meta["patient_id"]) == 12  # sha1 prefix, for patient-level folds
+    assert s.meta["patient_id"] not in json.dumps(series_summary(s))
 
 
 def test_folder_with_only_broken_files_says_why(tmp_path: Path) -> None:
