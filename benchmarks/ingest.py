@@ -158,6 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=5, help="measurements per mode (interleaved)")
     parser.add_argument("--workers", type=int, default=2, help="ichd decoding workers (default 2)")
     parser.add_argument("--json", type=Path, help="also write the raw measurements here")
+    parser.add_argument("--modes", default=",".join(MODES),
+                        help=f"comma-separated subset of {', '.join(MODES)} (plain and ichd are always run)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--monitor", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -176,10 +178,11 @@ def main(argv: list[str] | None = None) -> int:
         if p.is_file():
             p.read_bytes()
     load_before = os.getloadavg()
-    runs: dict[str, list[dict[str, Any]]] = {m: [] for m in MODES}
+    modes = [m for m in MODES if m in {"plain", "ichd", *args.modes.split(",")}]
+    runs: dict[str, list[dict[str, Any]]] = {m: [] for m in modes}
     t0 = time.perf_counter()
     for _ in range(args.repeats):
-        for mode in MODES:
+        for mode in modes:
             runs[mode].append(_measure(mode, folder, args.workers))
     wall = time.perf_counter() - t0
     load_after = os.getloadavg()
@@ -190,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'mode':<12} {'slices':>6} {'median sl/s':>12} {'best sl/s':>10} {'CPU ms/slice':>13} "
           f"{'tree PSS +MB':>13} {'/volume':>8} {'main RSS +MB':>13} {'worker MB':>10}")
     summary: dict[str, dict[str, float]] = {}
-    for mode in MODES:
+    for mode in modes:
         rs = runs[mode]
         med = statistics.median(r["slices_per_s"] for r in rs)
         best = max(r["slices_per_s"] for r in rs)
