@@ -33,12 +33,13 @@ from concurrent.futures import (
     ThreadPoolExecutor,
     wait,
 )
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Any, Literal, Self, TypeVar
 
 import numpy as np
 
-from ichd.errors import DependencyError
+from ichd.errors import DependencyError, InputError
 from ichd.io.hu import HuFixes, PixelEncoding, to_hu
 from ichd.io.sources import DicomSource
 from ichd.utils.logging import get_logger
@@ -302,6 +303,10 @@ class FrameDecoder:
         try:
             with self._process_pool() as pool:
                 self._run(pool, tasks, volume, on_outcome, jobs)
+        except BrokenProcessPool as e:  # a decoder crashed hard (e.g. a segfault on corrupt data)
+            raise InputError(
+                f"a decoding worker process died while decoding the series of {jobs[0].name} ({e})",
+                hint="run again with --workers 1 (workers=1) to find the file, then remove or repair it") from e
         finally:
             _SHARED_VOLUMES.pop(key, None)
             self._shared.discard(key)

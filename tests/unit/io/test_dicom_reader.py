@@ -407,3 +407,15 @@ def test_read_inside_a_daemonic_pool_worker_decodes_in_process(tmp_path: Path) -
     write_series(tmp_path, make_ct_series(n))
     with multiprocessing.get_context("fork").Pool(1) as pool:  # Pool workers are daemonic
         assert pool.apply(_read_in_daemon, (str(tmp_path),)) == n
+
+
+def test_crashed_worker_process_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    from ichd.io import decode
+
+    write_series(tmp_path, make_ct_series(MIN_SLICES_FOR_POOL))
+    monkeypatch.setattr(decode, "start_method", lambda: "fork")  # the patch below must reach the forked workers
+    monkeypatch.setattr(decode, "decode_to_hu", lambda job: os._exit(1))
+    with pytest.raises(InputError, match="decoding worker process died"):
+        read_ct(tmp_path, workers=2)
