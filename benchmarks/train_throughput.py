@@ -33,6 +33,8 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3, help="alternating synthetic/real rounds")
     ap.add_argument("--workers", type=int, default=None, help="override data.num_workers")
     ap.add_argument("--threads", type=int, default=None, help="override torch threads (default: config)")
+    ap.add_argument("--set", dest="overrides", action="append", default=[],
+                    help="config override KEY=VALUE (dotted key, YAML value), e.g. data.cache=cache/ctich-256")
     ap.add_argument("--out", default="benchmarks/results/train_throughput.json", help="JSON output path")
     args = ap.parse_args()
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
@@ -49,7 +51,11 @@ def main() -> int:
     from ichd.utils.files import atomic_write_text
     from ichd.utils.progress import set_progress_enabled
 
-    overrides = {} if args.workers is None else {"data.num_workers": args.workers}
+    import yaml
+
+    overrides = {k: yaml.safe_load(v) for k, _, v in (o.partition("=") for o in args.overrides)}
+    if args.workers is not None:
+        overrides["data.num_workers"] = args.workers
     cfg = load_cnn_config(args.config, overrides)
     threads = args.threads or cfg.threads
     if threads:
