@@ -193,3 +193,14 @@ def test_balanced_sampling_draws_more_positives(cfg) -> None:
     drawn = [float(t[0]) for b in loader for t in b["target"]]
     base = float(labels["any"].mean())
     assert base < 0.35 and np.mean(drawn) > base + 0.1  # ~0.5 of the draws vs the base rate
+
+
+def test_same_seed_same_model(cfg, tmp_path: Path) -> None:
+    """Deterministic training: two runs of one config (augmentation in a worker process) give the same model."""
+    from ichd.training.cnn import train_cnn
+
+    cfg.data.num_workers = 1
+    cfg.model.name, cfg.model.pretrained = "resnet18", False  # small and fast
+    a = train_cnn(cfg, 0, out=tmp_path / "a")
+    b = train_cnn(cfg, 0, out=tmp_path / "b")
+    assert pd.read_csv(a.oof_csv).equals(pd.read_csv(b.oof_csv))
