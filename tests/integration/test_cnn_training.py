@@ -204,3 +204,19 @@ def test_same_seed_same_model(cfg, tmp_path: Path) -> None:
     a = train_cnn(cfg, 0, out=tmp_path / "a")
     b = train_cnn(cfg, 0, out=tmp_path / "b")
     assert pd.read_csv(a.oof_csv).equals(pd.read_csv(b.oof_csv))
+
+
+def test_fold_lock(tmp_path: Path) -> None:
+    import os
+
+    from ichd.errors import InputError
+    from ichd.training.cnn import fold_lock
+
+    with fold_lock(tmp_path):
+        assert (tmp_path / ".lock").read_text() == str(os.getpid())
+        with pytest.raises(InputError, match="being trained by process"), fold_lock(tmp_path):
+            pass
+    assert not (tmp_path / ".lock").exists()
+    (tmp_path / ".lock").write_text("999999999")  # a dead process's lock is taken over
+    with fold_lock(tmp_path):
+        pass

@@ -18,10 +18,12 @@ fold, so the CV estimate is not optimistically biased).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -64,6 +66,50 @@ def resolve_labels_path(path: str) -> Path:
 
 def fold_dir_name(fold: int | str) -> str:
     return f"fold{fold}"
+
+
+@contextlib.contextmanager
+def fold_lock(fold_dir: Path) -> Iterator[None]:
+    """Hold ``fold_dir/.lock`` (this process id) while training, so two processes never train one fold folder
+    at once (e.g. a second chain of folds started beside the CV script). A lock left by a dead process is
+    taken over; one held by a live process is an :class:`InputError`."""
+    import os
+
+    lock = fold_dir / ".lock"
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                pid = int(lock.read_text().strip() or "0")
+            except (OSError, ValueError):
+                pid = 0
+            if pid > 0 and _pid_alive(pid):
+                raise InputError(f"{fold_dir} is being trained by process {pid}",
+                                 hint="wait for it, or train another fold") from None
+            lock.unlink(missing_ok=True)  # stale: its process is gone
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(str(os.getpid()))
+        break
+    else:
+        raise InputError(f"cannot take the lock {lock}", hint="remove it if no training runs there")
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    import os
+
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def load_training_table(cfg: CnnTrainConfig) -> tuple[Any, Any]:
@@ -171,7 +217,17 @@ def train_cnn(cfg: CnnTrainConfig, fold: int | str, *, out: str | Path | None = 
               restart: bool = False) -> FoldResult:
     """Train the slice CNN of ``cfg`` on every fold but ``fold`` and validate on ``fold`` (or on all patients,
     without validation, for ``fold="all"``). Resumes from ``OUT/fold{K}/last.pt`` unless ``restart``.
+    The fold folder is locked while training (:func:`fold_lock`).
     """
+    if fold != FOLD_ALL and not (isinstance(fold, int) and 0 <= fold < cfg.data.folds):
+        raise ConfigError(f"fold must be 0..{cfg.data.folds - 1} or {FOLD_ALL!r}, got {fold!r}")
+    fold_dir = Path(out if out is not None else cfg.out) / fold_dir_name(fold)
+    fold_dir.mkdir(parents=True, exist_ok=True)
+    with fold_lock(fold_dir):
+        return _train_fold(cfg, fold, Path(out if out is not None else cfg.out), restart=restart)
+
+
+def _train_fold(cfg: CnnTrainConfig, fold: int | str, out_root: Path, *, restart: bool) -> FoldResult:
     import torch
 
     from ichd.config import config_to_dict, save_config
@@ -185,11 +241,7 @@ def train_cnn(cfg: CnnTrainConfig, fold: int | str, *, out: str | Path | None = 
     from ichd.utils.files import atomic_write_text
 
     t0 = time.perf_counter()
-    if fold != FOLD_ALL and not (isinstance(fold, int) and 0 <= fold < cfg.data.folds):
-        raise ConfigError(f"fold must be 0..{cfg.data.folds - 1} or {FOLD_ALL!r}, got {fold!r}")
-    out_root = Path(out if out is not None else cfg.out)
     fold_dir = out_root / fold_dir_name(fold)
-    fold_dir.mkdir(parents=True, exist_ok=True)
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
     device = resolve_device(cfg.device)
