@@ -219,8 +219,13 @@ def train_cnn(cfg: CnnTrainConfig, fold: int | str, *, out: str | Path | None = 
     without validation, for ``fold="all"``). Resumes from ``OUT/fold{K}/last.pt`` unless ``restart``.
     The fold folder is locked while training (:func:`fold_lock`).
     """
+    from ichd.models import model_spec
+
     if fold != FOLD_ALL and not (isinstance(fold, int) and 0 <= fold < cfg.data.folds):
         raise ConfigError(f"fold must be 0..{cfg.data.folds - 1} or {FOLD_ALL!r}, got {fold!r}")
+    if cfg.model.pretrained and cfg.model.weights is None and not model_spec(cfg.model.name).pretrained_available:
+        raise ConfigError(f"model.pretrained is true but {cfg.model.name!r} ships no offline weights",
+                          hint="set model.pretrained: false (random init) or model.weights: PATH")
     fold_dir = Path(out if out is not None else cfg.out) / fold_dir_name(fold)
     fold_dir.mkdir(parents=True, exist_ok=True)
     with fold_lock(fold_dir):
@@ -262,8 +267,8 @@ def _train_fold(cfg: CnnTrainConfig, fold: int | str, out_root: Path, *, restart
     model_kwargs: dict[str, Any] = {"input_size": int(cache.image_size)}
     if cfg.model.dropout is not None:
         model_kwargs["dropout"] = float(cfg.model.dropout)
-    model = create_model(cfg.model.name, pretrained=cfg.model.pretrained and cfg.model.weights is None,
-                         weights=cfg.model.weights, **model_kwargs)
+    pretrained = cfg.model.pretrained and cfg.model.weights is None
+    model = create_model(cfg.model.name, pretrained=pretrained, weights=cfg.model.weights, **model_kwargs)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr_per_epoch[0],
                                  weight_decay=cfg.optim.weight_decay)
     train_loader, val_loader, generator, train_ds = make_loaders(cfg, cache, train_df, val_df, cfg.seed)

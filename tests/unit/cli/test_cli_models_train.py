@@ -40,3 +40,11 @@ def test_train_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
     assert "not found" in capsys.readouterr().err
     assert run(["train", "merge", str(tmp_path)]) == 2
     assert "no fold*/oof.csv" in capsys.readouterr().err
+
+
+def test_train_pretrained_needs_shipped_weights(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = str(REPO / "configs" / "cnn_ctich.yaml")
+    args = ["train", "cnn", "--config", cfg, "--out", str(tmp_path / "run"), "--set", "model.name=resnet18"]
+    assert run(args) == 2  # checked before any data is read
+    assert "'resnet18' ships no offline weights" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
