@@ -765,6 +765,11 @@ def evaluate_files(
         raise InputError(f"output folder {out} is not empty", hint="choose another --out or pass --overwrite")
     if n_boot < 0:
         raise InputError(f"--bootstrap must be >= 0, got {n_boot}")
+    if not 0.0 < sensitivity <= 1.0:
+        raise InputError(f"--sensitivity must be in (0, 1], got {sensitivity}")
+    if thresholds_from is not None and not Path(thresholds_from).exists():
+        raise InputError(f"--thresholds-from {thresholds_from} does not exist",
+                         hint="give validation predictions or a thresholds.json written by ichd evaluate")
     preds = read_predictions(predictions)
     scan_table = None
     if scan_predictions is not None:
