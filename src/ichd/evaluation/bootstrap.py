@@ -51,6 +51,8 @@ class GroupIndex:
         bounds = np.r_[0, np.cumsum(counts)]
         self._rows = [order[bounds[i]:bounds[i + 1]] for i in range(len(self.names))]
         self.n_rows = len(arr)
+        #: group number of every row
+        self.row_groups = inverse.astype(np.int64)
 
     @property
     def n_groups(self) -> int:
@@ -62,6 +64,12 @@ class GroupIndex:
         if i >= len(self.names) or self.names[i] != name:
             raise KeyError(name)
         return i
+
+    def row_weights(self, draw: np.ndarray) -> np.ndarray:
+        """How often each row occurs in the resample ``draw`` (float; equivalent to :meth:`rows` for any metric
+        that accepts integer case weights, without copying the data)."""
+        counts = np.bincount(draw, minlength=self.n_groups).astype(np.float64)
+        return counts[self.row_groups]
 
     def rows(self, draw: np.ndarray) -> np.ndarray:
         """Row indices of the drawn groups, each repeated as often as it was drawn."""

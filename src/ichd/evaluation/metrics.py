@@ -154,8 +154,9 @@ def _ratio(a: float, b: float) -> float:
     return a / b if b > 0 else math.nan
 
 
-def metrics_from_counts(tp: int, fp: int, tn: int, fn: int) -> dict[str, float]:
-    """Accuracy, sensitivity (recall), specificity, precision (PPV), NPV and F1 from confusion counts."""
+def metrics_from_counts(tp: float, fp: float, tn: float, fn: float) -> dict[str, float]:
+    """Accuracy, sensitivity (recall), specificity, precision (PPV), NPV and F1 from confusion counts (integer
+    counts, or weighted counts in the bootstrap)."""
     sens = _ratio(tp, tp + fn)
     prec = _ratio(tp, tp + fp)
     f1 = _ratio(2 * tp, 2 * tp + fp + fn)

@@ -41,10 +41,10 @@ from ichd.evaluation.io import EvalData
 from ichd.evaluation.metrics import (
     EPS,
     THRESHOLD_METRICS,
-    average_precision,
     binary_log_loss,
     choose_thresholds,
     class_summary,
+    metrics_from_counts,
     roc_auc,
     threshold_metrics,
     weighted_log_loss,
@@ -178,25 +178,81 @@ def _level_metrics(y: np.ndarray, p: np.ndarray, thresholds: Mapping[str, Mappin
             "log_loss_per_class": dict(zip(LABELS, per.tolist())), "classes": classes}
 
 
-def _replicate(y: np.ndarray, p: np.ndarray, thresholds: Mapping[str, Mapping[str, float]], n_bins: int,
-               prefix: str) -> dict[str, float]:
-    """The bootstrapped statistics of one level on one replicate (flat keys ``<prefix>/<label>/<metric>``)."""
-    out: dict[str, float] = {}
-    losses = binary_log_loss(y, p).mean(axis=0) if y.shape[0] else np.full(len(LABELS), np.nan)
-    w = np.asarray(LABEL_WEIGHTS)
-    out[f"{prefix}/weighted_log_loss"] = float(np.dot(w, losses) / w.sum())
-    for c, lab in enumerate(LABELS):
-        yc, pc = y[:, c], p[:, c]
-        key = f"{prefix}/{lab}"
-        out[f"{key}/log_loss"] = float(losses[c])
-        out[f"{key}/auc"] = roc_auc(yc, pc)
-        out[f"{key}/average_precision"] = average_precision(yc, pc)
-        out[f"{key}/ece"] = expected_calibration_error(yc, pc, n_bins)
+class _WeightedLevel:
+    """The bootstrapped statistics of one level (slice or scan), computed from case weights.
+
+    A patient-bootstrap replicate is the original rows with integer weights (how often each row's patient was
+    drawn), so every metric is a weighted sum over rows that were sorted and thresholded **once** here; a
+    replicate then costs a few O(n) passes instead of sorting a resampled copy (RSNA-sized sets stay tractable).
+    The results equal those of :mod:`ichd.evaluation.metrics` on the resampled rows (tested).
+    """
+
+    def __init__(self, y: np.ndarray, p: np.ndarray, thresholds: Mapping[str, Mapping[str, float]], n_bins: int,
+                 prefix: str) -> None:
+        self.prefix = prefix
+        self.n_bins = n_bins
+        self.y = np.ascontiguousarray(y.T > 0.5)  # (C, n)
+        self.losses = np.ascontiguousarray(binary_log_loss(y, p).T)
+        self.p = np.ascontiguousarray(p.T)
+        self.order = [np.argsort(-pc, kind="mergesort") for pc in self.p]
+        self.y_sorted = [yc[o].astype(np.float64) for yc, o in zip(self.y, self.order)]
+        self.starts = []
+        for pc, o in zip(self.p, self.order):
+            ps = pc[o]
+            self.starts.append(np.flatnonzero(np.r_[True, ps[1:] != ps[:-1]]))
+        self.bins = [np.clip(np.floor(pc * n_bins).astype(np.int64), 0, n_bins - 1) for pc in self.p]
+        # per operating point and class: row indices of true positives, false positives and false negatives
+        self.cells: dict[str, list[tuple[np.ndarray, np.ndarray, np.ndarray] | None]] = {}
         for op in OPERATING_POINTS:
-            m = threshold_metrics(yc, pc, thresholds[op][lab])
-            for name in THRESHOLD_METRICS:
-                out[f"{key}/{op}/{name}"] = m[name]
-    return out
+            self.cells[op] = []
+            for pc, yc, lab in zip(self.p, self.y, LABELS):
+                t = thresholds[op][lab]
+                called = pc >= t
+                self.cells[op].append((np.flatnonzero(called & yc), np.flatnonzero(called & ~yc),
+                                       np.flatnonzero(~called & yc)) if math.isfinite(t) else None)
+
+    def _ranking(self, c: int, w: np.ndarray) -> tuple[float, float]:
+        """(AUC, average precision) of class ``c`` under weights ``w``; nan when undefined."""
+        ws = w[self.order[c]]
+        pos = np.add.reduceat(ws * self.y_sorted[c], self.starts[c])
+        neg = np.add.reduceat(ws, self.starts[c]) - pos
+        n_pos, n_neg = pos.sum(), neg.sum()
+        if n_pos <= 0:
+            return math.nan, math.nan
+        tp = np.cumsum(pos)
+        fp = np.cumsum(neg)
+        denom = tp + fp
+        precision = np.divide(tp, denom, out=np.zeros_like(tp), where=denom > 0)
+        ap = float(np.sum(pos / n_pos * precision))
+        auc = float(np.sum(neg * (tp - pos + 0.5 * pos)) / (n_pos * n_neg)) if n_neg > 0 else math.nan
+        return auc, ap
+
+    def statistic(self, w: np.ndarray) -> dict[str, float]:
+        """Flat ``<prefix>/<label>/<metric>`` values for one replicate with row weights ``w``."""
+        out: dict[str, float] = {}
+        total = w.sum()
+        losses = self.losses @ w / total if total > 0 else np.full(len(LABELS), np.nan)
+        wts = np.asarray(LABEL_WEIGHTS)
+        out[f"{self.prefix}/weighted_log_loss"] = float(np.dot(wts, losses) / wts.sum())
+        for c, lab in enumerate(LABELS):
+            key = f"{self.prefix}/{lab}"
+            yc = self.y[c]
+            out[f"{key}/log_loss"] = float(losses[c])
+            out[f"{key}/auc"], out[f"{key}/average_precision"] = self._ranking(c, w)
+            count = np.bincount(self.bins[c], weights=w, minlength=self.n_bins)
+            gap = np.abs(np.bincount(self.bins[c], weights=w * yc, minlength=self.n_bins)
+                         - np.bincount(self.bins[c], weights=w * self.p[c], minlength=self.n_bins))
+            out[f"{key}/ece"] = float(gap.sum() / count.sum()) if count.sum() > 0 else math.nan
+            for op in OPERATING_POINTS:
+                cells = self.cells[op][c]
+                if cells is None:
+                    m = {name: math.nan for name in THRESHOLD_METRICS}
+                else:
+                    tp, fp, fn = (float(w[idx].sum()) for idx in cells)
+                    m = metrics_from_counts(tp, fp, float(total - tp - fp - fn), fn)
+                for name in THRESHOLD_METRICS:
+                    out[f"{key}/{op}/{name}"] = m[name]
+        return out
 
 
 def _attach_intervals(level: dict[str, Any], intervals: Mapping[str, bs.Interval], prefix: str) -> None:
@@ -344,12 +400,15 @@ def _run_bootstrap(data: EvalData, thresholds: Thresholds, n_boot: int, seed: in
     if scan_groups is not None and list(scan_groups.names) != list(slice_groups.names):
         raise AssertionError("scan and slice patient groups differ")  # align() guarantees this
 
+    slice_level = _WeightedLevel(data.y, data.p, thresholds.slice, n_bins, "slice")
+    scan_level = None
+    if scan_groups is not None and data.y_scan is not None and data.p_scan is not None:
+        scan_level = _WeightedLevel(data.y_scan, data.p_scan, thresholds.scan, n_bins, "scan")
+
     def statistic(draw: np.ndarray) -> dict[str, float]:
-        rows = slice_groups.rows(draw)
-        out = _replicate(data.y[rows], data.p[rows], thresholds.slice, n_bins, "slice")
-        if scan_groups is not None and data.y_scan is not None and data.p_scan is not None:
-            srows = scan_groups.rows(draw)
-            out.update(_replicate(data.y_scan[srows], data.p_scan[srows], thresholds.scan, n_bins, "scan"))
+        out = slice_level.statistic(slice_groups.row_weights(draw))
+        if scan_level is not None and scan_groups is not None:
+            out.update(scan_level.statistic(scan_groups.row_weights(draw)))
         return out
 
     log.info("bootstrap: %d replicates over %d %s groups", n_boot, slice_groups.n_groups, data.group_kind)

@@ -115,3 +115,31 @@ def test_slice_only_data_and_bad_arguments() -> None:
         evaluate(flat, n_boot=0, readers=study, plots=False)
     with pytest.raises(InputError, match="none of the 1 cases"):
         evaluate(d, n_boot=0, readers=study, plots=False)
+
+
+def test_weighted_bootstrap_statistic_equals_metrics_on_resampled_rows() -> None:
+    from ichd.evaluation.bootstrap import GroupIndex, draws
+    from ichd.evaluation.calibration import expected_calibration_error
+    from ichd.evaluation.metrics import average_precision, roc_auc
+    from ichd.evaluation.report import OPERATING_POINTS, _WeightedLevel
+
+    data = _data(5)
+    data.p = np.round(data.p, 2)  # ties
+    th = choose_operating_thresholds(data, sensitivity=0.9).slice
+    th["youden"]["subdural"] = float("nan")
+    level = _WeightedLevel(data.y, data.p, th, 10, "slice")
+    groups = GroupIndex(data.patient_ids)
+    for draw in draws(groups.n_groups, 5, seed=3):
+        fast = level.statistic(groups.row_weights(draw))
+        rows = groups.rows(draw)
+        y, p = data.y[rows], data.p[rows]
+        assert fast["slice/weighted_log_loss"] == pytest.approx(weighted_log_loss(y, p))
+        for c, lab in enumerate(LABELS):
+            assert fast[f"slice/{lab}/auc"] == pytest.approx(roc_auc(y[:, c], p[:, c]), nan_ok=True)
+            assert fast[f"slice/{lab}/average_precision"] == pytest.approx(average_precision(y[:, c], p[:, c]),
+                                                                           nan_ok=True)
+            assert fast[f"slice/{lab}/ece"] == pytest.approx(expected_calibration_error(y[:, c], p[:, c]))
+            for op in OPERATING_POINTS:
+                ref = threshold_metrics(y[:, c], p[:, c], th[op][lab])
+                for name in ("accuracy", "sensitivity", "specificity", "precision", "npv", "f1"):
+                    assert fast[f"slice/{lab}/{op}/{name}"] == pytest.approx(ref[name], nan_ok=True), (lab, op, name)
