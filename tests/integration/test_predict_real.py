@@ -118,3 +118,16 @@ def test_default_model_on_rsna_samples(data_root: Path, capsys):
     for sop, d in by_sop.items():
         positive = [lab for lab in LABELS if labels.loc[sop, lab] == 1]
         assert all(0.0 <= d["scan"][lab] <= 1.0 for lab in positive)  # labelled subtypes are reported
+
+
+@pytest.mark.slow
+def test_hu_slices_need_allow_secondary_capture(data_root: Path, test_bundle: Path, capsys):
+    src = _need(data_root / "hu-slices" / "dicom")
+    code = run(["-q", "predict", str(src), "--model", str(test_bundle), "--independent"])
+    assert code == 2 and "ichd: error:" in capsys.readouterr().err  # Secondary Captures are skipped by default
+    code = run(["-q", "predict", str(src), "--model", str(test_bundle), "--independent", "--allow-secondary-capture"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    data = json.loads(captured.out)
+    assert len(data) == 26 and all(d["input_kind"] == "dicom" for d in data)
+    assert all("secondary_capture" in {w["code"] for w in d["warnings"]} for d in data)

@@ -38,6 +38,10 @@ def register(app: typer.Typer) -> None:
         independent: bool = typer.Option(False, "--independent",
                                          help="Treat every image as its own one-slice scan (e.g. a folder of "
                                               "unrelated RSNA slices)."),
+        allow_secondary_capture: bool = typer.Option(
+            False, "--allow-secondary-capture",
+            help="Read Secondary Capture images whose stored values are HU (e.g. ../shared/data/hu-slices); "
+                 "skipped by default."),
         strict: bool = typer.Option(False, "--strict", help="Fail on the first broken file instead of skipping it "
                                                             "with a warning."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace results already in --out."),
@@ -71,7 +75,8 @@ def register(app: typer.Typer) -> None:
             torch.set_num_threads(threads)
         opts = PredictOptions(model=model, out=out, formats=parse_formats(fmt, has_out=out is not None), tta=tta,
                               gradcam=gradcam, series_uid=series, device=device, window=window,
-                              independent=independent, strict=strict, overwrite=overwrite, batch_size=batch_size)
+                              independent=independent, allow_secondary_capture=allow_secondary_capture,
+                              strict=strict, overwrite=overwrite, batch_size=batch_size)
         result = run_predict(input_path, opts)
         if out is None:
             typer.echo(result.json_text, nl=False)

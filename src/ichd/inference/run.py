@@ -56,6 +56,7 @@ class PredictOptions:
     device: str | None = None
     window: str | None = None
     independent: bool = False
+    allow_secondary_capture: bool = False
     strict: bool = False
     overwrite: bool = False
     batch_size: int = 16
@@ -259,7 +260,8 @@ def run_predict(input_path: str | os.PathLike[str], opts: PredictOptions, *, pre
 
         predictor = Predictor.load(opts.model, device=opts.device, batch_size=opts.batch_size)
     t = time.perf_counter()
-    all_series = read_ct(input_path, window=opts.window, strict=opts.strict, independent=opts.independent)
+    all_series = read_ct(input_path, window=opts.window, strict=opts.strict, independent=opts.independent,
+                         allow_secondary_capture=opts.allow_secondary_capture)
     t_read = time.perf_counter() - t
     chosen = _select_series(all_series, opts.series_uid)
     folders = [""] if len(chosen) == 1 else [_safe_name(s.series_instance_uid) for s in chosen]
