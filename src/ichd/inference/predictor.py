@@ -330,14 +330,21 @@ class Predictor:
         from ichd.preprocessing.resize import pad_to_square
 
         flagged = select_flagged(pred, max_slices, at_least_one=at_least_one)
-        cam = None
+        maps: dict[int, np.ndarray] = {}
         if gradcam and flagged:
+            import torch
+
             from ichd.explain.gradcam import GradCAM
 
             cam = GradCAM(self.cnn)
+            by_label: dict[str, list[int]] = {}
+            for i, lab, _ in flagged:
+                by_label.setdefault(lab, []).append(i)
+            for lab, idx in by_label.items():  # one forward + backward per label, its slices as one batch
+                x = torch.cat([self.model_inputs(series, i, i + 1) for i in idx])
+                maps.update(zip(idx, cam(x, lab)))
         evidence = []
         for i, lab, p in flagged:
-            m = cam(self.model_inputs(series, i, i + 1), lab)[0] if cam is not None else None
             img = pad_to_square(np.asarray(series.hu[i], dtype=np.float32), AIR_HU)
-            evidence.append(SliceEvidence(index=i, label=lab, probability=p, image_hu=img, cam=m))
+            evidence.append(SliceEvidence(index=i, label=lab, probability=p, image_hu=img, cam=maps.get(i)))
         return evidence

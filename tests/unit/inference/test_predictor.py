@@ -64,6 +64,11 @@ def test_gradcam_gives_evidence_maps(bundle_dir: Path, make_series):
     for ev in pred.evidence:
         assert ev.cam is not None and ev.cam.shape == (64, 64) and 0 <= ev.cam.min() and ev.cam.max() <= 1
         assert ev.image_hu.shape == (80, 80)  # display image at the source resolution
+    from ichd.explain.gradcam import GradCAM
+
+    ev = pred.evidence[0]  # batched per label == one slice at a time
+    alone = GradCAM(p.cnn)(p.model_inputs(series, ev.index, ev.index + 1), ev.label)[0]
+    np.testing.assert_allclose(ev.cam, alone, atol=1e-4)
     assert "gradcam" in pred.timing_s
     assert read_bundle(bundle_dir).thresholds["any"] == 0.5  # the bundle itself is untouched
 
