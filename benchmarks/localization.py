@@ -54,10 +54,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="skip (and report) slices whose fold has no checkpoint yet instead of failing")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/localization"), help="output folder")
     p.add_argument("--methods", default="gradcam,gradcam++", help="comma-separated; the first is the primary one")
+    p.add_argument("--thresholds", default="default",
+                   help="bundled model (name or folder) whose operating thresholds decide which slices count as "
+                        "flagged; 'none' uses each fold checkpoint's own (0.5 when it stores none)")
     p.add_argument("--tolerance", type=int, default=5, help="pointing-game tolerance in pixels (512 matrix)")
     p.add_argument("--n-boot", type=int, default=2000, help="bootstrap replicates")
     p.add_argument("--seed", type=int, default=0, help="bootstrap and randomisation seed")
-    p.add_argument("--examples", type=int, default=6, help="example overlay PNGs to write")
+    p.add_argument("--examples", type=int, default=6,
+                   help="example slices to draw (hits and misses of the primary method), one PNG per method")
+    p.add_argument("--example-slices", default=None,
+                   help="comma-separated slice names to draw instead (e.g. 094_24,051_31)")
     p.add_argument("--layer", default=None,
                    help="DIAGNOSTIC ONLY: Grad-CAM on this dotted layer instead of the registry's gradcam_layer "
                         "(e.g. backbone.net._blocks.10, the stride-16 stage of EfficientNet-Lite0)")
@@ -141,6 +147,12 @@ def main(argv: list[str] | None = None) -> int:
     slices = [s for s in all_slices if s.patient_id in models]
     skipped = sorted(s.name for s in all_slices if s.patient_id not in models)
     predictors: dict[int, Predictor] = {}
+    op_thresholds: dict[str, float] | None = None
+    if args.thresholds != "none":
+        from ichd.models.bundled import get_bundled, read_bundle
+
+        bundle = read_bundle(Path(args.thresholds)) if Path(args.thresholds).is_dir() else get_bundled(args.thresholds)
+        op_thresholds = {c: float(bundle.thresholds[c]) for c in LABELS}
     rows: list[dict[str, Any]] = []
     rand_rows: list[dict[str, Any]] = []
     maps_for_examples: dict[tuple[str, str, str], np.ndarray] = {}
@@ -167,13 +179,14 @@ def main(argv: list[str] | None = None) -> int:
                     "slice": s.name, "patient_id": s.patient_id, "ctich_slice": s.ctich_slice, "fold_model": k,
                     "checkpoint": str(path), "method": method, "class": c,
                     "probability": round(float(probs[LABELS.index(c)]), 4),
-                    "threshold": pr.thresholds[c],
-                    "flagged": int(float(probs[LABELS.index(c)]) >= pr.thresholds[c]),
+                    "threshold": (op_thresholds or pr.thresholds)[c],
+                    "flagged": int(float(probs[LABELS.index(c)]) >= (op_thresholds or pr.thresholds)[c]),
                     "hit": int(pointing_game(cam, s.mask, tolerance_px=args.tolerance)),
                     "energy_fraction": round(energy_fraction(cam, s.mask), 4),
                     "chance_hit": round(chance_hit, 4), "chance_energy": round(chance_energy, 4),
                     "peak_row": p[0] if p else -1, "peak_col": p[1] if p else -1,
                     "peak_to_mask_px": round(float(dist_to_mask[p]), 1) if p else float("nan"),
+                    "peak_in_head": int(bool(head[p])) if p else 0,
                     "mask_pixels": int(s.mask.sum()), "map_resolution": res.raw.shape[-1],
                 })
                 maps_for_examples[(s.name, method, c)] = cam
@@ -204,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
             if sub.empty:
                 continue
             est = bootstrap_means({key: sub[key].to_numpy() for key in
-                                   ("hit", "energy_fraction", "chance_hit", "chance_energy")},
+                                   ("hit", "energy_fraction", "chance_hit", "chance_energy", "peak_in_head")},
                                   sub["patient_id"].tolist(), n_boot=args.n_boot, seed=args.seed)
             summary["localization"][method][c] = {key: e.to_dict() for key, e in est.items()}
             # The maps a reader would actually see: slices the model flags for this class.
@@ -234,6 +247,7 @@ def main(argv: list[str] | None = None) -> int:
         "checkpoints": {str(k): {"path": str(path), "epoch": epoch}
                         for k, path, epoch in sorted({v for v in models.values()})},
         "skipped_slices": skipped,
+        "flag_thresholds": f"bundle {args.thresholds!r}" if op_thresholds else "each checkpoint's own",
         "map_resolution": int(df["map_resolution"].iloc[0]),
         "ctich_masks": "none in the data (README: the CT-ICH copy has no *_HGE_Seg masks)",
     }
@@ -245,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     atomic_write_text(args.out / "summary.json", json.dumps(summary, indent=2))
     md = markdown(summary)
     atomic_write_text(args.out / "summary.md", md)
-    write_examples(args, slices, df, maps_for_examples, methods[0])
+    write_examples(args, slices, df, maps_for_examples, methods)
     print(md)
     return 0
 
@@ -277,12 +291,13 @@ def markdown(summary: dict[str, Any]) -> str:
     for method, per_class in summary["localization"].items():
         lines += [f"**{method}** (out-of-fold models)", "",
                   ("| class | slices (patients) | pointing game | chance | energy in mask | chance "
-                  "| flagged by the model: n, pointing game |"),
-                  "|---|---|---|---|---|---|---|"]
+                  "| flagged by the model: n, pointing game | peak inside the head |"),
+                  "|---|---|---|---|---|---|---|---|"]
         for c, est in per_class.items():
             lines.append(f"| {c} | {est['hit']['n']} ({est['hit']['n_patients']}) | {_ci(est['hit'], True)} | "
                          f"{100 * est['chance_hit']['mean']:.0f}% | {_ci(est['energy_fraction'])} | "
-                         f"{est['chance_energy']['mean']:.2f} | {_flagged(est)} |")
+                         f"{est['chance_energy']['mean']:.2f} | {_flagged(est)} | "
+                         f"{100 * est['peak_in_head']['mean']:.0f}% |")
         lines.append("")
     lines += [("**Randomisation sanity check** (Adebayo et al. 2018; 'any' maps, "
               f"{next(iter(summary['localization']))}): SSIM real vs randomised, and localization of the randomised maps"),
@@ -293,28 +308,36 @@ def markdown(summary: dict[str, Any]) -> str:
 
 
 def write_examples(args: argparse.Namespace, slices: list[Any], df: Any, maps: dict[tuple[str, str, str], np.ndarray],
-                   method: str) -> None:
-    """A few overlays of the primary method's 'any' maps with the mask outline and the peak, hits and misses."""
+                   methods: list[str]) -> None:
+    """Overlays of the 'any' maps with the mask outline and the map's peak: a few hits and misses of the primary
+    method (or ``--example-slices``), one PNG per method."""
     from ichd.explain.overlay import overlay_figure, save_figure
 
-    sub = df[(df["method"] == method) & (df["class"] == "any")].sort_values("slice")
-    hits = sub[sub["hit"] == 1]["slice"].tolist()
-    misses = sub[sub["hit"] == 0]["slice"].tolist()
-    half = args.examples // 2
-    chosen = hits[:max(half, args.examples - len(misses))] + misses[:max(half, args.examples - len(hits))]
+    sub = df[df["class"] == "any"].sort_values("slice")
+    if args.example_slices:
+        chosen = [n.strip() for n in args.example_slices.split(",") if n.strip()]
+    else:
+        prim = sub[sub["method"] == methods[0]]
+        hits = prim[prim["hit"] == 1]["slice"].tolist()
+        misses = prim[prim["hit"] == 0]["slice"].tolist()
+        half = args.examples // 2
+        chosen = (hits[:max(half, args.examples - len(misses))]
+                  + misses[:max(half, args.examples - len(hits))])[:args.examples]
     by_name = {s.name: s for s in slices}
-    ex_dir = args.out / "examples"
-    for name in chosen[:args.examples]:
+    for name in chosen:
         s = by_name[name]
-        row = sub[sub["slice"] == name].iloc[0]
-        fig = overlay_figure(s.hu, maps[(name, method, "any")], class_name="any", probability=float(row["probability"]),
-                             subtitle=f"{name} ({s.patient_id}), out-of-fold model fold{row['fold_model']}; "
-                                      f"cyan: hemorrhage mask; +: map peak ({'hit' if row['hit'] else 'miss'})")
-        for ax in fig.axes[:2]:
-            ax.contour(s.mask, levels=[0.5], colors="cyan", linewidths=0.8)
-        if row["peak_row"] >= 0:
-            fig.axes[1].plot(row["peak_col"], row["peak_row"], marker="+", color="white", markersize=12, mew=2)
-        save_figure(fig, ex_dir / f"{name}_any_{'hit' if row['hit'] else 'miss'}.png")
+        for method in methods:
+            row = sub[(sub["slice"] == name) & (sub["method"] == method)].iloc[0]
+            outcome = "hit" if row["hit"] else "miss"
+            fig = overlay_figure(
+                s.hu, maps[(name, method, "any")], class_name="any", probability=float(row["probability"]),
+                subtitle=f"{method} — {name} ({s.patient_id}), out-of-fold model fold{row['fold_model']}; "
+                         f"cyan: hemorrhage mask; +: map peak ({outcome})")
+            for ax in fig.axes[:2]:
+                ax.contour(s.mask, levels=[0.5], colors="cyan", linewidths=0.8)
+            if row["peak_row"] >= 0:
+                fig.axes[1].plot(row["peak_col"], row["peak_row"], marker="+", color="white", markersize=12, mew=2)
+            save_figure(fig, args.out / "examples" / f"{name}_any_{method.replace('++', 'pp')}_{outcome}.png")
 
 
 if __name__ == "__main__":
