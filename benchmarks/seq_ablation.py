@@ -25,9 +25,10 @@ import numpy as np
 ROWS: list[tuple[str, str, dict[str, Any]]] = [
     ("cnn_only", "CNN only (OOF probabilities, scan = max)", {}),
     ("lstm_probs", "BiLSTM on CNN probabilities only",
-     {"model.use_features": False, "model.probs_input": True, "model.probs_head": False}),
+     {"model.use_features": False, "model.probs_input": True, "model.probs_head": False,
+      "model.head_init": "random"}),
     ("lstm_pca120", "BiLSTM on PCA120",
-     {"selector.method": "pca", "selector.k": 120, "model.probs_head": False}),
+     {"selector.method": "pca", "selector.k": 120, "model.probs_head": False, "model.head_init": "random"}),
     ("lstm_pca120_probs", "BiLSTM on PCA120 + probabilities (seed's best)",
      {"selector.method": "pca", "selector.k": 120, "model.probs_head": True}),
     ("lstm_pca192_probs", "BiLSTM on PCA192 + probabilities",

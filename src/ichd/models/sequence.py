@@ -59,6 +59,12 @@ class SeqModelConfig:
         probs_input: CNN probabilities are part of the sequence input.
         probs_head: CNN probabilities are concatenated with the sequence output before the final linear layer.
         neighbour_diff: append (x_t - x_{t-1}) and (x_t - x_{t+1}) of the sequence input (0 at the scan ends).
+        probs_as_logits: give the CNN outputs to the model as log-odds ``log(p / (1 - p))`` instead of
+            probabilities (the seed uses probabilities).
+        head_init: ``random`` (PyTorch default, the seed) or ``cnn``: the final layer starts as the identity on
+            the concatenated CNN outputs and zero on the sequence features, so with ``probs_as_logits`` the
+            untrained model predicts exactly the CNN's probabilities and training learns a correction from the
+            neighbouring slices (needs ``probs_head``).
     """
 
     arch: SeqArch = "lstm"
@@ -71,6 +77,8 @@ class SeqModelConfig:
     probs_input: bool = False
     probs_head: bool = True
     neighbour_diff: bool = False
+    probs_as_logits: bool = False
+    head_init: Literal["random", "cnn"] = "random"
 
     def __post_init__(self) -> None:
         if self.arch not in SEQ_ARCHS:
@@ -81,6 +89,10 @@ class SeqModelConfig:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.conv_kernel < 1 or self.conv_kernel % 2 == 0:
             raise ConfigError(f"conv_kernel must be a positive odd number, got {self.conv_kernel}")
+        if self.head_init not in ("random", "cnn"):
+            raise ConfigError(f"head_init must be 'random' or 'cnn', got {self.head_init!r}")
+        if self.head_init == "cnn" and not self.probs_head:
+            raise ConfigError("head_init: cnn needs probs_head: true (the CNN outputs must reach the final layer)")
         if not (self.use_features or self.probs_input):
             raise ConfigError("the sequence model needs an input: set use_features and/or probs_input to true")
 
@@ -155,6 +167,11 @@ class SequenceModel(nn.Module):
                                    bidirectional=cfg.bidirectional)
             enc_out = cfg.hidden * (2 if cfg.bidirectional else 1)
         self.head = nn.Linear(enc_out + (num_classes if cfg.probs_head else 0), num_classes)
+        if cfg.head_init == "cnn":
+            with torch.no_grad():
+                self.head.weight.zero_()
+                self.head.weight[:, enc_out:] = torch.eye(num_classes)
+                self.head.bias.zero_()
         name = f"seq_{cfg.arch}"
         #: Keyword arguments that rebuild this architecture with :func:`ichd.models.create_model`.
         self.model_kwargs: dict[str, Any] = {"feature_dim": self.feature_dim,
@@ -187,6 +204,8 @@ class SequenceModel(nn.Module):
         lengths = torch.as_tensor(lengths, dtype=torch.long, device=probs.device)
         self._check(features, probs, lengths)
         t = probs.shape[1]
+        if cfg.probs_as_logits:
+            probs = torch.logit(probs.clamp(1e-6, 1.0 - 1e-6))
         parts = ([features] if cfg.use_features else []) + ([probs] if cfg.probs_input else [])
         x = torch.cat(parts, dim=-1) if len(parts) > 1 else parts[0]
         if cfg.neighbour_diff:

@@ -172,3 +172,16 @@ def test_scan_rules():
     assert scan_probabilities(short, "consecutive")[3] == pytest.approx(0.2)
     with pytest.raises(ConfigError, match="did you mean"):
         scan_probabilities(p, "maxx")
+
+
+def test_cnn_head_init_starts_at_the_cnn_prediction():
+    torch.manual_seed(0)
+    cfg = SeqModelConfig(hidden=8, layers=2, probs_as_logits=True, head_init="cnn")
+    model = SequenceModel(F, cfg).eval()
+    feats, probs, lens = _batch([6, 3])
+    with torch.no_grad():
+        out = torch.sigmoid(model(feats, probs, lens))
+    torch.testing.assert_close(out[0], probs[0], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(out[1, :3], probs[1, :3], rtol=1e-4, atol=1e-5)
+    with pytest.raises(ConfigError, match="probs_head"):
+        SeqModelConfig(head_init="cnn", probs_head=False)
