@@ -323,7 +323,15 @@ def _train_fold(cfg: CnnTrainConfig, fold: int | str, out_root: Path, *, restart
         trainer.model.load_state_dict(raw["state_dict"])
         trainer.load_state_dict(raw)
         resumed_from = trainer.epoch
+        # last.pt is written at the end of an epoch; metrics.json also counts the final validation and OOF
+        # writing of a finished session, so the larger of the two is the earlier sessions' wall time.
         earlier_seconds = float(raw.get("wall_seconds", 0.0))
+        metrics_file = fold_dir / "metrics.json"
+        if metrics_file.is_file():
+            try:
+                earlier_seconds = max(earlier_seconds, float(json.loads(metrics_file.read_text())["wall_seconds"]))
+            except (ValueError, KeyError, TypeError):
+                log.warning("fold %s: %s is unreadable; wall time restarts from last.pt", fold, metrics_file)
         log.info("fold %s: resuming after epoch %d of %d", fold, trainer.epoch, trainer.epochs)
     save_config(cfg, fold_dir / "config.yaml")
 
