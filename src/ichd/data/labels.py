@@ -35,7 +35,7 @@ from ichd.utils.logging import get_logger
 
 log = get_logger(__name__)
 
-__all__ = ["ID_COLUMNS", "attach_scans", "ctich_scan_id", "ctich_slice_id", "label_matrix", "read_labels",
+__all__ = ["ID_COLUMNS", "attach_scans", "rsna_long_to_wide", "ctich_scan_id", "ctich_slice_id", "label_matrix", "read_labels",
            "slices_from_headers"]
 
 ID_COLUMNS: tuple[str, ...] = ("scan_id", "patient_id", "slice_index")
@@ -147,32 +147,56 @@ def _unknown_ids(slice_ids: Sequence[str]) -> pd.DataFrame:
                          "slice_index": pd.Series([pd.NA] * n, dtype="Int64")})
 
 
-def _read_rsna_long(df: pd.DataFrame, path: Path) -> pd.DataFrame:
-    ids = df["ID"].astype(str)
-    parts = ids.str.rsplit("_", n=1)
-    sop = parts.str[0]
-    subtype = parts.str[1]
-    bad = np.flatnonzero((~subtype.isin(LABELS) | ~sop.str.startswith("ID_")).to_numpy())
+def rsna_long_to_wide(ids: pd.Series, values: pd.Series, source: str) -> pd.DataFrame:
+    """Pivot RSNA long-format rows (``ID_<SOPInstanceUID>_<subtype>``, value) into one row per slice.
+
+    Shared by the label reader (0/1 values) and the RSNA submission reader of :mod:`ichd.evaluation.io`
+    (probabilities); the caller checks the values first. Rows repeated verbatim are dropped (RSNA's
+    ``stage_2_train.csv`` repeats some); malformed IDs, conflicting repeats and slices lacking one of the six
+    subtype rows raise :class:`InputError` naming the lines (line numbers assume a header line and the file's
+    row order, i.e. a default ``RangeIndex``).
+
+    Returns a float64 frame indexed by ``slice_id`` (the ``ID_<sop>`` part) with the :data:`LABELS` columns.
+    """
+    text = ids.fillna("").astype(str).str.strip()
+    parts = text.str.rpartition("_")
+    sop, subtype = parts[0], parts[2]
+    bad = np.flatnonzero(((sop == "") | ~subtype.isin(LABELS)).to_numpy())
     if len(bad):
-        raise InputError(f"{path}: IDs must look like ID_<sop>_<subtype> with a subtype in {list(LABELS)}; "
-                         f"bad ID(s) {ids.iloc[bad[:3]].tolist()} at {_rows_text(path, bad)}")
-    values = _binary(df, ["Label"], path)["Label"]
-    long = pd.DataFrame({"slice_id": sop, "label": subtype, "value": values})
+        shown = ", ".join(f"line {i + 2} ({text.iloc[i]!r})" for i in bad[:8])
+        more = f" and {len(bad) - 8} more" if len(bad) > 8 else ""
+        raise InputError(f"{source}: {len(bad)} ID(s) are not of the form ID_<SOPInstanceUID>_<subtype>: "
+                         f"{shown}{more}", hint=f"subtypes: {', '.join(LABELS)}")
+    long = pd.DataFrame({"slice_id": sop.to_numpy(), "label": subtype.to_numpy(),
+                         "value": np.asarray(values, dtype=np.float64), "line": np.arange(len(text)) + 2})
     dups = long.duplicated(["slice_id", "label"], keep=False)
     if dups.any():
         conflict = long[dups].groupby(["slice_id", "label"])["value"].nunique()
         conflict = conflict[conflict > 1]
         if len(conflict):
-            raise InputError(f"{path}: conflicting labels for {len(conflict)} (slice, subtype) pair(s), e.g. "
-                             f"{conflict.index[0]}", hint="keep one label per slice and subtype")
-        long = long.drop_duplicates(["slice_id", "label"])  # RSNA stage 2 repeats some rows verbatim
-    wide = long.pivot(index="slice_id", columns="label", values="value")
-    incomplete = wide.columns.size != len(LABELS) or wide.isna().any(axis=1).any()
-    if incomplete:
-        missing_rows = wide.index[wide.reindex(columns=list(LABELS)).isna().any(axis=1)]
-        raise InputError(f"{path}: {len(missing_rows)} slice(s) lack some of the 6 subtype rows, e.g. "
-                         f"{missing_rows[0]!r}", hint="each ID_<sop> needs one row per subtype")
-    wide = wide[list(LABELS)].astype(np.int64)
+            sid, lab = conflict.index[0]
+            lines = long.loc[(long["slice_id"] == sid) & (long["label"] == lab), "line"].tolist()
+            raise InputError(f"{source}: conflicting values for {len(conflict)} (slice, subtype) pair(s), e.g. "
+                             f"{sid}_{lab} at lines {', '.join(map(str, lines))}",
+                             hint="keep one row per slice and subtype")
+        long = long.drop_duplicates(["slice_id", "label"])
+    wide = long.pivot(index="slice_id", columns="label", values="value").reindex(columns=list(LABELS))
+    incomplete = wide.isna().any(axis=1)
+    if incomplete.any():
+        rows = [f"{sid} (missing {', '.join(lab for lab in LABELS if pd.isna(wide.at[sid, lab]))})"
+                for sid in wide.index[incomplete][:8]]
+        more = f" and {int(incomplete.sum()) - 8} more" if int(incomplete.sum()) > 8 else ""
+        raise InputError(f"{source}: {int(incomplete.sum())} slice(s) lack some of the 6 subtype rows: "
+                         f"{', '.join(rows)}{more}", hint="each ID_<sop> needs one row per subtype")
+    wide.index = wide.index.astype(str)
+    wide.index.name = "slice_id"
+    wide.columns.name = None
+    return wide
+
+
+def _read_rsna_long(df: pd.DataFrame, path: Path) -> pd.DataFrame:
+    values = _binary(df, ["Label"], path)["Label"]
+    wide = rsna_long_to_wide(df["ID"], values, str(path)).astype(np.int64)
     frame = pd.concat([_unknown_ids(list(wide.index)), wide.reset_index(drop=True)], axis=1)
     return _finish(frame, path)
 

@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 
 from ichd.constants import LABELS
+from ichd.data.labels import rsna_long_to_wide
 from ichd.errors import InputError
 from ichd.utils.logging import get_logger
 
@@ -148,45 +149,12 @@ def _read_ichd_csv(df: pd.DataFrame, source: str) -> PredictionSet:
     return PredictionSet(out, None, source, "ichd-csv")
 
 
-def parse_rsna_id(value: str) -> tuple[str, str] | None:
-    """Split ``ID_<sop>_<subtype>`` into ``(slice_id, subtype)``; ``None`` when it does not have that shape."""
-    head, sep, subtype = value.strip().rpartition("_")
-    if not sep or not head or subtype not in LABELS:
-        return None
-    return head, subtype
-
-
 def _read_rsna_csv(df: pd.DataFrame, source: str) -> PredictionSet:
     id_col = next(c for c in df.columns if c.lower() == "id")
     value_col = next(c for c in df.columns if c.lower() == "label")
     lines = pd.Series([f"line {i + 2}" for i in range(len(df))], index=df.index)
-    parsed = df[id_col].fillna("").map(parse_rsna_id)
-    bad = parsed.isna()
-    if bad.any():
-        rows = [f"{lines[i]} ({df[id_col][i]!r})" for i in df.index[bad]]
-        raise InputError(f"{source}: {int(bad.sum())} ID(s) are not of the form ID_<SOPInstanceUID>_<subtype>: "
-                         f"{_listing(rows, int(bad.sum()))}", hint=f"subtypes: {', '.join(LABELS)}")
     values = check_values(df[value_col], source, lines, "Label")
-    long = pd.DataFrame({"slice_id": parsed.map(lambda t: t[0]), "label": parsed.map(lambda t: t[1]),
-                         "value": values, "where": lines})
-    dup = long.duplicated(["slice_id", "label"], keep=False)
-    if dup.any():
-        rows = [f"{r.where} ({r.slice_id}_{r.label})" for r in long[dup].itertuples()]
-        raise InputError(f"{source}: the same ID occurs more than once: {_listing(rows, int(dup.sum()))}")
-    wide = long.pivot(index="slice_id", columns="label", values="value")
-    missing = [lab for lab in LABELS if lab not in wide.columns]
-    if missing:
-        raise InputError(f"{source}: no rows for subtype(s) {', '.join(missing)}",
-                         hint="an RSNA submission has six rows per slice, one per subtype")
-    incomplete = wide[list(LABELS)].isna().any(axis=1)
-    if incomplete.any():
-        rows = [f"{sid} (missing {', '.join(lab for lab in LABELS if pd.isna(wide.at[sid, lab]))})"
-                for sid in wide.index[incomplete]]
-        raise InputError(f"{source}: {int(incomplete.sum())} slice(s) lack some subtype rows: "
-                         f"{_listing(rows, int(incomplete.sum()))}")
-    wide = wide[list(LABELS)].astype(np.float64)
-    wide.index = wide.index.astype(str)
-    wide.index.name = "slice_id"
+    wide = rsna_long_to_wide(df[id_col], values, source)
     for col in ("scan_id", "patient_id", "fold"):
         wide[col] = None
     return PredictionSet(wide, None, source, "rsna-csv")

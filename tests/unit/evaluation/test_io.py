@@ -192,3 +192,20 @@ def test_scan_predictions_csv(tmp_path: Path) -> None:
     preds.scans = preds.scans.drop(index="scan2")
     with pytest.raises(InputError, match="no scan-level output for scan.*scan2"):
         align(preds, lab)
+
+
+def test_rsna_submission_errors_name_the_lines(tmp_path: Path) -> None:
+    good = [f"ID_aaa_{lab},0.1" for lab in LABELS]
+    path = tmp_path / "sub.csv"
+    path.write_text("ID,Label\n" + "\n".join(good + ["ID_bbb_bleed,0.2"]) + "\n")
+    with pytest.raises(InputError, match=r"line 8 \('ID_bbb_bleed'\)"):
+        read_predictions(path)
+    path.write_text("ID,Label\n" + "\n".join(good + ["ID_aaa_any,0.9"]) + "\n")
+    with pytest.raises(InputError, match="conflicting values.*ID_aaa_any at lines 2, 8"):
+        read_predictions(path)
+    path.write_text("ID,Label\n" + "\n".join(good + ["ID_bbb_any,0.3"]) + "\n")
+    with pytest.raises(InputError, match="lack some.*ID_bbb"):
+        read_predictions(path)
+    path.write_text("ID,Label\n" + "\n".join(good[:-1] + ["ID_aaa_subdural,1.5"]) + "\n")
+    with pytest.raises(InputError, match="line 7"):
+        read_predictions(path)
