@@ -35,9 +35,9 @@ ROWS: list[tuple[str, str, dict[str, Any]]] = [
      {"selector.method": "pca", "selector.k": 192, "model.probs_head": True}),
     ("lstm_topstd120_probs", "BiLSTM on top-120 std features + probabilities",
      {"selector.method": "top_std", "selector.k": 120, "model.probs_head": True}),
-    ("lstm_wlarge120_probs", "BiLSTM on 120 largest-|w| features + probabilities",
+    ("lstm_wlarge120_probs", "BiLSTM on 120 largest-weight-magnitude features + probabilities",
      {"selector.method": "weight_largest", "selector.k": 120, "model.probs_head": True}),
-    ("lstm_wsmall120_probs", "BiLSTM on 120 smallest-|w| features + probabilities",
+    ("lstm_wsmall120_probs", "BiLSTM on 120 smallest-weight-magnitude features + probabilities",
      {"selector.method": "weight_smallest", "selector.k": 120, "model.probs_head": True}),
 ]
 
@@ -76,7 +76,8 @@ def cnn_wall_seconds(table: Any) -> float | None:
 
 def _ci(m: dict[str, Any], key: str) -> str:
     lo, hi = m["ci95"].get(key, [None, None])
-    return f"{m[key]:.3f} [{lo:.3f}, {hi:.3f}]" if lo is not None and hi is not None else f"{m[key]:.3f}"
+    d = 4 if "log_loss" in key else 3
+    return f"{m[key]:.{d}f} [{lo:.{d}f}, {hi:.{d}f}]" if lo is not None and hi is not None else f"{m[key]:.{d}f}"
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
@@ -101,9 +102,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rows", default=None, help="comma-separated row names (default: all)")
     ap.add_argument("--bootstrap", type=int, default=1000, help="patient-bootstrap replicates")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    ap.add_argument("--table-only", action="store_true", help="rewrite OUT/table.md from OUT/results.json")
     ap.add_argument("--set", dest="overrides", action="append", default=[],
                     help="extra KEY=VALUE override applied to every sequence row (repeatable)")
     args = ap.parse_args(argv)
+    if args.table_only:
+        from ichd.utils.files import atomic_write_text
+
+        doc = json.loads((Path(args.out) / "results.json").read_text())
+        names = {n: d for n, d, _ in ROWS}
+        for r in doc["rows"]:
+            r["description"] = names.get(r["name"], r["description"])
+        atomic_write_text(Path(args.out) / "table.md", markdown_table(doc["rows"]))
+        return 0
 
     import torch
     import yaml

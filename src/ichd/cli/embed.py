@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -23,17 +22,17 @@ def embed_command(
     cache: Path = typer.Argument(..., help="Cache folder written by `ichd preprocess` (same image size and windows "
                                           "as the CNN was trained on)."),
     out: Path = typer.Option(..., "--out", "-o", help="Output .npz file (e.g. runs/embed_ctich/oof.npz)."),
-    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", "-c",
+    checkpoint: Path | None = typer.Option(None, "--checkpoint", "-c",
                                               help="One CNN checkpoint embeds every slice (fold column = -1)."),
-    cnn_run: Optional[Path] = typer.Option(None, "--cnn-run",
+    cnn_run: Path | None = typer.Option(None, "--cnn-run",
                                            help="CNN cross-validation folder: out-of-fold embeddings."),
-    folds: Optional[Path] = typer.Option(None, "--folds", help="patient_id,fold CSV for --cnn-run "
+    folds: Path | None = typer.Option(None, "--folds", help="patient_id,fold CSV for --cnn-run "
                                          "(default RUN/folds.csv)."),
     checkpoint_name: str = typer.Option("final.pt", "--checkpoint-name",
                                         help="File name of each fold's checkpoint inside RUN/fold{K}/."),
     batch_size: int = typer.Option(32, "--batch-size", help="Slices per forward pass."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda[:N]."),
-    threads: Optional[int] = typer.Option(None, "--threads", help="Torch CPU threads (default: torch's)."),
+    threads: int | None = typer.Option(None, "--threads", help="Torch CPU threads (default: torch's)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing OUT file."),
 ) -> None:
     from ichd.errors import InputError

@@ -7,7 +7,6 @@ after ``train`` in :data:`ichd.cli.main.COMMAND_MODULES`); :func:`register` has 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -17,20 +16,20 @@ from ichd.cli.train import _parse_overrides, train_app
 @train_app.command("seq")
 def train_seq_cmd(
     config: Path = typer.Option(..., "--config", "-c", help="Sequence config YAML (e.g. configs/seq_ctich.yaml)."),
-    embeddings: Optional[Path] = typer.Option(None, "--embeddings", "-e",
+    embeddings: Path | None = typer.Option(None, "--embeddings", "-e",
                                               help="Embedding .npz from `ichd embed` (default: `embeddings` in "
                                                    "the config)."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run folder (default: `out` in the config)."),
-    fold: Optional[list[int]] = typer.Option(None, "--fold", "-f",
+    out: Path | None = typer.Option(None, "--out", "-o", help="Run folder (default: `out` in the config)."),
+    fold: list[int] | None = typer.Option(None, "--fold", "-f",
                                              help="Run only this CV fold (repeatable); default every fold."),
     no_cv: bool = typer.Option(False, "--no-cv", help="Skip cross-validation (use with --final)."),
-    final: Optional[bool] = typer.Option(None, "--final/--no-final",
+    final: bool | None = typer.Option(None, "--final/--no-final",
                                          help="Also train on every patient -> OUT/final/model.pt."),
-    cnn_checkpoint: Optional[Path] = typer.Option(None, "--cnn-checkpoint",
+    cnn_checkpoint: Path | None = typer.Option(None, "--cnn-checkpoint",
                                                   help="CNN checkpoint to embed in the final model (the CNN to "
                                                        "run at inference)."),
     bootstrap: int = typer.Option(1000, "--bootstrap", help="Patient-bootstrap replicates for the 95% intervals."),
-    overrides: Optional[list[str]] = typer.Option(None, "--set", help="Override a config value, KEY=VALUE with a "
+    overrides: list[str] | None = typer.Option(None, "--set", help="Override a config value, KEY=VALUE with a "
                                                   "dotted key (repeatable), e.g. --set optim.epochs=30."),
 ) -> None:
     """Fit feature selector + sequence model per CNN fold (OOF predictions, metrics) and optionally a final model."""

@@ -104,7 +104,7 @@ def lengths_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
 
 def neighbour_differences(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     """(B, T, 2F): x_t - x_{t-1} and x_t - x_{t+1}, zero at each scan's first / last slice and on padding."""
-    b, t, _ = x.shape
+    _b, t, _ = x.shape
     mask = lengths_mask(lengths, t).unsqueeze(-1).to(x.dtype)
     prev = torch.zeros_like(x)
     nxt = torch.zeros_like(x)

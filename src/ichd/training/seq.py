@@ -163,7 +163,7 @@ def _pad(arrays: list[np.ndarray]):  # -> torch.Tensor (B, T, F)
 def inner_split(data: ScanBatchData, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Scan positions (train, validation) with ``fraction`` of the *patients* held out (seeded)."""
     patients = sorted(set(data.patients))
-    n_val = int(round(fraction * len(patients)))
+    n_val = round(fraction * len(patients))
     if fraction > 0 and (n_val < 1 or n_val >= len(patients)):
         raise InputError(f"cannot hold out {fraction:.0%} of {len(patients)} training patients for early stopping",
                          hint="set optim.val_fraction: 0 for small data")
@@ -248,7 +248,7 @@ def fit_sequence_model(data: ScanBatchData, feature_dim: int, model_cfg: SeqMode
     if best_state is not None:
         model.load_state_dict(best_state)
     info = {"epochs_run": epoch, "best_epoch": best_epoch if len(val_idx) else epoch,
-            "val_losses": val_losses, "n_train_scans": int(len(train_idx)), "n_val_scans": int(len(val_idx))}
+            "val_losses": val_losses, "n_train_scans": len(train_idx), "n_val_scans": len(val_idx)}
     return model.eval(), info
 
 

@@ -20,12 +20,12 @@ from ichd.models.sequence import (
 
 F = 12
 ARCH_OPTIONS = [
-    dict(arch="lstm"),
-    dict(arch="gru"),
-    dict(arch="conv1d", conv_kernel=3),
-    dict(arch="lstm", neighbour_diff=True),
-    dict(arch="conv1d", neighbour_diff=True, probs_input=True),
-    dict(arch="lstm", use_features=False, probs_input=True, probs_head=False),
+    {"arch": "lstm"},
+    {"arch": "gru"},
+    {"arch": "conv1d", "conv_kernel": 3},
+    {"arch": "lstm", "neighbour_diff": True},
+    {"arch": "conv1d", "neighbour_diff": True, "probs_input": True},
+    {"arch": "lstm", "use_features": False, "probs_input": True, "probs_head": False},
 ]
 
 

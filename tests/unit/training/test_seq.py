@@ -50,9 +50,9 @@ def synthetic_table(n_scans: int = 20, n_folds: int = 4, seed: int = 0) -> tuple
 
 
 def _cfg(tmp_path, **kw) -> SeqTrainConfig:
-    base = dict(out=str(tmp_path / "run"), selector=SelectorConfig("pca", k=8),
-                model=SeqModelConfig(hidden=16, layers=2, dropout=0.1),
-                optim=SeqOptimConfig(epochs=15, lr=3e-3, batch_scans=2, seeds=[0]), device="cpu")
+    base = {"out": str(tmp_path / "run"), "selector": SelectorConfig("pca", k=8),
+                "model": SeqModelConfig(hidden=16, layers=2, dropout=0.1),
+                "optim": SeqOptimConfig(epochs=15, lr=3e-3, batch_scans=2, seeds=[0]), "device": "cpu"}
     base.update(kw)
     return SeqTrainConfig(**base)
 
@@ -191,7 +191,7 @@ def test_early_stopping_on_inner_validation_patients(tmp_path):
     for j in va:
         data.labels[j] = 1.0 - data.labels[j]
     optim = SeqOptimConfig(epochs=12, lr=1e-2, batch_scans=3, val_fraction=0.25, patience=2)
-    model, info = fit_sequence_model(data, 8, SeqModelConfig(hidden=8, layers=1, dropout=0.0), optim, 0, "cpu")
+    _model, info = fit_sequence_model(data, 8, SeqModelConfig(hidden=8, layers=1, dropout=0.0), optim, 0, "cpu")
     assert info["n_val_scans"] == 3 and info["n_train_scans"] == 9
     assert len(info["val_losses"]) == info["epochs_run"]
     assert info["val_losses"][info["best_epoch"] - 1] == min(info["val_losses"])
