@@ -40,6 +40,7 @@ def main() -> int:
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
     import torch
+    import yaml
 
     from ichd.data.folds import patient_folds, split_fold
     from ichd.models import create_model
@@ -50,8 +51,6 @@ def main() -> int:
     from ichd.utils.device import resolve_device
     from ichd.utils.files import atomic_write_text
     from ichd.utils.progress import set_progress_enabled
-
-    import yaml
 
     overrides = {k: yaml.safe_load(v) for k, _, v in (o.partition("=") for o in args.overrides)}
     if args.workers is not None:

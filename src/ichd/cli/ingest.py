@@ -29,7 +29,7 @@ def register(app: typer.Typer) -> None:
 
     @app.command("ingest")
     def ingest(
-        paths: list[Path] = typer.Argument(  # noqa: B008 - typer's declaration style
+        paths: list[Path] = typer.Argument(
             None, show_default=False,
             help="CT inputs: DICOM folders (searched recursively), .zip archives or single/multi-frame DICOM files, "
                  "NIfTI volumes (.nii/.nii.gz), a CT-ICH root or patient folder (brain/bone JPGs), or folders of "

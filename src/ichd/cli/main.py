@@ -103,7 +103,7 @@ def run(argv: list[str] | None = None) -> int:
         return _fail(str(e), e.exit_code)
     except KeyboardInterrupt:
         return _fail("interrupted", 130)
-    except Exception as e:  # an ichd bug: still one line unless --debug
+    except Exception as e:  # noqa: BLE001 - an ichd bug: still one line unless --debug
         if STATE.debug:
             traceback.print_exc()
         return _fail(f"internal error: {type(e).__name__}: {e} (run with --debug and report this)", 1)

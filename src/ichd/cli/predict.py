@@ -12,7 +12,7 @@ def register(app: typer.Typer) -> None:
 
     @app.command("predict")
     def predict(
-        input_path: Path | None = typer.Argument(  # noqa: B008 - typer's declaration style
+        input_path: Path | None = typer.Argument(
             None, metavar="INPUT",
             help="CT input: a DICOM file, folder or zip; a NIfTI file; a CT-ICH root or patient folder; or a folder "
                  "of windowed PNG/JPG slices (then give --window). Leave out with --demo."),
@@ -20,7 +20,7 @@ def register(app: typer.Typer) -> None:
         model: str = typer.Option("default", "--model", "-m",
                                   help="Bundled model name (`ichd models list`; 'default' is the shipped model), "
                                        "a model bundle folder, or a checkpoint .pt file."),
-        out: Path | None = typer.Option(None, "--out", "-o",  # noqa: B008 - typer's declaration style
+        out: Path | None = typer.Option(None, "--out", "-o",
                                         help="Output folder for prediction.json, report.html and dicom/. Without "
                                              "it the JSON result is printed to stdout."),
         fmt: str | None = typer.Option(None, "--format", "-f",

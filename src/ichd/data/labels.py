@@ -35,8 +35,16 @@ from ichd.utils.logging import get_logger
 
 log = get_logger(__name__)
 
-__all__ = ["ID_COLUMNS", "attach_scans", "rsna_long_to_wide", "ctich_scan_id", "ctich_slice_id", "label_matrix", "read_labels",
-           "slices_from_headers"]
+__all__ = [
+    "ID_COLUMNS",
+    "attach_scans",
+    "ctich_scan_id",
+    "ctich_slice_id",
+    "label_matrix",
+    "read_labels",
+    "rsna_long_to_wide",
+    "slices_from_headers",
+]
 
 ID_COLUMNS: tuple[str, ...] = ("scan_id", "patient_id", "slice_index")
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from explain_toy import ToyCNN, synthetic_hu, to_input
 from torch import nn
+
+from explain_toy import ToyCNN, synthetic_hu, to_input
 
 
 @pytest.fixture(scope="session")

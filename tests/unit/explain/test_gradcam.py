@@ -7,9 +7,9 @@ import copy
 import numpy as np
 import pytest
 import torch
-from explain_toy import SIZE, ToyCNN, synthetic_hu, to_input
 from torch import nn
 
+from explain_toy import SIZE, ToyCNN, synthetic_hu, to_input
 from ichd.errors import InputError, ModelError
 from ichd.explain.gradcam import GradCAM, class_index, gradcam_layer_name
 from ichd.explain.localization import pointing_game

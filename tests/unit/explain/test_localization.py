@@ -7,8 +7,8 @@ import copy
 import numpy as np
 import pytest
 import torch
-from explain_toy import ToyCNN, to_input
 
+from explain_toy import ToyCNN, to_input
 from ichd.errors import InputError
 from ichd.explain.gradcam import GradCAM
 from ichd.explain.localization import (

@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 import torch
-from explain_toy import SIZE, synthetic_hu
 from PIL import Image
 
+from explain_toy import SIZE, synthetic_hu
 from ichd.constants import LABELS
 from ichd.errors import InputError
 from ichd.explain.pipeline import explain_series, explain_to_folder, resolve_classes, write_series_explanation
