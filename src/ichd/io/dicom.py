@@ -662,7 +662,8 @@ def _decode_series(decoder: FrameDecoder, study: str, series: str, ordered: list
     if not keep:
         return None
     if failed:
-        volume = volume[keep]
+        ordered, volume, plan = _replan_survivors(ordered, keep, volume, plan, strict)
+        keep = list(range(len(ordered)))
     meta = plan["meta"]
     if air["padding"] or air["out_of_fov"]:
         meta["air_fill"] = {"padding": int(air["padding"]), "out_of_fov": int(air["out_of_fov"])}
@@ -684,6 +685,22 @@ def _decode_series(decoder: FrameDecoder, study: str, series: str, ordered: list
         source_kind="dicom",
         meta=meta,
     )
+
+
+def _replan_survivors(ordered: list[FrameHeader], keep: list[int], volume: np.ndarray, plan: dict[str, Any],
+                      strict: bool) -> tuple[list[FrameHeader], np.ndarray, dict[str, Any]]:
+    """Geometry of the slices that decoded: spacing, gaps, positions and their warnings are recomputed without the
+    failed ones (a skipped file must not leave a gap or uneven-spacing report behind). What was decided before
+    decoding (SOP and position duplicates, matrix-size outliers) is carried over."""
+    survivors = [ordered[k] for k in keep]
+    order, replan, _ = _plan_series(survivors, strict)
+    index = {id(f): i for i, f in enumerate(survivors)}
+    rows = [index[id(f)] for f in order]
+    carried = [w for w in plan["warnings"] if w.code in ("duplicate_instance", "mixed_matrix_size",
+                                                        "duplicate_position")]
+    replan["warnings"] = carried + [w for w in replan["warnings"] if w.code not in {c.code for c in carried}]
+    replan["meta"]["duplicates"] = plan["meta"]["duplicates"]
+    return order, volume[keep][rows], replan
 
 
 def reference_dataset(series: CTSeries, index: int = 0) -> Any:

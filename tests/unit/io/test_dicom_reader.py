@@ -241,6 +241,30 @@ def test_bad_files_skipped_in_lenient_mode_and_fatal_in_strict(tmp_path: Path) -
     assert paths  # the good files were untouched
 
 
+def test_geometry_describes_the_slices_that_decoded(tmp_path: Path) -> None:
+    """A file whose pixels fail to decode is dropped before spacing, gaps and positions are reported: a middle
+    slice lost leaves a gap, and a lost outlier leaves no uneven-spacing report behind."""
+    datasets = make_ct_series(6, spacing=2.0)
+    names = [f"s{i}.dcm" for i in range(6)]
+    write_series(tmp_path, datasets, names=names)
+    (tmp_path / "s2.dcm").write_bytes(to_bytes(datasets[2])[:-200])  # pixel data cut
+    (s,) = read_ct(tmp_path, workers=1)
+    assert s.n_slices == 5 and "gap" in codes(s)
+    assert [g["after_index"] for g in s.meta["gaps"]] == [1]
+    np.testing.assert_allclose(np.diff(s.positions_mm), [2.0, 4.0, 2.0, 2.0])
+    assert [Path(f).name for f in s.meta["files"]] == ["s0.dcm", "s1.dcm", "s3.dcm", "s4.dcm", "s5.dcm"]
+    np.testing.assert_array_equal(s.hu[2], read_ct(tmp_path / "s3.dcm", workers=1)[0].hu[0])
+
+    (tmp_path / "s2.dcm").write_bytes(to_bytes(datasets[2]))  # restored
+    far = make_ct_slice(rows=ROWS, columns=ROWS, z=float(datasets[-1].ImagePositionPatient[2]) + 7.0,
+                        study_uid=datasets[0].StudyInstanceUID, series_uid=datasets[0].SeriesInstanceUID)
+    (tmp_path / "far.dcm").write_bytes(to_bytes(far)[:-200])
+    (s,) = read_ct(tmp_path, workers=1)
+    assert s.n_slices == 6
+    assert not {"gap", "uneven_spacing"} & set(codes(s))
+    assert s.spacing_mm[0] == pytest.approx(2.0)
+
+
 def test_missing_and_inconsistent_tags_name_file_and_tag(tmp_path: Path) -> None:
     datasets = make_ct_series(4)
     bad_missing = make_ct_slice(z=50.0, study_uid=datasets[0].StudyInstanceUID,
