@@ -354,3 +354,21 @@ def write_series(folder: str | Path, datasets: Sequence[Dataset], *, names: Sequ
         path.write_bytes(to_bytes(ds))
         paths.append(path)
     return paths
+
+
+def write_ctich_tree(root: str | Path, patients: dict[int, int], *, size: int, seed: int = 0) -> Path:
+    """Write a CT-ICH-layout tree of random 8-bit JPGs: ``root/{brain,bone}/<ppp>/<sss>.jpg``.
+
+    ``patients`` maps patient number -> slice count (slices numbered from 1). Returns ``root``.
+    """
+    from PIL import Image
+
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    for p, n in patients.items():
+        for window in ("brain", "bone"):
+            d = root / window / f"{p:03d}"
+            d.mkdir(parents=True)
+            for s in range(1, n + 1):
+                Image.fromarray(rng.integers(0, 256, (size, size), dtype=np.uint8)).save(d / f"{s:03d}.jpg")
+    return root

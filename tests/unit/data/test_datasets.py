@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from PIL import Image
 
+from factories import write_ctich_tree
 from ichd.constants import LABELS, SEED_MEAN, SEED_STD
 from ichd.data.augment import AugmentConfig, balanced_sampler, sampler_positive_share, train_augmentation
 from ichd.data.datasets import ScanDataset, SliceDataset, pad_collate
@@ -21,14 +21,10 @@ from ichd.preprocessing.config import PreprocessConfig
 @pytest.fixture(scope="module")
 def cache_and_labels(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, pd.DataFrame]:
     tmp = tmp_path_factory.mktemp("ds")
-    rng = np.random.default_rng(0)
+    patients = {49: 3, 50: 5}
+    write_ctich_tree(tmp / "ctich", patients, size=20)
     rows = []
-    for p, n in ((49, 3), (50, 5)):
-        for window in ("brain", "bone"):
-            d = tmp / "ctich" / window / f"{p:03d}"
-            d.mkdir(parents=True)
-            for s in range(1, n + 1):
-                Image.fromarray(rng.integers(0, 256, (20, 20), dtype=np.uint8)).save(d / f"{s:03d}.jpg")
+    for p, n in patients.items():
         for s in range(1, n + 1):
             y = [int(s == 2), 0, int(s == 2), 0, 0, 0]
             rows.append({"slice_id": f"ctich-{p:03d}-{s:03d}", "scan_id": f"ctich-{p:03d}",

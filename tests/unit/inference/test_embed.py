@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
+from factories import write_ctich_tree
 from ichd.errors import InputError
 from ichd.inference.embed import (
     NO_FOLD,
@@ -28,14 +28,7 @@ def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from ichd.preprocessing.cache import build_cache
     from ichd.preprocessing.config import PreprocessConfig
 
-    root = tmp_path_factory.mktemp("ctich")
-    rng = np.random.default_rng(0)
-    for p, n in PATIENTS.items():
-        for window in ("brain", "bone"):
-            d = root / window / f"{p:03d}"
-            d.mkdir(parents=True)
-            for s in range(1, n + 1):
-                Image.fromarray(rng.integers(0, 256, (40, 40), dtype=np.uint8)).save(d / f"{s:03d}.jpg")
+    root = write_ctich_tree(tmp_path_factory.mktemp("ctich"), PATIENTS, size=40)
     out = tmp_path_factory.mktemp("cache") / "c"
     build_cache([root], out, PreprocessConfig(image_size=SIZE), workers=0)
     return out

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
+from factories import write_ctich_tree
 from ichd.errors import InputError
 from ichd.io.images import read_ctich_patient
 from ichd.preprocessing.cache import build_cache, open_cache, safe_file_stem
@@ -19,14 +19,7 @@ CFG = PreprocessConfig(image_size=16)
 
 
 def _ctich_root(root: Path, patients: dict[int, int]) -> Path:
-    rng = np.random.default_rng(0)
-    for p, n in patients.items():
-        for window in ("brain", "bone"):
-            d = root / window / f"{p:03d}"
-            d.mkdir(parents=True)
-            for s in range(1, n + 1):
-                Image.fromarray(rng.integers(0, 256, (24, 24), dtype=np.uint8)).save(d / f"{s:03d}.jpg")
-    return root
+    return write_ctich_tree(root, patients, size=24)
 
 
 def test_build_and_open_round_trip(tmp_path: Path) -> None:
