@@ -45,12 +45,12 @@ def _targets(labels: pd.DataFrame | None, slice_ids: Sequence[str]) -> np.ndarra
     missing = [c for c in LABELS if c not in labels.columns]
     if missing:
         raise InputError(f"the label table lacks column(s) {missing}")
-    frame = labels.reindex(list(slice_ids))[list(LABELS)]
-    absent = frame.index[frame.isna().any(axis=1)]
-    if len(absent):
+    absent = [s for s in slice_ids if s not in labels.index]
+    if absent:
         raise InputError(f"{len(absent)} slice(s) have no labels, e.g. {absent[0]!r}",
                          hint="pass labels covering every slice (ichd.data.labels.read_labels)")
-    return frame.to_numpy(dtype=np.float32)
+    # NaN cells are missing labels of a labelled slice: kept, and masked by the loss and the metrics.
+    return labels.reindex(list(slice_ids))[list(LABELS)].to_numpy(dtype=np.float32)
 
 
 def _to_float(x: np.ndarray) -> np.ndarray:
@@ -66,7 +66,7 @@ class SliceDataset:
         cache: a :class:`~ichd.preprocessing.cache.Cache` or its folder.
         slice_ids: slices to serve, in order (default: every slice of the cache).
         labels: label table indexed by ``slice_id`` (:func:`ichd.data.labels.read_labels`); without it items have
-            no ``"target"``.
+            no ``"target"``. Missing labels (``NaN``) stay ``NaN`` in the target (masked by the loss).
         transform: callable on the float32 ``(C, S, S)`` [0, 1] numpy image (e.g.
             :func:`ichd.data.augment.train_augmentation`), applied before normalisation; a transform with
             ``accepts_uint8 = True`` gets the raw uint8 slice (0..255) of a uint8 cache instead, and must return

@@ -4,7 +4,9 @@ Splitting is by **patient**, never by slice: neighbouring slices of one scan are
 split leaks. Folds are balanced with iterative stratification (Sechidis, Tsoumakas & Vlahavas, ECML-PKDD 2011) on
 each patient's subtype profile: a patient counts as positive for a label when any of its slices is. Rare labels
 are placed first, each patient going to the fold that still needs that label most, so every fold gets positives
-of every label that has at least ``k`` positive patients, and fold sizes stay within about one patient.
+of every label that has at least ``k`` positive patients, and fold sizes stay within about one patient. A table
+with several data sources (a ``source`` column, :func:`ichd.data.labels.read_label_sources`) is also stratified
+by source and by source x "any" (:func:`source_strata`).
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ def patient_profiles(df: pd.DataFrame, labels: tuple[str, ...] = LABELS) -> pd.D
         n = int(df["patient_id"].isna().sum())
         raise InputError(f"{n} slice(s) have no patient_id; folds must split by patient",
                          hint="attach ids from the cache with ichd.data.labels.attach_scans")
-    return df.groupby("patient_id", sort=True)[list(labels)].max().astype(np.int64)
+    # max skips missing (NaN) labels; a label missing on every slice of a patient counts as negative
+    return df.groupby("patient_id", sort=True)[list(labels)].max().fillna(0).astype(np.int64)
 
 
 def iterative_stratification(y: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
@@ -82,8 +85,34 @@ def patient_folds(df: pd.DataFrame, k: int = 5, seed: int = 0,
     columns. The same table, ``k`` and ``seed`` always give the same folds.
     """
     profiles = patient_profiles(df, labels)
-    folds = iterative_stratification(profiles.to_numpy(), k, seed)
+    matrix = profiles.to_numpy()
+    strata = source_strata(df, profiles.index)
+    if strata is not None:
+        matrix = np.concatenate([matrix, strata.to_numpy()], axis=1)
+    folds = iterative_stratification(matrix, k, seed)
     return pd.Series(folds, index=profiles.index, name="fold")
+
+
+def source_strata(df: pd.DataFrame, patients: pd.Index, label: str = "any") -> pd.DataFrame | None:
+    """Extra stratification columns for a table with several data sources (a ``source`` column with more than
+    one value): per patient, one 0/1 column per source and one per (source, ``label``-positive) pair, so each
+    source and each source's positive patients are spread evenly over the folds (e.g. the 20 rsna-series
+    patients, 6 of them with hemorrhage, among 82 CT-ICH patients). ``None`` for a single source, which keeps
+    single-source folds exactly as before."""
+    if "source" not in df.columns or df["source"].nunique() < 2:
+        return None
+    per_patient = df.groupby("patient_id", sort=True)["source"].agg(lambda s: sorted(set(s)))
+    mixed = per_patient[per_patient.map(len) > 1]
+    if len(mixed):
+        raise InputError(f"patient {mixed.index[0]!r} has slices from several sources {mixed.iloc[0]}",
+                         hint="give each source its own patient ids")
+    source = per_patient.map(lambda s: s[0]).reindex(patients)
+    positive = df.groupby("patient_id", sort=True)[label].max().reindex(patients).fillna(0) > 0.5
+    cols = {}
+    for name in sorted(source.unique()):
+        cols[f"source={name}"] = (source == name).astype(np.int64)
+        cols[f"source={name}&{label}"] = ((source == name) & positive).astype(np.int64)
+    return pd.DataFrame(cols, index=patients)
 
 
 def add_fold_column(df: pd.DataFrame, folds: pd.Series) -> pd.DataFrame:

@@ -12,7 +12,15 @@ Every reader returns the same layout: a :class:`pandas.DataFrame` indexed by ``s
 * RSNA ``stage_2_train.csv`` (long format ``ID,Label`` with ``ID_<sop>_<subtype>``; pivoted); scan/patient ids
   are unknown (NaN) until :func:`attach_scans` takes them from a cache's ``slices.csv``;
 * the rsna-samples ``labels.csv`` (``file,any,...,sop_instance_uid``), ids attached the same way;
-* an ichd labels table (``slice_id,scan_id,patient_id,slice_index,any,...``), as written by the tools.
+* an ichd labels table (``slice_id,scan_id,patient_id,slice_index,any,...``), as written by the tools;
+* the rsna-series ``labels.csv`` (``image_id,patient_id,study_uid,series_uid,file,any,...,label_source,
+  slice_index``): whole RSNA series with scan (= series UID) and patient ids; **empty label cells are missing
+  labels** and become ``NaN`` (the label columns are then float), never 0.
+
+Several label files (one per data source) are read into one table with :func:`read_label_sources`, which adds a
+``source`` column (default: the name of the folder holding each file, e.g. ``ct-ich``, ``rsna-series``). A
+missing label (``NaN``) is masked out of the training loss (:class:`ichd.training.losses.WeightedBCEWithLogits`)
+and of the metrics (:mod:`ichd.evaluation.metrics`).
 
 CT-ICH ids follow docs/architecture.md: slice ``ctich-049-011``, scan and patient ``ctich-049``; ``slice_index``
 is the slice's rank within its patient (0 = most inferior), which equals the reader's order.
@@ -41,6 +49,7 @@ __all__ = [
     "ctich_scan_id",
     "ctich_slice_id",
     "label_matrix",
+    "read_label_sources",
     "read_labels",
     "rsna_long_to_wide",
     "slices_from_headers",
@@ -60,17 +69,22 @@ def _rows_text(path: Path, idx: Sequence[int], limit: int = 8) -> str:
     return f"{path} line(s) {', '.join(lines)}{more}"
 
 
-def _binary(df: pd.DataFrame, columns: Sequence[str], path: Path) -> pd.DataFrame:
-    """Check that ``columns`` hold only 0/1 (ints, floats or strings "0"/"1"); return them as int8."""
+def _binary(df: pd.DataFrame, columns: Sequence[str], path: Path, *, allow_missing: bool = False
+            ) -> pd.DataFrame:
+    """Check that ``columns`` hold only 0/1 (ints, floats or strings "0"/"1"); return them as int64.
+
+    With ``allow_missing`` empty cells are missing labels: they become ``NaN`` and the columns float64."""
     out = {}
     for c in columns:
-        values = pd.to_numeric(df[c], errors="coerce")
-        bad = np.flatnonzero(~values.isin([0, 1]).to_numpy())
+        blank = df[c].astype(str).str.strip() == "" if allow_missing else pd.Series(False, index=df.index)
+        values = pd.to_numeric(df[c].where(~blank, None), errors="coerce")
+        bad = np.flatnonzero((~values.isin([0, 1]) & ~blank).to_numpy())
         if len(bad):
             shown = ", ".join(repr(v) for v in df[c].iloc[bad[:3]].tolist())
             raise InputError(f"label column {c!r} must hold 0 or 1; found {shown} at {_rows_text(path, bad)}",
-                             hint="fix or remove those rows")
-        out[c] = values.astype(np.int64).to_numpy()
+                             hint="fix or remove those rows" + ("" if allow_missing else
+                                                                " (this file format has no missing labels)"))
+        out[c] = values.astype(np.float64 if allow_missing else np.int64).to_numpy()
     return pd.DataFrame(out, index=df.index)
 
 
@@ -226,6 +240,63 @@ def _read_ichd(df: pd.DataFrame, path: Path) -> pd.DataFrame:
     return _finish(frame, path)
 
 
+def _read_rsna_series(df: pd.DataFrame, path: Path) -> pd.DataFrame:
+    _require(df, ["image_id", "patient_id", "series_uid", "slice_index", *LABELS], path, "rsna-series")
+    frame = pd.DataFrame({
+        "slice_id": df["image_id"].astype(str).to_numpy(),
+        "scan_id": df["series_uid"].astype(str).to_numpy(),
+        "patient_id": df["patient_id"].astype(str).to_numpy(),
+        "slice_index": _integers(df, "slice_index", path),
+    })
+    labels = _binary(df, LABELS, path, allow_missing=True).reset_index(drop=True)
+    partial = labels.isna().any(axis=1) & labels.notna().any(axis=1)
+    if partial.any():
+        log.info("%s: %d slice(s) have some but not all labels", path, int(partial.sum()))
+    frame = pd.concat([frame, labels], axis=1)
+    if "label_source" in df.columns:
+        frame["label_source"] = df["label_source"].astype(str).to_numpy()
+    if labels.isna().all(axis=1).any():
+        log.info("%s: %d slice(s) have missing labels (masked out of loss and metrics)", path,
+                 int(labels.isna().all(axis=1).sum()))
+    return _finish(frame, path)
+
+
+def read_label_sources(paths: Sequence[str | os.PathLike[str]], names: Sequence[str] | None = None
+                       ) -> pd.DataFrame:
+    """Read several label files (one per data source) into one table with a ``source`` column.
+
+    ``names`` default to the name of the folder holding each file (``../ct-ich/labels.csv`` -> ``ct-ich``).
+    A slice id found in two files is an :class:`InputError`; so are two files with the same source name.
+    The label columns are float64 when any file has missing labels (``NaN``), int64 otherwise.
+    """
+    paths = [Path(p) for p in paths]
+    if not paths:
+        raise InputError("no label file given", hint="pass at least one labels CSV")
+    names = [p.resolve().parent.name for p in paths] if names is None else [str(n) for n in names]
+    if len(names) != len(paths):
+        raise InputError(f"{len(names)} source name(s) for {len(paths)} label file(s)")
+    dup_names = sorted({n for n in names if names.count(n) > 1})
+    if dup_names:
+        raise InputError(f"two label files have the same source name {dup_names[0]!r}",
+                         hint="name the sources explicitly (data.sources in the training config)")
+    frames = []
+    for path, name in zip(paths, names):
+        frame = read_labels(path).copy()
+        frame["source"] = name
+        frames.append(frame)
+    table = pd.concat(frames, axis=0)
+    dup = table.index.duplicated(keep=False)
+    if dup.any():
+        first = table.index[dup][0]
+        owners = sorted(set(table.loc[[first], "source"]))
+        raise InputError(f"slice {first!r} appears in several label files ({', '.join(owners)}); "
+                         f"{int(dup.sum())} rows share slice ids", hint="each slice must come from one source")
+    if any(table[c].isna().any() for c in LABELS):
+        for c in LABELS:
+            table[c] = table[c].astype(np.float64)
+    return table
+
+
 def read_labels(path: str | os.PathLike[str]) -> pd.DataFrame:
     """Read a label file (format detected from its columns; see the module doc) into the common table.
 
@@ -245,6 +316,8 @@ def read_labels(path: str | os.PathLike[str]) -> pd.DataFrame:
     cols = set(df.columns)
     if {"slice_id", "scan_id"} <= cols:
         return _read_ichd(df, path)
+    if {"image_id", "series_uid", "slice_index"} <= cols:
+        return _read_rsna_series(df, path)
     if {"ID", "Label"} <= cols:
         return _read_rsna_long(df, path)
     if {"PatientNumber", "SliceNumber"} <= cols:
@@ -257,7 +330,8 @@ def read_labels(path: str | os.PathLike[str]) -> pd.DataFrame:
         return _read_ctich(df, path)
     raise InputError(f"{str(path)!r} is not a known label file (columns: {list(df.columns)[:12]})",
                      hint="supported: CT-ICH labels.csv or hemorrhage_diagnosis_original.csv, RSNA "
-                          "stage_2_train.csv (ID,Label), rsna-samples/hu-slices labels.csv, ichd labels tables")
+                          "stage_2_train.csv (ID,Label), rsna-series/rsna-samples/hu-slices labels.csv, "
+                          "ichd labels tables")
 
 
 def _pseudonym(value: str) -> str:
@@ -343,10 +417,20 @@ def attach_scans(labels: pd.DataFrame, slices: pd.DataFrame, *, how: str = "inne
     return out
 
 
-def label_matrix(labels: pd.DataFrame, slice_ids: Sequence[str] | None = None) -> np.ndarray:
-    """``(n, 6)`` float32 targets in :data:`LABELS` order for ``slice_ids`` (all rows when None)."""
+def label_matrix(labels: pd.DataFrame, slice_ids: Sequence[str] | None = None, *,
+                 allow_missing: bool = False) -> np.ndarray:
+    """``(n, 6)`` float32 targets in :data:`LABELS` order for ``slice_ids`` (all rows when None).
+
+    A slice id absent from ``labels`` is always an :class:`InputError`. Missing labels (``NaN`` cells of
+    present rows) are kept as ``NaN`` with ``allow_missing`` (the metrics and the loss mask them), else an error.
+    """
     frame = labels if slice_ids is None else labels.reindex(list(slice_ids))
-    if frame[list(LABELS)].isna().any().any():
+    if slice_ids is not None:
+        absent = [s for s in slice_ids if s not in labels.index]
+        if absent:
+            raise InputError(f"{len(absent)} slice(s) are not in the label table, e.g. {absent[0]!r}",
+                             hint="use slices present in the label table")
+    if not allow_missing and frame[list(LABELS)].isna().any().any():
         missing = frame.index[frame[list(LABELS)].isna().any(axis=1)]
         raise InputError(f"{len(missing)} slice(s) have no labels, e.g. {missing[0]!r}",
                          hint="use slices present in the label table")

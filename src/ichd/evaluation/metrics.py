@@ -50,6 +50,18 @@ def _check_pair(y: np.ndarray, p: np.ndarray) -> None:
         raise ValueError(f"labels have shape {y.shape} but probabilities have shape {p.shape}")
 
 
+def _known_pairs(y_true: Any, y_score: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Flattened ``(y > 0.5, score)`` over the rows whose label is known (``NaN`` labels are missing, dropped)."""
+    y = _as_float_array(y_true).ravel()
+    s = _as_float_array(y_score).ravel()
+    if y.shape != s.shape:
+        raise ValueError(f"labels have shape {y.shape} but scores have shape {s.shape}")
+    known = ~np.isnan(y)
+    if not known.all():
+        y, s = y[known], s[known]
+    return y > 0.5, s
+
+
 def binary_log_loss(y_true: Any, y_prob: Any, *, eps: float = EPS) -> np.ndarray:
     """Element-wise binary cross-entropy ``-(y ln p + (1-y) ln(1-p))`` with ``p`` clipped to ``[eps, 1-eps]``."""
     y = _as_float_array(y_true)
@@ -69,7 +81,8 @@ def weighted_log_loss(
     """The RSNA 2019 weighted multi-label log loss (see the module docstring for the formula).
 
     Args:
-        y_true: 0/1 labels, shape ``(n, C)``.
+        y_true: 0/1 labels, shape ``(n, C)``; ``NaN`` = missing label, masked (the class mean is over its
+            known rows, and a class without known rows drops out of the weighted sum).
         y_prob: probabilities, shape ``(n, C)``; clipped to ``[eps, 1 - eps]``.
         weights: one weight per class (default :data:`LABEL_WEIGHTS`: ``any`` 2, subtypes 1).
         per_class: also return the per-class mean log losses ``L_c``.
@@ -88,8 +101,17 @@ def weighted_log_loss(
     if y.shape[0] == 0:
         per = np.full(y.shape[1], np.nan)
         return (math.nan, per) if per_class else math.nan
-    per = binary_log_loss(y, p, eps=eps).mean(axis=0)
-    total = float(np.dot(w, per) / w.sum())
+    known = ~np.isnan(y)
+    if known.all():
+        per = binary_log_loss(y, p, eps=eps).mean(axis=0)
+        total = float(np.dot(w, per) / w.sum())
+        return (total, per) if per_class else total
+    # Missing labels (NaN) are masked: per-class means over known rows; classes with none drop out.
+    elem = np.where(known, binary_log_loss(np.where(known, y, 0.0), p, eps=eps), 0.0)
+    count = known.sum(axis=0)
+    per = np.divide(elem.sum(axis=0), count, out=np.full(y.shape[1], np.nan), where=count > 0)
+    ok = count > 0
+    total = float(np.dot(w[ok], per[ok]) / w[ok].sum()) if ok.any() and w[ok].sum() > 0 else math.nan
     return (total, per) if per_class else total
 
 
@@ -99,8 +121,7 @@ def roc_auc(y_true: Any, y_score: Any) -> float:
     Equals :func:`sklearn.metrics.roc_auc_score` for binary labels, without its per-call overhead (the
     bootstrap calls this thousands of times).
     """
-    y = _as_float_array(y_true).ravel() > 0.5
-    s = _as_float_array(y_score).ravel()
+    y, s = _known_pairs(y_true, y_score)
     n_pos = int(y.sum())
     n_neg = y.size - n_pos
     if n_pos == 0 or n_neg == 0:
@@ -121,8 +142,7 @@ def average_precision(y_true: Any, y_score: Any) -> float:
     ``AP = sum_k (R_k - R_{k-1}) P_k`` over the distinct score thresholds in decreasing order; ``nan`` without
     positives.
     """
-    y = _as_float_array(y_true).ravel() > 0.5
-    s = _as_float_array(y_score).ravel()
+    y, s = _known_pairs(y_true, y_score)
     n_pos = int(y.sum())
     if n_pos == 0:
         return math.nan
@@ -141,8 +161,8 @@ def average_precision(y_true: Any, y_score: Any) -> float:
 
 def confusion_counts(y_true: Any, y_prob: Any, threshold: float) -> tuple[int, int, int, int]:
     """``(tp, fp, tn, fn)`` when a case is called positive at ``p >= threshold``."""
-    y = _as_float_array(y_true).ravel() > 0.5
-    pred = _as_float_array(y_prob).ravel() >= threshold
+    y, p = _known_pairs(y_true, y_prob)
+    pred = p >= threshold
     tp = int(np.sum(pred & y))
     fp = int(np.sum(pred & ~y))
     fn = int(np.sum(~pred & y))
@@ -184,9 +204,10 @@ def threshold_metrics(y_true: Any, y_prob: Any, threshold: float) -> dict[str, f
 
 
 def class_summary(y_true: Any, y_prob: Any, *, eps: float = EPS) -> dict[str, float]:
-    """Threshold-free metrics of one class: AUC, average precision, log loss, prevalence and counts."""
-    y = _as_float_array(y_true).ravel()
-    p = _as_float_array(y_prob).ravel()
+    """Threshold-free metrics of one class: AUC, average precision, log loss, prevalence and counts (over the
+    rows with a known label)."""
+    yb, p = _known_pairs(y_true, y_prob)
+    y = yb.astype(np.float64)
     n = int(y.size)
     n_pos = int(np.sum(y > 0.5))
     return {
@@ -224,8 +245,7 @@ def choose_threshold(y_true: Any, y_prob: Any, method: str = "sensitivity", targ
         raise ValueError(f"unknown threshold method {method!r}; choose one of {', '.join(THRESHOLD_METHODS)}")
     if method == "fixed":
         return float(target)
-    y = _as_float_array(y_true).ravel() > 0.5
-    p = _as_float_array(y_prob).ravel()
+    y, p = _known_pairs(y_true, y_prob)
     n_pos = int(y.sum())
     n_neg = y.size - n_pos
     if method == "sensitivity":
@@ -287,8 +307,9 @@ def scan_aggregate(
     p2 = p.reshape(len(ids), ncls)
     ys = np.full((len(uniq), ncls), -np.inf)
     ps = np.full((len(uniq), ncls), -np.inf)
-    np.maximum.at(ys, inverse, y2)
+    np.fmax.at(ys, inverse, y2)  # fmax: a missing (NaN) slice label does not hide its scan's known ones
     np.maximum.at(ps, inverse, p2)
+    ys[np.isneginf(ys)] = np.nan  # a scan whose labels are all missing
     ys, ps = ys[order], ps[order]
     if y.ndim == 1:
         ys, ps = ys[:, 0], ps[:, 0]

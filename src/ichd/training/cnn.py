@@ -114,12 +114,18 @@ def _pid_alive(pid: int) -> bool:
 
 def load_training_table(cfg: CnnTrainConfig) -> tuple[Any, Any]:
     """``(cache, labels)``: the opened cache and the label table restricted to cached slices, with scan and
-    patient ids from the cache (so RSNA labels, which carry no scan ids, work the same way)."""
-    from ichd.data.labels import attach_scans, read_labels
+    patient ids from the cache (so RSNA labels, which carry no scan ids, work the same way). Several label files
+    (``data.labels`` as a list) are read with :func:`ichd.data.labels.read_label_sources` into one table with a
+    ``source`` column; missing labels stay ``NaN`` (masked by the loss and the metrics)."""
+    from ichd.data.labels import attach_scans, read_label_sources, read_labels
     from ichd.preprocessing.cache import open_cache
 
     cache = open_cache(cfg.data.cache)
-    labels = read_labels(resolve_labels_path(cfg.data.labels))
+    files = cfg.data.label_files
+    if len(files) == 1 and cfg.data.sources is None:
+        labels = read_labels(resolve_labels_path(files[0]))
+    else:
+        labels = read_label_sources([resolve_labels_path(f) for f in files], cfg.data.sources)
     labels = attach_scans(labels, cache.slices, how="inner")
     if not len(labels):
         raise InputError(f"no labelled slice of {cfg.data.labels!r} is in the cache {cfg.data.cache!r}",
@@ -133,7 +139,7 @@ def _config_fingerprint(cfg: CnnTrainConfig) -> dict[str, Any]:
     from ichd.config import config_to_dict
 
     d = config_to_dict(cfg)
-    for k in ("out", "device", "threads"):
+    for k in ("out", "device", "threads", "val_every"):
         d.pop(k, None)
     d["data"].pop("num_workers", None)
     return d
@@ -145,7 +151,8 @@ def _seed_augmentation(dataset: Any, augment: Any, seed: int) -> None:
     transform built with its own seed: augmentation is reproducible, also across resumes."""
     from ichd.data.augment import train_augmentation
 
-    dataset.transform = train_augmentation(augment, seed=int(seed) % 2**32)
+    dataset.transform = train_augmentation(augment, seed=int(seed) % 2**32,
+                                           windows=list(dataset.cache.config.windows.values()))
 
 
 def _init_worker(augment: Any, worker_id: int) -> None:
@@ -165,17 +172,22 @@ def make_loaders(cfg: CnnTrainConfig, cache: Any, train_df: Any, val_df: Any | N
     import torch
     from torch.utils.data import DataLoader
 
-    from ichd.data.augment import balanced_sampler, train_augmentation
+    from ichd.data.augment import train_augmentation
     from ichd.data.datasets import SliceDataset
+    from ichd.data.sampling import training_sampler
 
-    transform = train_augmentation(cfg.augment, seed=seed) if cfg.augment_enabled else None
+    windows = list(cache.config.windows.values())
+    transform = train_augmentation(cfg.augment, seed=seed, windows=windows) if cfg.augment_enabled else None
     init_worker = functools.partial(_init_worker, cfg.augment)
     train_ds = SliceDataset(cache, list(train_df.index), labels=train_df, transform=transform)
     generator = torch.Generator().manual_seed(seed)
     workers = cfg.data.num_workers
     common: dict[str, Any] = {"num_workers": workers, "pin_memory": torch.cuda.is_available()}
-    if cfg.data.balanced_sampling:
-        sampler = balanced_sampler(train_df, positive_fraction=cfg.data.positive_fraction, seed=seed)
+    if cfg.data.balanced_sampling or cfg.data.source_share is not None or cfg.data.epoch_samples is not None:
+        sampler = training_sampler(train_df, positive_fraction=(cfg.data.positive_fraction
+                                                                if cfg.data.balanced_sampling else None),
+                                   source_share=cfg.data.source_share, num_samples=cfg.data.epoch_samples,
+                                   seed=seed)
         sampler.generator = generator  # re-seeded by the trainer every epoch, like the shuffle order
         train_loader = DataLoader(train_ds, batch_size=cfg.optim.batch_size, sampler=sampler, drop_last=True,
                                   generator=generator, worker_init_fn=init_worker, **common)
@@ -335,7 +347,7 @@ def _train_fold(cfg: CnnTrainConfig, fold: int | str, out_root: Path, *, restart
         log.info("fold %s: resuming after epoch %d of %d", fold, trainer.epoch, trainer.epochs)
     save_config(cfg, fold_dir / "config.yaml")
 
-    trainer.fit(train_loader, val_loader)
+    trainer.fit(train_loader, val_loader, val_every=cfg.val_every, skip_last_validation=True)
     final_metrics = dict(trainer.history[-1]) if trainer.history else {}
     oof_csv = None
     oof_metrics = None
@@ -348,6 +360,8 @@ def _train_fold(cfg: CnnTrainConfig, fold: int | str, out_root: Path, *, restart
         oof_csv = fold_dir / "oof.csv"
         atomic_write_text(oof_csv, frame.to_csv(index=False, float_format="%.6g"))
         final_metrics.update(val_metrics)
+        if trainer.history:  # the last epoch's validation is this one (fit skipped its own)
+            trainer.history[-1].update(val_metrics)
     final = save_checkpoint(fold_dir / "final.pt", trainer.model, config=cfg, preprocess=preprocess,
                             metrics=final_metrics, fold=fold, epoch=trainer.epoch,
                             extra={**extra, "config_dict": config_to_dict(cfg)})
@@ -373,7 +387,8 @@ def _jsonable(obj: Any) -> Any:
 def merge_folds(out: str | Path, cfg: CnnTrainConfig | None = None) -> dict[str, Any]:
     """Concatenate ``OUT/fold*/oof.csv`` into ``OUT/oof.csv`` and compute ``OUT/cv_metrics.json``: pooled
     out-of-fold slice metrics (weighted log loss, per-label AUC), scan-level AUC (scan score = max over its
-    slices), per-fold metrics, and the total training wall time. Needs every fold of the split."""
+    slices), the same per data source (``per_source``, for multi-source tables; ``oof.csv`` then gains a
+    ``source`` column), per-fold metrics, and the total training wall time. Needs every fold of the split."""
     import pandas as pd
 
     from ichd.config import load_config
@@ -398,11 +413,20 @@ def merge_folds(out: str | Path, cfg: CnnTrainConfig | None = None) -> dict[str,
     if oof["slice_id"].duplicated().any():
         raise InputError("a slice appears in two folds' oof.csv", hint="the folds come from different splits")
     _, labels = load_training_table(cfg)
-    y = label_matrix(labels, oof["slice_id"].tolist())
+    y = label_matrix(labels, oof["slice_id"].tolist(), allow_missing=True)
     probs = oof[list(LABELS)].to_numpy(np.float64)
     acc = CumulativeMetrics()
     acc.update(probs, y, oof["scan_id"].tolist())
     pooled = acc.compute()
+    per_source: dict[str, Any] = {}
+    if "source" in labels.columns:
+        source = labels["source"].reindex(oof["slice_id"]).astype(str).to_numpy()
+        oof.insert(oof.columns.get_loc("fold") + 1, "source", source)
+        for name in sorted(set(source)):
+            rows = source == name
+            src_acc = CumulativeMetrics()
+            src_acc.update(probs[rows], y[rows], oof.loc[rows, "scan_id"].tolist())
+            per_source[name] = src_acc.compute()
     per_fold = {}
     walls = {}
     for d in fold_dirs:
@@ -410,7 +434,8 @@ def merge_folds(out: str | Path, cfg: CnnTrainConfig | None = None) -> dict[str,
         per_fold[d.name] = m.get("oof", {})
         walls[d.name] = m.get("wall_seconds")
     atomic_write_text(out / "oof.csv", oof.to_csv(index=False, float_format="%.6g"))
-    doc = {"pooled": _jsonable(pooled), "per_fold": _jsonable(per_fold), "wall_seconds": walls,
+    doc = {"pooled": _jsonable(pooled), "per_source": _jsonable(per_source), "per_fold": _jsonable(per_fold),
+           "wall_seconds": walls,
            "total_wall_seconds": float(sum(v for v in walls.values() if v)), "n_slices": len(oof),
            "n_scans": int(oof["scan_id"].nunique()), "model": cfg.model.name, "epochs": cfg.optim.epochs,
            "lr_per_epoch": cfg.optim.lr_per_epoch}

@@ -34,12 +34,20 @@ class DataConfig:
     """
 
     cache: str = "cache/ctich-256"
-    labels: str = "ct-ich/labels.csv"
+    labels: str | list[str] = "ct-ich/labels.csv"  # one file, or one per data source (read_label_sources)
+    sources: list[str] | None = None  # source names of the label files (default: each file's folder name)
     folds: int = 5
     fold_seed: int = 42
     num_workers: int = 1
-    balanced_sampling: bool = False  # oversample slices with hemorrhage (ichd.data.augment.balanced_sampler)
+    balanced_sampling: bool = False  # oversample slices with hemorrhage (ichd.data.sampling.training_sampler)
     positive_fraction: float = 0.5  # share of "any"-positive slices drawn when balanced_sampling is on
+    source_share: dict[str, float] | None = None  # share of each epoch's draws per source (normalised)
+    epoch_samples: int | None = None  # slices drawn per training epoch (default: the training set size)
+
+    @property
+    def label_files(self) -> list[str]:
+        """The label file(s) as a list."""
+        return [self.labels] if isinstance(self.labels, str) else list(self.labels)
 
 
 @dataclass
@@ -71,6 +79,7 @@ class CnnTrainConfig:
     device: str = "auto"
     threads: int | None = None  # torch intra-op threads (None = torch's default)
     val_batch_size: int = 64
+    val_every: int = 1  # validate after every N-th epoch (the final model is always validated)
     deterministic: bool = True
     out: str = "runs/cnn_ctich"
     scan_rule: Literal["max"] = "max"  # scan score = max over slices (for the scan-level validation AUC)
@@ -84,6 +93,20 @@ class CnnTrainConfig:
             raise ConfigError(f"data.folds must be >= 2, got {self.data.folds}")
         if self.data.num_workers < 0:
             raise ConfigError("data.num_workers must be >= 0")
+        if self.val_every < 1:
+            raise ConfigError(f"val_every must be >= 1, got {self.val_every}")
+        if not self.data.label_files:
+            raise ConfigError("data.labels must name at least one label file")
+        if self.data.sources is not None and len(self.data.sources) != len(self.data.label_files):
+            raise ConfigError(f"data.sources names {len(self.data.sources)} source(s) for "
+                              f"{len(self.data.label_files)} label file(s)")
+        if self.data.source_share is not None and (
+                not self.data.source_share or any(v < 0 for v in self.data.source_share.values())
+                or sum(self.data.source_share.values()) <= 0):
+            raise ConfigError("data.source_share must map source names to non-negative shares with a positive sum")
+        if self.data.epoch_samples is not None and self.data.epoch_samples < self.optim.batch_size:
+            raise ConfigError(f"data.epoch_samples ({self.data.epoch_samples}) must be at least one batch "
+                              f"({self.optim.batch_size})")
 
 
 def load_cnn_config(path: str | Path, overrides: dict[str, object] | None = None) -> CnnTrainConfig:

@@ -272,14 +272,21 @@ class Trainer:
             metrics.update({f"val/{k}": float(v) for k, v in acc.compute().items()})
         return metrics, preds
 
-    def fit(self, train_loader: Iterable[Any], val_loader: Iterable[Any] | None = None) -> list[dict[str, float]]:
-        """Run the remaining epochs (from :attr:`epoch`), validating after each; returns the metric history."""
+    def fit(self, train_loader: Iterable[Any], val_loader: Iterable[Any] | None = None, *, val_every: int = 1,
+            skip_last_validation: bool = False) -> list[dict[str, float]]:
+        """Run the remaining epochs (from :attr:`epoch`), validating after every ``val_every``-th epoch and the
+        last one (unless ``skip_last_validation``: the caller validates the final model itself, e.g. to write
+        out-of-fold predictions, and a second pass would only repeat it); returns the metric history."""
+        if val_every < 1:
+            raise ValueError(f"val_every must be >= 1, got {val_every}")
         for cb in self.callbacks:
             cb.on_fit_start(self)
         while self.epoch < self.epochs:
             epoch = self.epoch
             metrics = {"epoch": float(epoch + 1), **self.train_epoch(train_loader, epoch)}
-            if val_loader is not None:
+            last = epoch + 1 == self.epochs
+            due = (epoch + 1) % val_every == 0 or last
+            if val_loader is not None and due and not (last and skip_last_validation):
                 val_metrics, _ = self.validate(val_loader)
                 metrics.update(val_metrics)
             self.epoch = epoch + 1

@@ -75,3 +75,46 @@ def test_errors() -> None:
     bad.loc[bad.index[0], "patient_id"] = None
     with pytest.raises(InputError, match="no patient_id"):
         patient_folds(bad, k=2)
+
+
+def _two_source_table() -> pd.DataFrame:
+    """82 'ctich' patients and 20 'rsna' patients (6 positive), like CT-ICH + rsna-series."""
+    a = _table(82, seed=3)
+    a["source"] = "ctich"
+    rows = []
+    for p in range(20):
+        for s in range(6):
+            y = [0] * 6
+            if p < 6 and s in (2, 3):
+                y[0] = 1
+                y[2] = 1
+            rows.append({"slice_id": f"r{p}-{s}", "scan_id": f"r{p}", "patient_id": f"r{p}", "slice_index": s,
+                         **dict(zip(LABELS, y)), "source": "rsna"})
+    b = pd.DataFrame(rows).set_index("slice_id")
+    b.loc["r7-1", list(LABELS)] = np.nan  # a missing label
+    return pd.concat([a, b])
+
+
+def test_folds_stratified_by_source_and_any() -> None:
+    df = _two_source_table()
+    folds = patient_folds(df, 5, seed=42)
+    rsna = folds[folds.index.str.startswith("r")]
+    assert sorted(rsna.value_counts().tolist()) == [4, 4, 4, 4, 4]  # 20 rsna patients: 4 per fold
+    pos = folds[[f"r{p}" for p in range(6)]]
+    assert pos.value_counts().max() <= 2 and pos.nunique() >= 4  # 6 positive rsna patients spread out
+    assert set(folds.value_counts().tolist()) <= {20, 21, 22}
+    out = add_fold_column(df, folds)
+    assert (out.groupby("patient_id")["fold"].nunique() == 1).all()  # no patient in two folds
+
+
+def test_single_source_folds_unchanged_by_source_column() -> None:
+    df = _table(40, seed=1)
+    with_source = df.assign(source="only")
+    assert patient_folds(df, 5, seed=7).equals(patient_folds(with_source, 5, seed=7))
+
+
+def test_patient_with_two_sources_is_an_error() -> None:
+    df = _two_source_table()
+    df.loc["r0-0", "source"] = "ctich"
+    with pytest.raises(InputError, match="several sources"):
+        patient_folds(df, 5)

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from ichd.constants import LABELS
-from ichd.data.labels import attach_scans, ctich_slice_id, label_matrix, read_labels
+from ichd.data.labels import attach_scans, ctich_slice_id, label_matrix, read_label_sources, read_labels
 from ichd.errors import InputError
 
 CTICH = """patient,slice,any,epidural,intraparenchymal,intraventricular,subarachnoid,subdural,fracture
@@ -147,3 +147,52 @@ def test_slices_from_headers_orders_and_pseudonymises() -> None:
         slices_from_headers(headers.drop(columns="SeriesInstanceUID"))
     with pytest.raises(InputError, match="positions"):
         slices_from_headers(headers.assign(ImagePositionPatient="junk"))
+
+
+RSNA_SERIES = """image_id,patient_id,study_uid,series_uid,file,any,epidural,intraparenchymal,intraventricular,subarachnoid,subdural,label_source,slice_index
+ID_a1,ID_p1,ID_s1,ID_ser1,dicom/ID_ser1/ID_a1.dcm,0,0,0,0,0,0,riku,0
+ID_a2,ID_p1,ID_s1,ID_ser1,dicom/ID_ser1/ID_a2.dcm,,,,,,,missing,1
+ID_a3,ID_p1,ID_s1,ID_ser1,dicom/ID_ser1/ID_a3.dcm,1,0,1,0,0,0,pooled,2
+ID_b1,ID_p2,ID_s2,ID_ser2,dicom/ID_ser2/ID_b1.dcm,0,0,0,0,0,0,derived_negative,0
+"""
+
+
+def test_rsna_series_labels_keep_missing_as_nan(tmp_path: Path) -> None:
+    df = read_labels(_write(tmp_path, RSNA_SERIES))
+    assert df.index.tolist() == ["ID_a1", "ID_a2", "ID_a3", "ID_b1"]
+    assert df.loc["ID_a3", "scan_id"] == "ID_ser1" and df.loc["ID_b1", "patient_id"] == "ID_p2"
+    assert df["slice_index"].tolist() == [0, 1, 2, 0]
+    assert df.loc["ID_a2", list(LABELS)].isna().all()  # missing, not 0
+    assert df.loc["ID_a3", "intraparenchymal"] == 1 and df.loc["ID_a1", "any"] == 0
+    assert df.loc["ID_b1", "label_source"] == "derived_negative"
+    with pytest.raises(InputError, match="slice"):
+        label_matrix(df)  # missing labels need allow_missing
+    y = label_matrix(df, ["ID_a2", "ID_a3"], allow_missing=True)
+    assert np.isnan(y[0]).all() and y[1, LABELS.index("intraparenchymal")] == 1
+    with pytest.raises(InputError, match="not in the label table"):
+        label_matrix(df, ["ID_zz"], allow_missing=True)
+
+
+def test_rsna_series_rejects_other_values(tmp_path: Path) -> None:
+    bad = RSNA_SERIES.replace("ID_a3.dcm,1,0,1", "ID_a3.dcm,2,0,1")
+    with pytest.raises(InputError, match="line"):
+        read_labels(_write(tmp_path, bad))
+
+
+def test_read_label_sources_multi_source_table(tmp_path: Path) -> None:
+    (tmp_path / "ct-ich").mkdir()
+    (tmp_path / "rsna-series").mkdir()
+    a = _write(tmp_path / "ct-ich", CTICH)
+    b = _write(tmp_path / "rsna-series", RSNA_SERIES)
+    table = read_label_sources([a, b])
+    assert table["source"].value_counts().to_dict() == {"rsna-series": 4, "ct-ich": 3}
+    assert table.loc["ctich-049-002", "source"] == "ct-ich"
+    assert table["any"].dtype == np.float64 and np.isnan(table.loc["ID_a2", "any"])
+    named = read_label_sources([a, b], names=["jpg", "dicom"])
+    assert set(named["source"]) == {"jpg", "dicom"}
+    with pytest.raises(InputError, match="same source name"):
+        read_label_sources([a, a])
+    with pytest.raises(InputError, match="several label files"):
+        read_label_sources([a, a], names=["x", "y"])
+    with pytest.raises(InputError, match="source name"):
+        read_label_sources([a, b], names=["x"])

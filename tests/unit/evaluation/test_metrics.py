@@ -45,7 +45,7 @@ def test_weighted_log_loss_hand_example() -> None:
 
 def test_weighted_log_loss_matches_kaggle_rowwise_and_sklearn() -> None:
     rng = np.random.default_rng(3)
-    y = (rng.random((50, 6)) < 0.3).astype(float)
+    y = (rng.random((50, 6)) < 0.15).astype(float)
     p = rng.random((50, 6))
     w = np.asarray(LABEL_WEIGHTS)
     # Kaggle: flatten all (row, class) pairs with their class weight
@@ -179,3 +179,24 @@ def test_cumulative_metrics_torch_and_logits() -> None:
         cm.update(np.zeros((2, 5)), np.zeros((2, 5)))
     with pytest.raises(ValueError):
         CumulativeMetrics().update(np.full((1, 6), np.nan), np.zeros((1, 6)))
+
+
+def test_missing_labels_are_masked_in_metrics() -> None:
+    from ichd.evaluation.metrics import CumulativeMetrics, roc_auc, weighted_log_loss
+
+    rng = np.random.default_rng(0)
+    y = (rng.random((50, 6)) < 0.15).astype(float)
+    p = rng.random((50, 6))
+    y_nan = y.copy()
+    y_nan[4] = np.nan
+    keep = np.arange(50) != 4
+    assert roc_auc(y_nan[:, 0], p[:, 0]) == pytest.approx(roc_auc(y[keep, 0], p[keep, 0]))
+    assert weighted_log_loss(y_nan, p) == pytest.approx(weighted_log_loss(y[keep], p[keep]))
+    acc = CumulativeMetrics()
+    acc.update(p, y_nan, [f"scan{i // 2}" for i in range(50)])
+    m = acc.compute()
+    ref = CumulativeMetrics()
+    ref.update(p[keep], y[keep], [f"scan{i // 2}" for i in range(50) if i != 4])
+    r = ref.compute()
+    for key in ("weighted_log_loss", "auc/any", "scan/auc/any", "mean_auc"):
+        assert np.isfinite(r[key]) and m[key] == pytest.approx(r[key]), key

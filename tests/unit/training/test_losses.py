@@ -49,3 +49,34 @@ def test_stable_for_extreme_logits() -> None:
     y = torch.tensor([[1.0, 0, 1, 0, 1, 0]])
     loss = float(WeightedBCEWithLogits()(logits, y))
     assert np.isfinite(loss) and loss == pytest.approx(4 * np.log(2) / 7, rel=1e-5)
+
+
+def test_missing_labels_are_masked_like_the_metric() -> None:
+    g = torch.Generator().manual_seed(5)
+    logits = torch.randn(32, 6, generator=g, dtype=torch.float64)
+    targets = (torch.rand(32, 6, generator=g) < 0.3).double()
+    targets[3] = float("nan")  # a slice with no labels
+    targets[7, 2] = float("nan")  # one missing subtype
+    loss = WeightedBCEWithLogits()(logits, targets)
+    metric = weighted_log_loss(targets.numpy(), torch.sigmoid(logits).numpy())
+    assert np.isfinite(float(loss)) and float(loss) == pytest.approx(metric, rel=1e-6)
+    # masking = dropping the unlabelled row entirely
+    keep = [i for i in range(32) if i != 3]
+    full_row_dropped = weighted_log_loss(targets.numpy()[keep], torch.sigmoid(logits).numpy()[keep])
+    t2 = targets.clone()
+    t2[7, 2] = 0.0
+    loss_no_row = WeightedBCEWithLogits()(logits[keep], t2[keep])
+    assert float(loss) != pytest.approx(float(loss_no_row))  # the NaN subtype cell was not read as 0
+    assert metric == pytest.approx(full_row_dropped, rel=1e-9)
+    # gradients stay finite and the masked row gets none
+    lg = logits.clone().requires_grad_(True)
+    WeightedBCEWithLogits()(lg, targets).backward()
+    assert torch.isfinite(lg.grad).all() and float(lg.grad[3].abs().sum()) == 0.0
+
+
+def test_batch_with_no_known_label_gives_zero_loss() -> None:
+    logits = torch.randn(4, 6, requires_grad=True)
+    loss = WeightedBCEWithLogits()(logits, torch.full((4, 6), float("nan")))
+    assert float(loss.detach()) == 0.0
+    loss.backward()
+    assert torch.isfinite(logits.grad).all()
