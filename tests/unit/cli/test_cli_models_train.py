@@ -26,7 +26,7 @@ def test_models_info(capsys: pytest.CaptureFixture[str]) -> None:
     assert run(["models", "info", "resnet18"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["default_cfg"]["gradcam_layer"] == "backbone.layer4" and info["parameters"] > 10_000_000
-    assert run(["models", "info", "efficientnet_lite1"]) == 2
+    assert run(["models", "info", "efficientnet_lit0"]) == 2
     assert "did you mean 'efficientnet_lite0'" in capsys.readouterr().err
 
 

