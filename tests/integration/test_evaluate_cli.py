@@ -104,3 +104,37 @@ def test_rsna_submission_against_rsna_labels(data_root: Path, tmp_path: Path) ->
     expected = (2 * per["any"] + sum(per[lab] for lab in LABELS[1:])) / 7
     assert m["rsna_weighted_log_loss"]["overall"] == pytest.approx(expected)
     assert "slice level only" in (out / "report.md").read_text()
+
+
+def test_evaluate_two_sources_with_missing_labels(data_root: Path, tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """CT-ICH + rsna-series labels as one table: the 3 rsna-series slices without labels are left out, and
+    --source evaluates one source alone."""
+    from ichd.data.labels import read_label_sources
+
+    files = [data_root / "ct-ich" / "labels.csv", data_root / "rsna-series" / "labels.csv"]
+    lab = read_label_sources(files)
+    rng = np.random.default_rng(1)
+    df = lab[["scan_id", "patient_id", "slice_index"]].copy()
+    df["fold"] = 0
+    for c in LABELS:
+        y = np.nan_to_num(lab[c].to_numpy(float))
+        df[c] = np.round(1 / (1 + np.exp(-(-2.5 + 3.0 * y + rng.normal(0, 1, len(df))))), 6)
+    preds = tmp_path / "preds.csv"
+    df.reset_index().to_csv(preds, index=False)
+    out = tmp_path / "all"
+    rc = run(["-q", "evaluate", str(preds), *map(str, files), "--out", str(out), "--bootstrap", "20",
+              "--no-plots"])
+    assert rc == 0, capsys.readouterr().err
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["counts"]["slices"] == len(lab) - 3
+    assert any("3 slice(s) with missing labels" in n for n in m["notes"])
+    out2 = tmp_path / "rsna"
+    rc = run(["-q", "evaluate", str(preds), *map(str, files), "--out", str(out2), "--source", "rsna-series",
+              "--bootstrap", "20", "--no-plots"])
+    assert rc == 0, capsys.readouterr().err
+    m2 = json.loads((out2 / "metrics.json").read_text())
+    assert m2["counts"]["slices"] == 684 - 3 and m2["counts"]["scans"] == 20
+    rc = run(["-q", "evaluate", str(preds), *map(str, files), "--out", str(tmp_path / "x"), "--source",
+              "rsna-serie"])
+    assert rc == 2 and "did you mean 'rsna-series'" in capsys.readouterr().err

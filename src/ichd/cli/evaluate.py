@@ -12,7 +12,9 @@ at three operating points, 95% patient-bootstrap intervals, calibration, ROC/PR 
 
 PREDICTIONS: an ichd predictions CSV (slice_id, scan_id, patient_id, slice_index, fold + one column per label),
 predict JSON file(s) or a folder of them, or an RSNA submission CSV (ID_<SOPInstanceUID>_<subtype>,Label).
-LABELS: CT-ICH labels.csv, RSNA stage_2_train.csv, or an ichd labels CSV.
+LABELS: CT-ICH labels.csv, RSNA stage_2_train.csv, rsna-series labels.csv or an ichd labels CSV; several files
+(one per data source) are read as one table, and --source picks one source's slices. Slices with missing labels
+are left out of every metric (the report says how many).
 
 Writes OUT/metrics.json, OUT/thresholds.json, OUT/report.md, OUT/report.html (self-contained) and OUT/plots/.
 """
@@ -21,10 +23,14 @@ Writes OUT/metrics.json, OUT/thresholds.json, OUT/report.md, OUT/report.html (se
 def evaluate_command(
     predictions: Annotated[Path, typer.Argument(metavar="PREDICTIONS", help="Predictions: ichd CSV, predict JSON file/folder, or RSNA "
                                                      "submission CSV.")],
-    labels: Annotated[Path, typer.Argument(metavar="LABELS", help="Labels: CT-ICH labels.csv, RSNA stage_2_train.csv or ichd "
-                                                "labels CSV.")],
+    labels: Annotated[list[Path], typer.Argument(metavar="LABELS...", help="Labels: CT-ICH labels.csv, RSNA "
+                                                      "stage_2_train.csv, rsna-series labels.csv or ichd labels "
+                                                      "CSV; several files = one per data source.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (must be empty or new unless "
                                                           "--overwrite).")],
+    source: Annotated[str | None, typer.Option(
+        "--source", help="With several label files: evaluate only this source's slices (the name of the folder "
+        "holding its label file, e.g. rsna-series).")] = None,
     scans: Annotated[Path | None, typer.Option(
         "--scans", help="CSV slice_id,scan_id[,patient_id] giving scan (and patient) membership when the inputs "
         "do not carry it. Without any scan membership only slice-level metrics are reported.")] = None,
@@ -58,7 +64,8 @@ def evaluate_command(
 
     if bins < 1:
         raise typer.BadParameter("--bins must be >= 1")
-    ev, paths = evaluate_files(predictions, labels, out, scans=scans, scan_predictions=scan_predictions,
+    ev, paths = evaluate_files(predictions, labels if len(labels) > 1 else labels[0], out, source=source,
+                               scans=scans, scan_predictions=scan_predictions,
                                thresholds_from=thresholds_from,
                                thresholds_labels=thresholds_labels, sensitivity=sensitivity, n_boot=bootstrap,
                                seed=seed, n_bins=bins, readers=readers, overwrite=overwrite,

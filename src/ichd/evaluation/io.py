@@ -280,13 +280,41 @@ def read_scan_predictions(path: str | Path) -> pd.DataFrame:
     return out
 
 
-def read_label_table(path: str | Path) -> pd.DataFrame:
-    """Labels via :func:`ichd.data.labels.read_labels`, checked to be 0/1 in every label column."""
-    from ichd.data.labels import read_labels
+def read_label_table(path: str | Path | Sequence[str | Path], *, source: str | None = None
+                     ) -> tuple[pd.DataFrame, list[str], list[str]]:
+    """Labels via :func:`ichd.data.labels.read_labels` (several files: one per data source, read with
+    :func:`ichd.data.labels.read_label_sources`, which adds a ``source`` column), checked to be 0/1 in every
+    label column; returns ``(table, notes, left_out_slice_ids)``.
 
-    df = read_labels(path)
-    check_labels(df, str(path))
-    return df
+    Slices with missing labels (empty cells, e.g. three rsna-series slices) cannot be scored: they are left out
+    (with a note), and the caller leaves their predictions out too. ``source`` keeps one source's slices only.
+    """
+    from ichd.data.labels import read_label_sources, read_labels
+
+    paths = [path] if isinstance(path, (str, Path)) else list(path)
+    df = read_labels(paths[0]) if len(paths) == 1 else read_label_sources(paths)
+    notes: list[str] = []
+    all_ids = df.index.astype(str)
+    if source is not None:
+        if "source" not in df.columns:
+            raise InputError(f"--source {source!r} needs several label files (one per source)",
+                             hint="pass one label file per data source")
+        names = sorted(set(df["source"].astype(str)))
+        if source not in names:
+            from ichd.errors import did_you_mean
+
+            raise InputError(f"no label file of source {source!r}; {did_you_mean(source, names)}")
+        df = df[df["source"] == source]
+        notes.append(f"Only the slices of source {source!r} are evaluated.")
+    missing = df[list(LABELS)].isna().any(axis=1) if all(c in df.columns for c in LABELS) else None
+    if missing is not None and missing.any():
+        notes.append(f"{int(missing.sum())} slice(s) with missing labels are left out of every metric "
+                     f"({_listing(df.index[missing].astype(str).tolist(), int(missing.sum()))}).")
+        df = df[~missing].copy()
+        for c in LABELS:
+            df[c] = df[c].astype(np.int64)
+    check_labels(df, ", ".join(str(p) for p in paths))
+    return df, notes, sorted(set(all_ids) - set(df.index.astype(str)))
 
 
 def check_labels(df: pd.DataFrame, source: str) -> None:

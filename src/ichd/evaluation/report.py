@@ -786,9 +786,10 @@ def _is_thresholds_file(path: Path) -> bool:
 
 def evaluate_files(
     predictions: str | Path,
-    labels: str | Path,
+    labels: str | Path | Sequence[str | Path],
     out: str | Path,
     *,
+    source: str | None = None,
     scans: str | Path | None = None,
     scan_predictions: str | Path | None = None,
     thresholds_from: str | Path | None = None,
@@ -808,7 +809,9 @@ def evaluate_files(
     fixed-sensitivity thresholds are chosen on it, then applied unchanged here. ``scan_predictions`` is a CSV
     of the model's own scan output (``scan_id`` + labels) used as scan score (for the validation predictions
     too, so it must cover their scans). ``plots=False`` skips the
-    figures (metrics and tables only).
+    figures (metrics and tables only). ``labels`` may be several files (one per data source); ``source`` then
+    restricts the evaluation to one source's slices. Slices with missing labels, and predictions of slices of
+    other sources, are left out (the report's notes say how many).
     """
     from ichd.evaluation.io import (
         align,
@@ -835,10 +838,16 @@ def evaluate_files(
         if preds.scans is not None:
             raise InputError(f"{predictions} already carries scan-level output; drop --scan-predictions")
         preds.scans = scan_table = read_scan_predictions(scan_predictions)
-    label_table = read_label_table(labels)
+    label_paths = [labels] if isinstance(labels, (str, Path)) else list(labels)
+    labels_text = ", ".join(str(p) for p in label_paths)
+    label_table, label_notes, left_out = read_label_table(label_paths, source=source)
+    unscored = preds.slices.index.isin(left_out)
+    if unscored.any():  # predictions of slices left out above (missing labels, other sources)
+        preds.slices = preds.slices[~unscored]
     scan_map = read_scan_map(scans) if scans is not None else None
-    data = align(preds, label_table, labels_source=str(labels), scan_map=scan_map,
+    data = align(preds, label_table, labels_source=labels_text, scan_map=scan_map,
                  scan_map_source=str(scans) if scans is not None else "scan map")
+    data.notes[:0] = label_notes
     thresholds = None
     if thresholds_from is not None:
         tpath = Path(thresholds_from)
@@ -848,8 +857,9 @@ def evaluate_files(
             val_preds = read_predictions(tpath)
             if val_preds.scans is None and scan_table is not None:
                 val_preds.scans = scan_table  # the scan output table must then cover the validation scans too
-            val_labels = label_table if thresholds_labels is None else read_label_table(thresholds_labels)
-            val = align(val_preds, val_labels, labels_source=str(thresholds_labels or labels), scan_map=scan_map)
+            val_labels = label_table if thresholds_labels is None else read_label_table(thresholds_labels)[0]
+            val = align(val_preds, val_labels, labels_source=str(thresholds_labels or labels_text),
+                        scan_map=scan_map)
             if data.has_scans and not val.has_scans:
                 raise InputError(f"{tpath}: the validation predictions have no scan membership, but the evaluated "
                                  "ones do", hint="give scan ids in both (or one --scans map covering both)")
@@ -859,7 +869,8 @@ def evaluate_files(
                 data.notes.append(f"{shared} slice(s) of the threshold-selection data {tpath} are also in the "
                                   "evaluated data: the operating points are partly optimistic.")
     study = read_reader_study(readers) if readers is not None else None
-    inputs = {"predictions": str(predictions), "predictions_format": preds.fmt, "labels": str(labels),
+    inputs = {"predictions": str(predictions), "predictions_format": preds.fmt, "labels": labels_text,
+              "source": source,
               "scans": None if scans is None else str(scans),
               "scan_predictions": None if scan_predictions is None else str(scan_predictions),
               "thresholds_from": None if thresholds_from is None else str(thresholds_from),

@@ -23,6 +23,7 @@ import datetime as _dt
 import json
 import math
 import tempfile
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -226,8 +227,16 @@ def _slim_sequence(src: Path, dest: Path) -> dict[str, Any]:
 
 def build_bundle(out_dir: str | Path, *, cnn: str | Path, evaluation: str | Path, sequence: str | Path | None = None,
                  name: str = "ctich-lite0", version: str = "1.0.0", aliases: tuple[str, ...] = ("default",),
-                 training: dict[str, Any] | None = None) -> BundledModel:
-    """Write the bundle to ``out_dir`` (see the module docstring) and return it."""
+                 training: dict[str, Any] | None = None,
+                 training_sources: Sequence[Mapping[str, Any]] | None = None) -> BundledModel:
+    """Write the bundle to ``out_dir`` (see the module docstring) and return it.
+
+    ``training_sources`` lists exactly what the weights were fitted on, written to the manifest key of that name
+    (see :mod:`ichd.models.bundled`), e.g. ``[{"source": "ct-ich", "patients": "all"},
+    {"source": "rsna-series", "patients": "all"}]``; ``ichd predict`` uses it to say whether the bundled demo
+    study was in the training data. Left out (None), the manifest does not say, and results only say "may have
+    been".
+    """
     from ichd.models.checkpoint import load_checkpoint
 
     ev = CvEvaluation.read(evaluation)
@@ -275,5 +284,7 @@ def build_bundle(out_dir: str | Path, *, cnn: str | Path, evaluation: str | Path
             "training": training or {},
             "evaluation_source": str(ev.folder),
         }
+        if training_sources is not None:
+            extra["training_sources"] = [dict(entry) for entry in training_sources]
         return write_bundle(out_dir, name=name, version=version, files=files, thresholds=thresholds,
                             model_card=card, aliases=aliases, extra=extra)

@@ -1,9 +1,9 @@
 """Self-contained HTML report of one prediction: one file, every image embedded (base64 PNG), no scripts,
 no external style sheets or fonts, so it opens anywhere and can be archived or mailed as is.
 
-Sections: disclaimer, scan summary (probability, threshold, call per subtype), probability curves along the
-slices, the flagged slices with Grad-CAM overlays, ingest and model warnings, the per-slice table (folded),
-a model card summary, and timings.
+Sections: a banner when the input is the bundled demo study (its results are not an independent test), disclaimer,
+scan summary (probability, threshold, call per subtype), probability curves along the slices, the flagged slices
+with Grad-CAM overlays, ingest and model warnings, the per-slice table (folded), a model card summary, and timings.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import base64
 import datetime as _dt
 import html
 import io
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -37,6 +37,8 @@ background:#f5f6f8}
 main{max-width:1100px;margin:0 auto;padding:16px 24px 40px}
 h1{font-size:1.5rem;margin:.4rem 0}h2{font-size:1.15rem;margin:1.6rem 0 .5rem;border-bottom:1px solid #d5d9df;
 padding-bottom:.2rem}
+.demo-banner{background:#fde8e8;border:2px solid #c0392b;border-radius:6px;padding:.7rem .9rem;font-size:1rem;
+margin:.6rem 0}
 .disclaimer{background:#fff4e5;border:1px solid #f0b35a;border-radius:6px;padding:.6rem .9rem;font-size:.92rem}
 .meta{color:#4a5360;font-size:.85rem;word-break:break-all}
 table{border-collapse:collapse;background:#fff;font-size:.9rem}
@@ -175,10 +177,19 @@ def _model_section(model_info: dict[str, Any]) -> str:
     return out
 
 
+def _demo_banner(demo: Mapping[str, Any] | None) -> str:
+    """The banner at the top of a report on the bundled demo study (empty for any other input)."""
+    if not demo or not demo.get("is_demo"):
+        return ""
+    return (f'<p class="demo-banner" role="note"><strong>Demo study.</strong> '
+            f'{html.escape(str(demo.get("note", "")))}</p>\n')
+
+
 def render_html(pred: Prediction, evidence: Sequence[SliceEvidence], *, model_info: dict[str, Any],
                 input_kind: str | None = None, generated_uids: bool = False, gradcam: bool = True,
-                created: _dt.datetime | None = None) -> str:
-    """The report as one HTML document (text)."""
+                created: _dt.datetime | None = None, demo: Mapping[str, Any] | None = None) -> str:
+    """The report as one HTML document (text). ``demo``: the result's ``demo`` block when the input is the bundled
+    demo study (:func:`ichd.inference.demo.demo_block`); its note is shown as a banner at the top."""
     created = created or _dt.datetime.now(_dt.UTC)
     positive = pred.scan_positive
     pos_labels = [lab for lab in LABELS if positive[lab] and lab != "any"]
@@ -215,7 +226,7 @@ def render_html(pred: Prediction, evidence: Sequence[SliceEvidence], *, model_in
 <title>{html.escape(title)}</title><style>{_CSS}</style></head>
 <body><main>
 <h1>Intracranial hemorrhage report</h1>
-<p class="disclaimer"><strong>Not for clinical use.</strong> {html.escape(DISCLAIMER)}</p>
+{_demo_banner(demo)}<p class="disclaimer"><strong>Not for clinical use.</strong> {html.escape(DISCLAIMER)}</p>
 <p class=meta>Study {html.escape(pred.study_instance_uid)} · series {html.escape(pred.series_instance_uid)}{uid_note}<br>
 {pred.slice_probs.shape[0]} slices · input {html.escape(input_kind or 'unknown')} · model {html.escape(pred.model.get('name', ''))}
 {html.escape(pred.model.get('version', ''))} · TTA {html.escape(pred.model.get('tta', 'false'))} ·

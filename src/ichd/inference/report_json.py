@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from typing import Any
 
@@ -44,7 +44,8 @@ def _z(value: float) -> float | None:
 
 
 def prediction_to_dict(pred: Prediction, *, flagged: Sequence[tuple[int, str, float]] = (),
-                       input_kind: str | None = None, generated_uids: bool | None = None) -> dict[str, Any]:
+                       input_kind: str | None = None, generated_uids: bool | None = None,
+                       demo: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The JSON-able result for one series.
 
     Args:
@@ -52,6 +53,8 @@ def prediction_to_dict(pred: Prediction, *, flagged: Sequence[tuple[int, str, fl
         flagged: ``(slice index, label, probability)`` of the slices shown as evidence (Grad-CAM).
         input_kind: ``CTSeries.source_kind`` ("dicom", "nifti", "images", "ctich").
         generated_uids: True when ichd generated the study/series UIDs (non-DICOM input).
+        demo: for the bundled demo study, the ``demo`` block (:func:`ichd.inference.demo.demo_block`: ``is_demo``,
+            ``in_training_data`` true/false/null, ``note``); left out of the result for any other input.
     """
     labels = list(pred.labels)
     model: dict[str, Any] = {k: str(pred.model[k]) for k in ("name", "version", "sha256")}
@@ -68,6 +71,11 @@ def prediction_to_dict(pred: Prediction, *, flagged: Sequence[tuple[int, str, fl
         out["input_kind"] = input_kind
     if generated_uids is not None:
         out["generated_uids"] = bool(generated_uids)
+    if demo is not None:
+        trained = demo.get("in_training_data")
+        out["demo"] = {"is_demo": bool(demo.get("is_demo", True)),
+                       "in_training_data": None if trained is None else bool(trained),
+                       "note": str(demo.get("note", ""))}
     out.update({
         "study_instance_uid": pred.study_instance_uid,
         "series_instance_uid": pred.series_instance_uid,

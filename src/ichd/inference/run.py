@@ -12,6 +12,10 @@ Layout of ``--out`` (one series)::
 
 With several series in the input, each series gets the same layout in its own sub-folder named after its series
 UID, and ``prediction.json`` at the top holds the array of all results.
+
+When the input is the bundled demo study (``--demo`` or the path of the packaged demo folder), every result carries
+a ``demo`` block and the HTML report a banner saying whether the study was in the model's training data
+(:mod:`ichd.inference.demo`).
 """
 
 from __future__ import annotations
@@ -264,6 +268,7 @@ def run_predict(input_path: str | os.PathLike[str], opts: PredictOptions, *, pre
                          allow_secondary_capture=opts.allow_secondary_capture)
     t_read = time.perf_counter() - t
     chosen = _select_series(all_series, opts.series_uid)
+    demo = _demo_for(input_path, predictor)
     folders = [""] if len(chosen) == 1 else [_safe_name(s.series_instance_uid) for s in chosen]
     if len(set(folders)) != len(folders):
         folders = [f"{k:02d}-{f}" for k, f in enumerate(folders, start=1)]
@@ -276,7 +281,8 @@ def run_predict(input_path: str | os.PathLike[str], opts: PredictOptions, *, pre
     results: list[SeriesResult] = []
     try:
         for series, folder in zip(chosen, folders):
-            results.append(_predict_one(predictor, series, folder, formats, opts, stage, t_read, need_evidence))
+            results.append(_predict_one(predictor, series, folder, formats, opts, stage, t_read, need_evidence,
+                                        demo=demo))
         data: Any = results[0].result if len(results) == 1 else [r.result for r in results]
         validate_result(data)
         text = dumps(data)
@@ -302,8 +308,20 @@ def run_predict(input_path: str | os.PathLike[str], opts: PredictOptions, *, pre
     return PredictRun(results=results, json_text=text, files=files)
 
 
+def _demo_for(input_path: str | os.PathLike[str], predictor: Any) -> dict[str, Any] | None:
+    """The ``demo`` block when ``input_path`` is the bundled demo study, else None."""
+    from ichd.inference.demo import demo_block, is_demo_path
+
+    if not is_demo_path(input_path):
+        return None
+    block = demo_block(getattr(predictor, "bundle", None))
+    log.warning("%s", block["note"])
+    return block
+
+
 def _predict_one(predictor: Any, series: CTSeries, folder: str, formats: tuple[str, ...], opts: PredictOptions,
-                 stage: Path | None, t_read: float, need_evidence: bool) -> SeriesResult:
+                 stage: Path | None, t_read: float, need_evidence: bool,
+                 demo: dict[str, Any] | None = None) -> SeriesResult:
     """Predict one series and write its HTML / DICOM files into the staging folder; returns its JSON result."""
     from ichd.inference.evidence import select_flagged
     from ichd.inference.report_json import prediction_to_dict
@@ -337,9 +355,10 @@ def _predict_one(predictor: Any, series: CTSeries, folder: str, formats: tuple[s
         t = time.perf_counter()
         shown = [e for e in evidence if any(e.index == i for i, _, _ in flagged)]
         html = render_html(pred, shown, model_info=_model_info(predictor), input_kind=series.source_kind,
-                           generated_uids=generated, gradcam=opts.gradcam)
+                           generated_uids=generated, gradcam=opts.gradcam, demo=demo)
         atomic_write_text(target / HTML_NAME, html)
         pred.timing_s["html"] = time.perf_counter() - t
     pred.timing_s["total"] = t_read + time.perf_counter() - t0
-    result = prediction_to_dict(pred, flagged=flagged, input_kind=series.source_kind, generated_uids=generated)
+    result = prediction_to_dict(pred, flagged=flagged, input_kind=series.source_kind, generated_uids=generated,
+                                demo=demo)
     return SeriesResult(prediction=pred, evidence=evidence, result=result, folder=folder)

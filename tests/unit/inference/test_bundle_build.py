@@ -44,7 +44,13 @@ def test_build_bundle_with_sequence(tmp_path: Path, cnn_checkpoint: Path, seq_ch
     import json
 
     b = build_bundle(tmp_path / "b", cnn=cnn_checkpoint, sequence=seq_checkpoint, evaluation=evaluation_dir,
-                     name="demo-model", version="9.9", training={"CNN": "test"})
+                     name="demo-model", version="9.9", training={"CNN": "test"},
+                     training_sources=[{"source": "ct-ich", "patients": "all"},
+                                       {"source": "rsna-series", "patients": "all"}])
+    manifest = json.loads((b.root / "manifest.json").read_text())
+    assert manifest["training_sources"] == [{"source": "ct-ich", "patients": "all"},
+                                            {"source": "rsna-series", "patients": "all"}]
+    assert b.trained_on("ct-ich", "071") is True and b.trained_on("rsna-series") is True
     thresholds = json.loads((evaluation_dir / "thresholds.json").read_text())["scan"]
     assert b.thresholds["any"] == pytest.approx(thresholds["sensitivity"]["any"])
     assert b.thresholds["subdural"] == pytest.approx(thresholds["youden"]["subdural"])

@@ -55,6 +55,10 @@ def test_several_files_get_one_combined_digest(cnn_checkpoint: Path, seq_checkpo
     (lambda m: m["files"].update(extra={"path": "x.pt", "sha256": "0" * 64}), "unknown file role"),
     (lambda m: m["files"]["cnn"].update(path="../cnn.pt"), "relative"),
     (lambda m: m.update(format_version=99), "newer"),
+    (lambda m: m.update(training_sources="ct-ich"), "training_sources must be a list"),
+    (lambda m: m.update(training_sources=[{"patients": "all"}]), "training_sources must be a list"),
+    (lambda m: m.update(training_sources=[{"source": "ct-ich", "patients": "some"}]), "patients"),
+    (lambda m: m.update(training_sources=[{"source": "ct-ich", "patients": [True]}]), "patients"),
 ])
 def test_bad_manifests_are_rejected(bundle_dir: Path, tmp_path: Path, change, message):
     m = json.loads((bundle_dir / "manifest.json").read_text())
@@ -88,3 +92,30 @@ def test_shipped_bundles_have_valid_manifests_and_hashes():
         b.verify()
         assert b.model_card().strip(), f"bundle {b.name} has no model card"
         assert b.files["cnn"].stat().st_size < 20 * 1024 * 1024, "bundled weights must stay small"
+
+
+def test_training_sources_say_which_patients_were_trained_on(cnn_checkpoint: Path, tmp_path: Path):
+    sources = [{"source": "ct-ich", "patients": "all"}, {"source": "rsna-series", "patients": ["ID_a", "ID_b"]}]
+    b = write_bundle(tmp_path / "b", name="b", version="1", files={"cnn": cnn_checkpoint},
+                     thresholds=dict.fromkeys(LABELS, 0.5), model_card="x", extra={"training_sources": sources})
+    assert read_bundle(b.root).training_sources == sources and b.info()["training_sources"] == sources
+    assert b.trained_on("ct-ich", "071") is True and b.trained_on("CT-ICH", 71) is True  # names and ids normalised
+    assert b.trained_on("ctich") is True
+    assert b.trained_on("rsna-series", "id_b") is True and b.trained_on("rsna-series", "ID_c") is False
+    assert b.trained_on("cq500", "CQ500-CT-0") is False  # listed sources are exhaustive
+    listed = write_bundle(tmp_path / "p", name="p", version="1", files={"cnn": cnn_checkpoint},
+                          thresholds=dict.fromkeys(LABELS, 0.5), model_card="x",
+                          extra={"training_sources": [{"source": "ct-ich", "patients": ["049", 50]}]})
+    assert listed.trained_on("ct-ich", "50") is True and listed.trained_on("ct-ich", "071") is False
+    unknown = write_bundle(tmp_path / "u", name="u", version="1", files={"cnn": cnn_checkpoint},
+                           thresholds=dict.fromkeys(LABELS, 0.5), model_card="x")
+    assert unknown.training_sources is None and unknown.trained_on("ct-ich", "071") is None
+
+
+def test_shipped_default_bundle_lists_its_training_data():
+    try:
+        b = get_bundled("default")
+    except ModelError:
+        pytest.skip("no bundled default model in this checkout")
+    assert b.training_sources is not None, "the shipped bundle must list training_sources"
+    assert b.trained_on("ct-ich", "071") is True  # the demo study is CT-ICH patient 071

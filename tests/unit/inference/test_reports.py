@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import html as html_lib
 import json
 import shutil
 import subprocess
@@ -107,6 +108,68 @@ def test_html_without_flagged_slices():
     pred.thresholds = dict.fromkeys(LABELS, 0.95)
     text = render_html(pred, [], model_info={"name": "m"}, gradcam=False)
     assert "No slice reached the operating threshold" in text and "No hemorrhage above" in text
+
+
+def _demo(bundle_manifest: dict | None):
+    """The demo block for a model whose manifest has ``bundle_manifest`` (None: a plain checkpoint)."""
+    from ichd.inference.demo import demo_block
+    from ichd.models.bundled import BundledModel
+
+    bundle = None if bundle_manifest is None else BundledModel("m", "1.0", Path("."), bundle_manifest)
+    return demo_block(bundle)
+
+
+def test_demo_block_in_json_and_banner_in_html():
+    from ichd.inference.demo import NOTE_IN_TRAINING
+
+    pred = _pred()
+    demo = _demo({"training_sources": [{"source": "ct-ich", "patients": "all"}]})
+    assert demo == {"is_demo": True, "in_training_data": True, "note": NOTE_IN_TRAINING}
+    data = prediction_to_dict(pred, input_kind="ctich", generated_uids=True, demo=demo)
+    validate_result(data)
+    validate_result([data, data])
+    assert data["schema_version"] == "1.0"  # the block is optional and additive
+    assert data["demo"] == {"is_demo": True, "in_training_data": True, "note": NOTE_IN_TRAINING}
+    assert "CT-ICH patient 071" in data["demo"]["note"] and "not an independent test" in data["demo"]["note"]
+    text = render_html(pred, [], model_info={"name": "m"}, input_kind="ctich", demo=demo)
+    assert 'class="demo-banner"' in text and "Demo study." in text
+    assert html_lib.escape(NOTE_IN_TRAINING) in text
+    assert text.index('class="demo-banner"') < text.index('class="disclaimer"')  # at the top
+
+
+def test_no_demo_block_or_banner_for_other_input():
+    pred = _pred()
+    data = prediction_to_dict(pred, input_kind="dicom", generated_uids=False)
+    validate_result(data)
+    assert "demo" not in data
+    text = render_html(pred, [], model_info={"name": "m"}, input_kind="dicom")
+    assert 'class="demo-banner"' not in text and "Demo study." not in text and "CT-ICH patient 071" not in text
+
+
+@pytest.mark.parametrize("manifest, trained, words", [
+    ({"training_sources": [{"source": "ct-ich", "patients": ["049", "071"]}]}, True, "was part of"),
+    ({"training_sources": [{"source": "rsna-series", "patients": "all"}]}, False, "was not part of"),
+    ({}, None, "may have been part of"),
+    (None, None, "may have been part of"),
+])
+def test_demo_note_follows_the_manifest(manifest, trained, words):
+    demo = _demo(manifest)
+    assert demo["in_training_data"] is trained and words in demo["note"]
+    data = prediction_to_dict(_pred(), demo=demo)
+    validate_result(data)
+    assert data["demo"]["in_training_data"] is trained
+
+
+@pytest.mark.parametrize("breaks", [
+    lambda d: d["demo"].pop("note"),
+    lambda d: d["demo"].update(in_training_data="yes"),
+    lambda d: d["demo"].update(extra=1),
+])
+def test_schema_rejects_broken_demo_blocks(breaks):
+    data = prediction_to_dict(_pred(), demo=_demo({}))
+    breaks(data)
+    with pytest.raises(ModelError, match="does not match"):
+        validate_result(data)
 
 
 def _ctx(reference=None) -> DicomContext:

@@ -136,3 +136,71 @@ def test_nifti_input(tmp_path: Path, predictor):
     data = json.loads(run_predict(path, PredictOptions(), predictor=predictor).json_text)
     validate_result(data)
     assert data["input_kind"] == "nifti" and data["n_slices"] == 3 and data["generated_uids"] is True
+
+
+@pytest.fixture(scope="module")
+def ctich_predictor(tmp_path_factory: pytest.TempPathFactory, cnn_checkpoint: Path):
+    """The test CNN in a bundle whose manifest says it was trained on all CT-ICH patients (like the shipped one)."""
+    from ichd.constants import LABELS
+    from ichd.inference.predictor import Predictor
+    from ichd.models.bundled import write_bundle
+
+    b = write_bundle(tmp_path_factory.mktemp("ctich-bundle") / "m", name="ctich-test", version="1",
+                     files={"cnn": cnn_checkpoint}, thresholds=dict.fromkeys(LABELS, 0.5), model_card="# test\n",
+                     extra={"training_sources": [{"source": "ct-ich", "patients": "all"}]})
+    return Predictor.load(b.root, device="cpu")
+
+
+def _demo_or_skip() -> Path:
+    from ichd.inference.demo import demo_dir
+
+    if not demo_dir().is_dir():
+        pytest.skip("the demo study is not in this checkout")
+    return demo_dir()
+
+
+def test_demo_input_is_marked_as_training_data(tmp_path: Path, ctich_predictor):
+    from ichd.inference.demo import NOTE_IN_TRAINING
+
+    demo = _demo_or_skip()
+    out = tmp_path / "out"
+    run_predict(demo, PredictOptions(out=out, formats=("json", "html"), gradcam=False), predictor=ctich_predictor)
+    data = json.loads((out / "prediction.json").read_text())
+    validate_result(data)
+    assert data["input_kind"] == "ctich" and data["series_instance_uid"] == "ctich-071"
+    assert data["demo"] == {"is_demo": True, "in_training_data": True, "note": NOTE_IN_TRAINING}
+    html = (out / "report.html").read_text()
+    assert 'class="demo-banner"' in html and "not an independent test" in html
+
+
+def test_demo_detection_follows_the_path_not_the_flag(tmp_path: Path):
+    from ichd.inference.demo import demo_dir, is_demo_path
+
+    demo = _demo_or_skip()
+    assert is_demo_path(demo) and is_demo_path(str(demo) + "/") and is_demo_path(demo / "brain" / "071")
+    assert is_demo_path(demo / "brain" / ".." / "bone")  # resolved
+    link = tmp_path / "my-demo"
+    link.symlink_to(demo_dir(), target_is_directory=True)
+    assert is_demo_path(link)  # a link to the demo folder is the demo
+    assert not is_demo_path(demo.parent) and not is_demo_path(tmp_path) and not is_demo_path(tmp_path / "missing")
+
+
+def test_demo_with_a_model_that_does_not_list_its_training_data(predictor, monkeypatch: pytest.MonkeyPatch,
+                                                                tmp_path: Path):
+    from ichd.inference import demo as demo_mod
+
+    src = _folder(tmp_path)  # a small series standing in for the demo folder
+    monkeypatch.setattr(demo_mod, "demo_dir", lambda: src)
+    data = json.loads(run_predict(src, PredictOptions(), predictor=predictor).json_text)
+    validate_result(data)
+    assert data["demo"]["is_demo"] is True and data["demo"]["in_training_data"] is None
+    assert "may have been part of" in data["demo"]["note"]
+
+
+def test_other_input_has_no_demo_block(tmp_path: Path, ctich_predictor):
+    out = tmp_path / "out"
+    run_predict(_folder(tmp_path), PredictOptions(out=out, formats=("json", "html")), predictor=ctich_predictor)
+    data = json.loads((out / "prediction.json").read_text())
+    validate_result(data)
+    assert "demo" not in data
+    assert 'class="demo-banner"' not in (out / "report.html").read_text()
