@@ -60,8 +60,8 @@ class SeqTrainConfig:
     Attributes:
         embeddings: ``.npz`` written by ``ichd embed`` (OOF mode for cross-validation).
         labels: labels file read by :func:`ichd.data.labels.read_labels` (CT-ICH ``labels.csv``, RSNA csv or
-            an ichd labels CSV); relative paths not found from the working directory are looked up in
-            ``$ICHD_DATA``.
+            an ichd labels CSV), or a list of them (one per data source); relative paths not found from the
+            working directory are looked up in ``$ICHD_DATA``. Missing labels are masked.
         folds: CV folds to run (None = every fold in the table; [] = none, e.g. only ``final``).
         final: also train on every patient -> ``final/model.pt``.
         cnn_checkpoint: CNN checkpoint embedded in the final model (the CNN to run at inference; its classifier
@@ -71,7 +71,7 @@ class SeqTrainConfig:
 
     name: str = "seq"
     embeddings: str = "runs/embed_ctich/oof.npz"
-    labels: str = "ct-ich/labels.csv"
+    labels: str | list[str] = "ct-ich/labels.csv"  # one file, or one per data source
     out: str = "runs/seq_ctich"
     selector: SelectorConfig = field(default_factory=SelectorConfig)
     model: SeqModelConfig = field(default_factory=SeqModelConfig)
@@ -128,12 +128,17 @@ class ScanBatchData:
                              [self.rows[i] for i in pick], [self.patients[i] for i in pick])
 
 
-def align_labels(table: Any, labels_path: str) -> np.ndarray:
-    """Labels (N, 6) for the table's slice ids, in table order; missing slices are an :class:`InputError`."""
-    from ichd.data.labels import label_matrix, read_labels
+def align_labels(table: Any, labels_path: str | list[str]) -> np.ndarray:
+    """Labels (N, 6) for the table's slice ids, in table order; slices absent from the label file(s) are an
+    :class:`InputError`. Several files (one per data source) are read as one table; missing labels stay ``NaN``
+    (masked by the loss and the metrics)."""
+    from ichd.data.labels import label_matrix, read_label_sources, read_labels
     from ichd.training.cnn import resolve_labels_path
 
-    return label_matrix(read_labels(resolve_labels_path(labels_path)), table.slice_id.tolist())
+    files = [labels_path] if isinstance(labels_path, str) else list(labels_path)
+    table_labels = (read_labels(resolve_labels_path(files[0])) if len(files) == 1
+                    else read_label_sources([resolve_labels_path(f) for f in files]))
+    return label_matrix(table_labels, table.slice_id.tolist(), allow_missing=True)
 
 
 def _scan_data(table: Any, groups: list[np.ndarray], feats: np.ndarray | None,
@@ -375,7 +380,7 @@ def predictions_frames(table: Any, groups: list[np.ndarray], preds: list[np.ndar
     scan_rows = []
     for g, p in zip(groups, preds):
         sp = scan_probabilities(p, scan_rule, min_run=min_run)
-        ys = labels[g].max(axis=0)
+        ys = np.nan_to_num(np.fmax.reduce(labels[g], axis=0))  # missing slice labels (NaN) are skipped
         scan_rows.append({"scan_id": table.scan_id[g[0]], "patient_id": table.patient_id[g[0]],
                           "fold": int(table.fold[g[0]]), "n_slices": len(g),
                           **{lab: float(sp[c]) for c, lab in enumerate(LABELS)},

@@ -198,3 +198,16 @@ def test_early_stopping_on_inner_validation_patients(tmp_path):
     assert info["epochs_run"] == info["best_epoch"] + 2 < 12  # stopped after `patience` worse epochs
     with pytest.raises(InputError, match="hold out"):
         inner_split(data.take(range(2)), 0.25, seed=0)
+
+
+def test_missing_labels_are_masked(tmp_path):
+    """Slices with missing labels (NaN) train and evaluate: masked in the loss, skipped in scan labels."""
+    torch.set_num_threads(1)
+    table, y = synthetic_table(n_scans=16)
+    y = y.copy()
+    y[[0, 5, 40]] = np.nan
+    res = train_seq(_cfg(tmp_path, optim=SeqOptimConfig(epochs=3, lr=3e-3, batch_scans=2, seeds=[0])),
+                    table=table, labels=y, n_boot=20)
+    assert np.isfinite(res.metrics["weighted_log_loss"]) and np.isfinite(res.metrics["slice_auc_any"])
+    scans = pd.read_csv(tmp_path / "run" / "oof_scans.csv")
+    assert scans["y_any"].isin([0, 1]).all() and scans["y_any"].sum() == 8
