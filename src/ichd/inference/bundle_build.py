@@ -15,11 +15,20 @@ default), every subtype at its Youden-optimal point (with 4-21 positive patients
 threshold would sit at the lowest positive score and flag most scans). They are picked on the fold models' OOF
 scores and applied to the all-patients fit, which is the usual practice and an approximation (the full fit was
 trained on ~25 % more data).
+
+Training data and licences: ``training_sources`` (what the weights were fitted on) selects descriptions from
+:mod:`ichd.data.sources`; the card's "Training data and licence" section, the data-dependent "Known limits", the
+manifest's ``description``, ``training_data`` and ``license`` follow from them. The weights' terms are those of the
+most restrictive source (RSNA data: research and non-commercial use only); the code licence is read from the
+installed package metadata. ``source_evaluations`` adds the cross-validation metrics of each source's OOF slices
+(``ichd evaluate OOF LABELS... --source NAME --thresholds-from POOLED/thresholds.json``) to the card and to the
+manifest's ``metrics.per_source``.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import importlib.metadata
 import json
 import math
 import tempfile
@@ -29,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from ichd.constants import LABEL_ABBREVIATIONS, LABELS
+from ichd.data.sources import DataSource, describe_source, weights_licence
 from ichd.errors import InputError, ModelError
 from ichd.models.bundled import BundledModel, write_bundle
 
@@ -111,10 +121,189 @@ def _fmt(x: Any, ci: Any = None) -> str:
     return text
 
 
+def code_licence() -> str:
+    """ichd's code licence as the installed package metadata states it (SPDX ``License-Expression``, else
+    ``License``)."""
+    try:
+        meta = importlib.metadata.metadata("ichd")
+    except importlib.metadata.PackageNotFoundError:
+        return "see the LICENSE file (package metadata not available)"
+    for key in ("License-Expression", "License"):
+        value = (meta.get(key) or "").strip()
+        if value and value.upper() != "UNKNOWN":
+            return value.splitlines()[0].strip()
+    return "see the LICENSE file (not stated in the package metadata)"
+
+
+@dataclass(frozen=True)
+class TrainingSource:
+    """One entry of ``training_sources`` with its description."""
+
+    info: DataSource
+    patients: str | list[str]
+
+    @property
+    def n_patients(self) -> int | None:
+        return len(self.patients) if isinstance(self.patients, list) else self.info.patients
+
+    def card_line(self) -> str:
+        i = self.info
+        used = ("all patients" if self.patients == "all"
+                else f"{len(self.patients)} patient(s) only: {', '.join(self.patients[:20])}"
+                     + (", ..." if len(self.patients) > 20 else ""))
+        text = f"- **{i.title}** ({used}): {i.description}"
+        if i.licence_kind != "unknown":
+            text += f" Licence/terms: {i.licence}. Citation: {i.citation}."
+        return text
+
+    def count_text(self) -> str:
+        n = self.n_patients
+        return f"{self.info.short} {n if n is not None else 'unknown number of'} patients"
+
+    def named_count(self) -> str:
+        n = self.n_patients
+        return f"{self.info.short} ({n if n is not None else 'unknown number of'} patients)"
+
+
+def resolve_training_sources(training_sources: Sequence[Mapping[str, Any]] | None) -> list[TrainingSource] | None:
+    """``training_sources`` entries with their descriptions (None when not given)."""
+    if training_sources is None:
+        return None
+    out = []
+    for entry in training_sources:
+        name = str(entry.get("source", "")).strip()
+        if not name:
+            raise InputError(f"training source {dict(entry)!r} has no 'source' name")
+        patients = entry.get("patients", "all")
+        if patients != "all" and not isinstance(patients, (list, tuple)):
+            raise InputError(f"training source {name!r}: 'patients' must be \"all\" or a list of patient ids")
+        patients = "all" if patients == "all" else [str(p) for p in patients]
+        out.append(TrainingSource(describe_source(name), patients))
+    return out
+
+
+def _total_patients(sources: Sequence[TrainingSource]) -> int | None:
+    counts = [s.n_patients for s in sources]
+    return None if any(c is None for c in counts) else sum(c for c in counts if c is not None)
+
+
+def describe_training(sources: Sequence[TrainingSource] | None) -> str:
+    """The manifest's one-line ``description`` of the training data."""
+    if not sources:
+        return "training data not recorded"
+    total = _total_patients(sources)
+    parts = " + ".join(s.count_text() for s in sources)
+    return parts + (f", {total} patients in all" if total is not None and len(sources) > 1 else "")
+
+
+def _training_section(sources: Sequence[TrainingSource] | None, weights: str, code: str) -> str:
+    if sources is None:
+        lines = ["- The training data of these weights is not recorded in this bundle (it has no "
+                 + "`training_sources`)."]
+    else:
+        lines = [s.card_line() for s in sources]
+    lines.append(f"- **Licence of these weights**: {weights}. The weights are a derivative of the training data "
+                 "listed above.")
+    lines.append(f"- **Licence of ichd's code**: {code} (from the installed package metadata); it does not extend "
+                 "to the weights.")
+    return "\n".join(lines)
+
+
+def _limits_section(sources: Sequence[TrainingSource] | None) -> str:
+    lines: list[str] = []
+    if sources:
+        total = _total_patients(sources)
+        per = ", ".join(s.count_text() for s in sources)
+        total_text = f"{total} patients in all" if total is not None else "an unrecorded number of patients"
+        lines.append(f"- **Tiny training set**: {total_text} ({per}); subtype outputs are unreliable and their "
+                     "confidence intervals are wide.")
+        lines += [f"- {limit}" for s in sources for limit in s.info.limits]
+        real = [s for s in sources if s.info.real_hu is True]
+        not_real = [s for s in sources if s.info.real_hu is not True]
+        shift = "other scanners, protocols, contrast-enhanced scans, children"
+        if not real:
+            lines.append("- The model has never seen real scanner HU read from DICOM: expect a domain shift on DICOM "
+                         f"input (and on {shift}).")
+        elif not_real:
+            lines.append(f"- Real scanner HU only from {', '.join(s.named_count() for s in real)}; the rest of the "
+                         f"training data ({', '.join(s.info.short for s in not_real)}) is not DICOM HU: expect a "
+                         f"domain shift on DICOM input and on {shift}.")
+        else:
+            lines.append(f"- Expect a domain shift on {shift}.")
+        unknown = [s.info.name for s in sources if s.info.licence_kind == "unknown"]
+        if unknown:
+            lines.append(f"- Provenance of {', '.join(unknown)} is not recorded: its content and biases are unknown.")
+    else:
+        lines.append("- The training data is not recorded in this bundle: its size, provenance and biases are "
+                     "unknown.")
+    lines.append("- Low input resolution (see preprocessing), axial slices only, no left/right information in "
+                 "training.")
+    prev = [f"{s.info.short} {s.info.positive_patients} of {s.n_patients} patients" for s in (sources or [])
+            if s.patients == "all" and s.info.positive_patients is not None]
+    lines.append("- Probabilities are not calibrated for other populations"
+                 + (f"; the prevalence of ICH in the training data ({', '.join(prev)}) is far above that of a "
+                    "typical emergency population." if prev else "."))
+    lines.append("- Grad-CAM heat maps show where the CNN found evidence; they are not segmentations.")
+    return "\n".join(lines)
+
+
+def per_source_summary(ev: CvEvaluation) -> dict[str, Any]:
+    """The per-source numbers of the card and the manifest's ``metrics.per_source``."""
+    full = ev.summary()
+    sl = full["slice"]["any"]
+    sc = full["scan"]["any"]
+    t = ((ev.thresholds.get("scan") or {}).get(ANY_OPERATING_POINT) or {}).get("any")
+    return {"counts": full.get("counts"),
+            "weighted_log_loss": full.get("weighted_log_loss"),
+            "weighted_log_loss_ci95": full.get("weighted_log_loss_ci95"),
+            "slice_any_auc": sl.get("auc"), "slice_any_auc_ci95": sl.get("auc_ci95"),
+            "scan_any_auc": sc.get("auc"), "scan_any_auc_ci95": sc.get("auc_ci95"),
+            "any_threshold": t, "any_operating_point": ANY_OPERATING_POINT,
+            "any_sensitivity": sc.get("sensitivity"), "any_sensitivity_ci95": sc.get("sensitivity_ci95"),
+            "any_specificity": sc.get("specificity"), "any_specificity_ci95": sc.get("specificity_ci95"),
+            "evaluation": str(ev.folder)}
+
+
+def _per_source_section(per_source: Mapping[str, Mapping[str, Any]], any_threshold: float) -> str:
+    if not per_source:
+        return ""
+    rows = []
+    for name, m in per_source.items():
+        c = m.get("counts") or {}
+
+        def n(key: str, c: Mapping[str, Any] = c) -> str:
+            return "n/a" if c.get(key) is None else str(c[key])
+
+        rows.append(f"| {describe_source(name).short} (`{name}`) | {n('patients')} | {n('scans')} | {n('slices')} | "
+                    f"{_fmt(m.get('weighted_log_loss'), m.get('weighted_log_loss_ci95'))} | "
+                    f"{_fmt(m.get('slice_any_auc'), m.get('slice_any_auc_ci95'))} | "
+                    f"{_fmt(m.get('scan_any_auc'), m.get('scan_any_auc_ci95'))} | "
+                    f"{_fmt(m.get('any_sensitivity'), m.get('any_sensitivity_ci95'))} | "
+                    f"{_fmt(m.get('any_specificity'), m.get('any_specificity_ci95'))} |")
+    table = "\n".join(rows)
+    return f"""
+## Evaluation per source
+The same cross-validation out-of-fold predictions, restricted to each source's slices (`ichd evaluate OOF
+LABELS... --source NAME --thresholds-from POOLED/thresholds.json`): 95% patient-bootstrap confidence intervals
+within the source; sensitivity and specificity of "any" at scan level at the shipped threshold {any_threshold:.4f}
+(chosen on the pooled OOF predictions). Slices with missing labels are left out.
+
+| source | patients | scans | slices | weighted log loss (95% CI) | slice any-AUC (95% CI) | scan any-AUC (95% CI) | any sensitivity (95% CI) | any specificity (95% CI) |
+|---|---|---|---|---|---|---|---|---|
+{table}
+"""
+
+
 def render_model_card(*, name: str, version: str, architecture: dict[str, Any], summary: dict[str, Any],
                       thresholds: dict[str, float], policy: dict[str, str], training: dict[str, Any],
-                      has_sequence: bool) -> str:
-    """The model card (Markdown) from the facts of the bundle."""
+                      has_sequence: bool, training_sources: Sequence[TrainingSource] | None = None,
+                      per_source: Mapping[str, Mapping[str, Any]] | None = None,
+                      code_license: str | None = None) -> str:
+    """The model card (Markdown) from the facts of the bundle.
+
+    ``training_sources`` (see :func:`resolve_training_sources`) drives the training data, licence and known-limits
+    sections; ``per_source`` (name -> :func:`per_source_summary`) adds the per-source evaluation section.
+    """
     method = ("a 2D CNN on three CT windows scores each slice; its embeddings, reduced by feature selection, feed a "
               "bidirectional LSTM over the slices of the scan (Burduja et al. 2020)" if has_sequence else
               "a 2D CNN on three CT windows scores each slice (stage 1 of Burduja et al. 2020; this bundle has no "
@@ -132,6 +321,11 @@ def render_model_card(*, name: str, version: str, architecture: dict[str, Any], 
     policy_lines = "\n".join(f"- **{lab}**: {thresholds[lab]:.4f} — {policy[lab]}" for lab in LABELS)
     arch = "\n".join(f"- {k}: {v}" for k, v in architecture.items())
     steps = "\n".join(f"- {k}: {v}" for k, v in training.items())
+    weights = weights_licence([s.info for s in training_sources or []])
+    data_section = _training_section(training_sources, weights, code_license or code_licence())
+    per_source_section = _per_source_section(per_source or {}, thresholds["any"])
+    limits = _limits_section(training_sources)
+    pooled = "All training sources pooled. " if training_sources and len(training_sources) > 1 else ""
     return f"""# Model card: {name} {version}
 
 > Research software. **Not a medical device.** Do not use for diagnosis or treatment decisions.
@@ -144,20 +338,13 @@ subarachnoid, subdural) on non-contrast head CT, per slice and per scan: {method
 {arch}
 
 ## Training data and licence
-- CT-ICH v1.0.0 (Hssayeni et al., PhysioNet; *Data* 2020, 5(1):14, doi:10.3390/data5010014): 82 non-contrast head
-  CTs of traumatic brain injury patients (patients 049-130), 2501 axial slices with per-slice subtype labels.
-  Licence: CC BY 4.0. These weights are a derivative of that data and are shared under CC BY 4.0 with this
-  attribution; ichd's code is Apache-2.0.
-- The dataset ships brain-window (L40/W120) and bone-window (L700/W3200) JPGs only. ichd reconstructs Hounsfield
-  units from the two windows (`ichd.io.images.ctich_to_hu`: about 0.5 HU steps inside the brain window
-  [-20, 100] HU, about 12.5 HU steps outside it, saturated beyond the bone window) and then applies the model's own
-  windows.
+{data_section}
 
 ## Training procedure
 {steps}
 
 ## Evaluation (patient-level 5-fold cross-validation, out-of-fold predictions)
-{counts.get('patients', 'n/a')} patients, {counts.get('scans', 'n/a')} scans, {counts.get('slices', 'n/a')} slices.
+{pooled}{counts.get('patients', 'n/a')} patients, {counts.get('scans', 'n/a')} scans, {counts.get('slices', 'n/a')} slices.
 Metrics with 95% patient-bootstrap confidence intervals (`ichd evaluate`). RSNA weighted log loss (slice level):
 {_fmt(summary.get('weighted_log_loss'), summary.get('weighted_log_loss_ci95'))}.
 
@@ -172,7 +359,7 @@ Slice level:
 | label | positive slices | AUC (95% CI) |
 |---|---|---|
 {slice_rows}
-
+{per_source_section}
 ## Operating thresholds (scan level)
 {policy_lines}
 
@@ -185,16 +372,44 @@ Research and education: reproducing and studying ICH detection methods, testing 
 candidate findings for human review in research settings. Not for clinical use, triage or diagnosis.
 
 ## Known limits
-- **Tiny training set**: 82 patients from one institution and one dataset; subtypes have 4-21 positive patients
-  each (subarachnoid 7, intraventricular 5, subdural 4 patients), so subtype outputs are unreliable and their
-  confidence intervals are wide.
-- **HU reconstructed from JPG windows**, not read from DICOM: the model has never seen real scanner HU; expect a
-  domain shift on DICOM input (and on other scanners, protocols, contrast-enhanced scans, children).
-- Low input resolution (see preprocessing), axial slices only, no left/right information in training.
-- Probabilities are not calibrated for other populations; the prevalence of ICH in CT-ICH (36 of 82 patients) is far
-  above that of a typical emergency population.
-- Grad-CAM heat maps show where the CNN found evidence; they are not segmentations.
+{limits}
 """
+
+
+def _same_threshold(a: Any, b: Any) -> bool:
+    def norm(x: Any) -> float | None:
+        return None if x is None or not math.isfinite(float(x)) else float(x)
+
+    a, b = norm(a), norm(b)
+    return a is None and b is None or (a is not None and b is not None and math.isclose(a, b, rel_tol=1e-9,
+                                                                                        abs_tol=1e-12))
+
+
+def _read_source_evaluations(folders: Mapping[str, str | Path], pooled: CvEvaluation,
+                             sources: Sequence[TrainingSource] | None) -> dict[str, dict[str, Any]]:
+    """Read and check the per-source evaluations: each must be of a training source (when those are listed),
+    of that source's slices, and use the pooled scan thresholds (so its sensitivity/specificity are those of the
+    shipped thresholds)."""
+    names = None if sources is None else {s.info.name for s in sources}
+    pooled_scan = pooled.thresholds["scan"]
+    out: dict[str, dict[str, Any]] = {}
+    for name, folder in folders.items():
+        if names is not None and name not in names:
+            raise InputError(f"source evaluation {name!r} is not one of the training sources ({', '.join(sorted(names))})",
+                             hint="per-source metrics are cross-validation metrics of the training sources")
+        ev = CvEvaluation.read(folder)
+        evaluated = (ev.metrics.get("inputs") or {}).get("source")
+        if evaluated is not None and evaluated != name:
+            raise InputError(f"{str(folder)!r} evaluates source {evaluated!r}, not {name!r}")
+        scan = ev.thresholds["scan"]
+        mismatched = [f"{op}/{lab}" for op in (ANY_OPERATING_POINT, SUBTYPE_OPERATING_POINT) for lab in LABELS
+                      if not _same_threshold((scan.get(op) or {}).get(lab), (pooled_scan.get(op) or {}).get(lab))]
+        if mismatched:
+            raise InputError(f"{str(folder)!r}: its scan thresholds differ from those of {str(pooled.folder)!r} "
+                             f"({', '.join(mismatched[:3])}...)",
+                             hint=f"evaluate with --thresholds-from {pooled.folder / 'thresholds.json'}")
+        out[name] = per_source_summary(ev)
+    return out
 
 
 def _half_cnn(src: Path, dest: Path) -> None:
@@ -228,20 +443,33 @@ def _slim_sequence(src: Path, dest: Path) -> dict[str, Any]:
 def build_bundle(out_dir: str | Path, *, cnn: str | Path, evaluation: str | Path, sequence: str | Path | None = None,
                  name: str = "ctich-lite0", version: str = "1.0.0", aliases: tuple[str, ...] = ("default",),
                  training: dict[str, Any] | None = None,
-                 training_sources: Sequence[Mapping[str, Any]] | None = None) -> BundledModel:
+                 training_sources: Sequence[Mapping[str, Any]] | None = None,
+                 source_evaluations: Mapping[str, str | Path] | None = None) -> BundledModel:
     """Write the bundle to ``out_dir`` (see the module docstring) and return it.
 
     ``training_sources`` lists exactly what the weights were fitted on, written to the manifest key of that name
     (see :mod:`ichd.models.bundled`), e.g. ``[{"source": "ct-ich", "patients": "all"},
     {"source": "rsna-series", "patients": "all"}]``; ``ichd predict`` uses it to say whether the bundled demo
     study was in the training data. Left out (None), the manifest does not say, and results only say "may have
-    been".
+    been". It also selects the card's training data, licence and known-limits text and the manifest's
+    ``description``, ``training_data`` and ``license`` (see :mod:`ichd.data.sources`).
+
+    ``source_evaluations`` maps a training source name to the ``ichd evaluate`` output folder of that source's
+    OOF slices, evaluated with the pooled thresholds (``ichd evaluate OOF LABELS... --source NAME
+    --thresholds-from EVALUATION/thresholds.json``); their numbers go to the card ("Evaluation per source") and to
+    the manifest's ``metrics.per_source``.
     """
     from ichd.models.checkpoint import load_checkpoint
 
     ev = CvEvaluation.read(evaluation)
     thresholds, policy = ev.operating_thresholds()
     summary = ev.summary()
+    sources = resolve_training_sources(training_sources)
+    per_source = _read_source_evaluations(source_evaluations or {}, ev, sources)
+    if per_source:
+        summary["per_source"] = per_source
+    code = code_licence()
+    weights = weights_licence([s.info for s in sources or []])
     cnn_ckpt = load_checkpoint(cnn)
     pre = cnn_ckpt.preprocess or {}
     architecture: dict[str, Any] = {
@@ -267,9 +495,10 @@ def build_bundle(out_dir: str | Path, *, cnn: str | Path, evaluation: str | Path
         architecture["scan probability"] = f"rule '{scan_rule}' over the slice probabilities"
         card = render_model_card(name=name, version=version, architecture=architecture, summary=summary,
                                  thresholds=thresholds, policy=policy, training=training or {},
-                                 has_sequence=sequence is not None)
+                                 has_sequence=sequence is not None, training_sources=sources,
+                                 per_source=per_source, code_license=code)
         extra = {
-            "description": "ICH + subtype detector trained on CT-ICH (82 patients): "
+            "description": f"ICH + subtype detector trained on {describe_training(sources)}: "
                            + ("CNN + sequence model" if sequence is not None else "slice CNN")
                            + "; research use only",
             "created": _dt.date.today().isoformat(),
@@ -277,9 +506,9 @@ def build_bundle(out_dir: str | Path, *, cnn: str | Path, evaluation: str | Path
             "scan_rule": scan_rule,
             "threshold_policy": policy,
             "metrics": summary,
-            "training_data": "CT-ICH v1.0.0 (PhysioNet, Hssayeni et al. 2020): 82 patients, 2501 slices, JPG "
-                             "brain+bone windows (HU reconstructed)",
-            "license": "weights CC BY 4.0 (derived from CT-ICH, CC BY 4.0); code Apache-2.0",
+            "training_data": ("; ".join(s.info.summary for s in sources) if sources
+                              else "not recorded"),
+            "license": f"weights: {weights}; code: {code}",
             "intended_use": "research and education only; not a medical device",
             "training": training or {},
             "evaluation_source": str(ev.folder),
