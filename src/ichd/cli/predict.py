@@ -21,11 +21,15 @@ def register(app: typer.Typer) -> None:
                                   help="Bundled model name (`ichd models list`; 'default' is the shipped model), "
                                        "a model bundle folder, or a checkpoint .pt file."),
         out: Path | None = typer.Option(None, "--out", "-o",
-                                        help="Output folder for prediction.json, report.html and dicom/. Without "
-                                             "it the JSON result is printed to stdout."),
+                                        help="Output folder for prediction.json, report.html, dicom/ and "
+                                             "submission.csv. Without it the JSON result is printed to stdout."),
         fmt: str | None = typer.Option(None, "--format", "-f",
-                                       help="Comma-separated outputs: json, html, dicom (default json,html with "
-                                            "--out; json without)."),
+                                       help="Comma-separated outputs (default json,html with --out; json "
+                                            "without): json = prediction.json; html = report.html; dicom = "
+                                            "dicom/ SR + Secondary Captures; rsna = submission.csv, the RSNA "
+                                            "2019 Kaggle submission (ID,Label; six rows <SOPInstanceUID>_<subtype> "
+                                            "per image, e.g. ID_000012eaf_any; all series in one file), which "
+                                            "`ichd evaluate` reads back."),
         tta: bool = typer.Option(False, "--tta", help="Test-time augmentation: average over flips and shifts "
                                                       "(about 4x the CNN time)."),
         gradcam: bool = typer.Option(True, "--gradcam/--no-gradcam",
@@ -54,7 +58,8 @@ def register(app: typer.Typer) -> None:
         """Predict intracranial hemorrhage subtypes for every series of INPUT (research use only).
 
         Writes a versioned JSON result (per-scan and per-slice probabilities, thresholds, warnings, timings), a
-        self-contained HTML report with Grad-CAM evidence, and optionally DICOM SR + Secondary Capture objects.
+        self-contained HTML report with Grad-CAM evidence, and optionally DICOM SR + Secondary Capture objects and
+        an RSNA 2019 submission CSV of the per-slice probabilities.
         """
         from ichd.errors import InputError
         from ichd.inference.run import PredictOptions, parse_formats, run_predict

@@ -1,4 +1,4 @@
-"""``ichd predict`` as a library call: read an input, predict every series, write JSON / HTML / DICOM results.
+"""``ichd predict`` as a library call: read an input, predict every series, write JSON / HTML / DICOM / RSNA results.
 
 :func:`run_predict` is what the CLI runs. Outputs are all-or-nothing: every file is first written into a hidden
 staging folder inside ``--out`` and moved into place only when all series and formats have succeeded, so an
@@ -9,9 +9,12 @@ Layout of ``--out`` (one series)::
     prediction.json   the versioned result (schema: resources/schemas/prediction-v1.schema.json)
     report.html       self-contained report
     dicom/sr.dcm, dicom/sc-001.dcm, ...
+    submission.csv    (--format rsna) the RSNA 2019 submission: ID,Label rows ID_<sop>_<subtype>
+                      (:mod:`ichd.inference.submission`)
 
 With several series in the input, each series gets the same layout in its own sub-folder named after its series
-UID, and ``prediction.json`` at the top holds the array of all results.
+UID, and ``prediction.json`` at the top holds the array of all results; ``submission.csv`` stays one file at the
+top holding the rows of every series.
 
 When the input is the bundled demo study (``--demo`` or the path of the packaged demo folder), every result carries
 a ``demo`` block and the HTML report a banner saying whether the study was in the model's training data
@@ -32,13 +35,14 @@ from typing import Any
 
 from ichd.errors import InputError
 from ichd.inference.evidence import DEFAULT_MAX_FLAGGED, SliceEvidence
+from ichd.inference.submission import SUBMISSION_NAME
 from ichd.types import CTSeries, IngestWarning, Prediction
 from ichd.utils.logging import get_logger
 
 log = get_logger(__name__)
 
 #: Output formats ``--format`` accepts.
-FORMATS: tuple[str, ...] = ("json", "html", "dicom")
+FORMATS: tuple[str, ...] = ("json", "html", "dicom", "rsna")
 #: Formats written when ``--out`` is given and ``--format`` is not.
 DEFAULT_FORMATS: tuple[str, ...] = ("json", "html")
 JSON_NAME = "prediction.json"
@@ -102,7 +106,7 @@ def parse_formats(text: str | None, *, has_out: bool) -> tuple[str, ...]:
         if name not in out:
             out.append(name)
     if not out:
-        raise InputError(f"--format {text!r} names no format", hint="use e.g. --format json,html,dicom")
+        raise InputError(f"--format {text!r} names no format", hint="use e.g. --format json,html,dicom,rsna")
     if not has_out and set(out) - {"json"}:
         raise InputError(f"--format {','.join(out)} writes files: give an output folder with --out DIR",
                          hint="without --out only the JSON result is printed to stdout")
@@ -129,6 +133,8 @@ def _planned_files(n_series: int, formats: tuple[str, ...], folders: list[str]) 
     paths = []
     if "json" in formats:
         paths.append(JSON_NAME)
+    if "rsna" in formats:
+        paths.append(SUBMISSION_NAME)
     for folder in folders:
         prefix = f"{folder}/" if folder else ""
         if "json" in formats and n_series > 1:
@@ -258,7 +264,7 @@ def run_predict(input_path: str | os.PathLike[str], opts: PredictOptions, *, pre
 
     formats = opts.formats if opts.formats is not None else parse_formats(None, has_out=opts.out is not None)
     if opts.out is None and set(formats) - {"json"}:
-        raise InputError("HTML and DICOM results are files: give an output folder with --out DIR")
+        raise InputError("HTML, DICOM and RSNA submission results are files: give an output folder with --out DIR")
     if predictor is None:
         from ichd.inference.predictor import Predictor
 
@@ -295,6 +301,10 @@ def run_predict(input_path: str | os.PathLike[str], opts: PredictOptions, *, pre
                 if len(results) > 1:
                     for r in results:
                         atomic_write_text(stage / r.folder / JSON_NAME, dumps(r.result))
+            if "rsna" in formats:
+                from ichd.inference.submission import write_submission
+
+                write_submission(stage / SUBMISSION_NAME, [r.prediction for r in results])
             files = _commit(stage, Path(opts.out), planned)  # type: ignore[arg-type]
     except BaseException:
         if stage is not None:
