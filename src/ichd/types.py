@@ -44,6 +44,11 @@ class CTSeries:
         source: where it came from (path as given), for messages; never a patient identifier.
         source_kind: "dicom", "nifti", "images" or "ctich".
         meta: extra non-identifying facts (modality, transfer syntaxes, manufacturer, window given, ...).
+        source_files: per-slice source file (length z), or ``None`` when the slices do not come one per file
+            (NIfTI). :func:`ichd.io.read_ct` makes them relative to the path it was given, with ``/`` separators
+            (``"IM0001.dcm"``, ``"sub/slice-07.png"``, the member name for a zip; the same file repeats for
+            the frames of a multi-frame file); the readers under it give them as they found them. File names
+            only, never a patient identifier read from the data.
     """
 
     hu: np.ndarray
@@ -57,6 +62,7 @@ class CTSeries:
     source: str = ""
     source_kind: str = "dicom"
     meta: dict[str, Any] = field(default_factory=dict)
+    source_files: list[str] | None = None
 
     def __post_init__(self) -> None:
         if self.hu.ndim != 3:
@@ -66,6 +72,8 @@ class CTSeries:
             raise ValueError(
                 f"CTSeries has {n} slices but {len(self.sop_instance_uids)} UIDs and {len(self.positions_mm)} positions"
             )
+        if self.source_files is not None and len(self.source_files) != n:
+            raise ValueError(f"CTSeries has {n} slices but {len(self.source_files)} source files")
 
     @property
     def n_slices(self) -> int:

@@ -7,11 +7,14 @@ from typing import Annotated
 
 import typer
 
+from ichd.cli.inputs import CTInputOptions, ct_input_options
+
 
 def register(app: typer.Typer) -> None:
     """Add the ``explain`` command to ``app``."""
 
     @app.command("explain")
+    @ct_input_options("window", "strict", "allow_secondary_capture", "independent", "workers", "series")
     def explain(
         input_path: Annotated[Path, typer.Argument(
             metavar="INPUT",
@@ -29,17 +32,10 @@ def register(app: typer.Typer) -> None:
         threshold: Annotated[float | None, typer.Option(
             "--threshold", help="Flag slices at or above this probability for every class (default: the model's "
                                 "operating thresholds).")] = None,
-        series: Annotated[str | None, typer.Option(
-            "--series", help="Explain only the series with this SeriesInstanceUID.")] = None,
         device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda[:N].")] = "auto",
-        window: Annotated[str | None, typer.Option(
-            "--window", help="LEVEL,WIDTH in HU of windowed PNG/JPG slice folders (e.g. 40,80).")] = None,
-        independent: Annotated[bool, typer.Option(
-            "--independent", help="Treat every image as its own one-slice scan (e.g. a folder of unrelated RSNA "
-                                  "slices).")] = False,
-        strict: Annotated[bool, typer.Option(
-            "--strict", help="Fail on the first broken file instead of skipping it with a warning.")] = False,
         overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace results already in --out.")] = False,
+        *,
+        inputs: CTInputOptions,  # the options of @ct_input_options
     ) -> None:
         """Grad-CAM overlays for every slice/class at or above the operating threshold, and a montage per scan.
 
@@ -53,18 +49,12 @@ def register(app: typer.Typer) -> None:
         from ichd.explain.gradcam import METHODS
         from ichd.explain.pipeline import explain_to_folder
         from ichd.inference.predictor import Predictor
-        from ichd.io.reader import read_ct
 
         if method not in METHODS:
             raise InputError(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
         wanted = [c for c in (classes or "").split(",") if c.strip()] or None
+        all_series = inputs.read(input_path)  # before the model: bad input fails fast
         predictor = Predictor.load(model, device=device)
-        all_series = read_ct(input_path, window=window, strict=strict, independent=independent)
-        if series is not None:
-            all_series = [s for s in all_series if s.series_instance_uid == series]
-            if not all_series:
-                raise InputError(f"--series {series!r} is not in {input_path}",
-                                 hint="`ichd ingest PATH` lists the series UIDs")
         ident = predictor.identity
         indexes = explain_to_folder(all_series, predictor, out, classes=wanted, method=method,  # type: ignore[arg-type]
                                     threshold=threshold, overwrite=overwrite,

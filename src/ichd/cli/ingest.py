@@ -8,6 +8,8 @@ from typing import Any
 
 import typer
 
+from ichd.cli.inputs import CTInputOptions, ct_input_options
+
 
 def _human(summary: dict[str, Any]) -> str:
     """A few readable lines for one series summary."""
@@ -28,6 +30,7 @@ def register(app: typer.Typer) -> None:
     """Add the ``ingest`` command to ``app``."""
 
     @app.command("ingest")
+    @ct_input_options("window", "strict", "allow_secondary_capture", "independent", "workers", "series")
     def ingest(
         paths: list[Path] = typer.Argument(
             None, show_default=False,
@@ -36,53 +39,37 @@ def register(app: typer.Typer) -> None:
                  "windowed PNG/JPG slices (then give --window)."),
         as_json: bool = typer.Option(False, "--json", help="Print one JSON object {\"series\": [...]} on stdout "
                                                            "instead of the readable report."),
-        window: str | None = typer.Option(None, "--window", metavar="LEVEL,WIDTH",
-                                          help="Window the PNG/JPG slices were exported with, in HU (e.g. 40,120). "
-                                               "Needed only for image folders."),
-        strict: bool = typer.Option(False, "--strict", help="Stop at the first broken file (not DICOM, truncated, "
-                                                            "missing/inconsistent tags, undecodable) instead of "
-                                                            "skipping it with a warning."),
-        allow_secondary_capture: bool = typer.Option(
-            False, "--allow-secondary-capture",
-            help="Read DICOM Secondary Capture images (Modality CT/OT) as CT in HU; by default they are skipped."),
-        independent: bool = typer.Option(False, "--independent",
-                                         help="Treat every image as an unrelated one-slice series."),
-        workers: int | None = typer.Option(None, "--workers", "-j", min=1,
-                                           help="DICOM decoding threads (default min(2, CPUs))."),
         demo: bool = typer.Option(False, "--demo", help="Read the bundled demo study (a CT-ICH patient, "
                                                         "CC BY 4.0) instead of PATHS."),
+        *,
+        inputs: CTInputOptions,  # the options of @ct_input_options
     ) -> None:
         """Read CT inputs and report each series found: UIDs, slice count, spacing, tilt, gaps, duplicates and
         warnings. Exit code 0 on success, 2 on bad input (one line on stderr saying what to do)."""
         from ichd.errors import InputError
-        from ichd.io import read_ct
-        from ichd.io.images import parse_window
         from ichd.io.summary import series_summary
         from ichd.paths import package_resource
 
-        inputs = list(paths or [])
+        given = list(paths or [])
         if demo:
-            if inputs:
+            if given:
                 raise InputError("give either PATHS or --demo, not both", hint="drop --demo to read your files")
-            inputs = [package_resource("resources", "demo")]
-            if not inputs[0].exists():
-                raise InputError(f"the bundled demo study is missing ({inputs[0]})",
+            given = [package_resource("resources", "demo")]
+            if not given[0].exists():
+                raise InputError(f"the bundled demo study is missing ({given[0]})",
                                  hint="reinstall ichd, or pass your own CT files")
-        if not inputs:
+        if not given:
             raise InputError("no input given", hint="pass a DICOM folder, zip, NIfTI file or image folder, "
                                                     "or --demo (see ichd ingest --help)")
-        win = parse_window(window) if window is not None else None
         summaries: list[dict[str, Any]] = []
-        for path in inputs:
-            for series in read_ct(path, window=win, strict=strict, workers=workers, independent=independent,
-                                  allow_secondary_capture=allow_secondary_capture):
-                summary = series_summary(series)
-                summary["input"] = str(path)
-                summaries.append(summary)
+        for path, series in inputs.read_each(given):
+            summary = series_summary(series)
+            summary["input"] = str(path)
+            summaries.append(summary)
         if as_json:
             typer.echo(json.dumps({"n_series": len(summaries), "series": summaries}, indent=2))
             return
         for summary in summaries:
             typer.echo(_human(summary))
         n_slices = sum(s["n_slices"] for s in summaries)
-        typer.echo(f"{len(summaries)} series, {n_slices} slices from {len(inputs)} input(s)")
+        typer.echo(f"{len(summaries)} series, {n_slices} slices from {len(given)} input(s)")

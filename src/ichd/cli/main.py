@@ -106,7 +106,8 @@ def run(argv: list[str] | None = None) -> int:
     except Exception as e:  # noqa: BLE001 - an ichd bug: still one line unless --debug
         if STATE.debug:
             traceback.print_exc()
-        return _fail(f"internal error: {type(e).__name__}: {e} (run with --debug and report this)", 1)
+        return _fail(f"internal error: {type(e).__name__}: {e} (run again as `ichd --debug COMMAND ...` for the "
+                     f"traceback, and report this)", 1)
     return 0
 
 

@@ -6,11 +6,14 @@ from pathlib import Path
 
 import typer
 
+from ichd.cli.inputs import CTInputOptions, ct_input_options
+
 
 def register(app: typer.Typer) -> None:
     """Add the ``predict`` command to ``app``."""
 
     @app.command("predict")
+    @ct_input_options("window", "strict", "allow_secondary_capture", "independent", "workers", "series")
     def predict(
         input_path: Path | None = typer.Argument(
             None, metavar="INPUT",
@@ -34,26 +37,15 @@ def register(app: typer.Typer) -> None:
                                                       "(about 4x the CNN time)."),
         gradcam: bool = typer.Option(True, "--gradcam/--no-gradcam",
                                      help="Grad-CAM heat maps on the flagged slices in the HTML and DICOM outputs."),
-        series: str | None = typer.Option(None, "--series", help="Predict only the series with this "
-                                                                 "SeriesInstanceUID (default: every series)."),
         device: str = typer.Option("auto", "--device", help="auto, cpu or cuda[:N]."),
-        window: str | None = typer.Option(None, "--window", help="LEVEL,WIDTH in HU of windowed PNG/JPG slice "
-                                                                "folders (e.g. 40,80)."),
-        independent: bool = typer.Option(False, "--independent",
-                                         help="Treat every image as its own one-slice scan (e.g. a folder of "
-                                              "unrelated RSNA slices)."),
-        allow_secondary_capture: bool = typer.Option(
-            False, "--allow-secondary-capture",
-            help="Read Secondary Capture images whose stored values are HU (e.g. ../shared/data/hu-slices); "
-                 "skipped by default."),
-        strict: bool = typer.Option(False, "--strict", help="Fail on the first broken file instead of skipping it "
-                                                            "with a warning."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace results already in --out."),
         batch_size: int = typer.Option(16, "--batch-size", min=1,
                                        help="Slices per chunk through preprocessing and the CNN (bounds memory)."),
         threads: int | None = typer.Option(None, "--threads", min=1,
                                            help="CPU threads for torch (default: torch's choice, one per core; on a "
                                                 "machine busy with other jobs, 1 is often much faster)."),
+        *,
+        inputs: CTInputOptions,  # the options of @ct_input_options
     ) -> None:
         """Predict intracranial hemorrhage subtypes for every series of INPUT (research use only).
 
@@ -79,9 +71,10 @@ def register(app: typer.Typer) -> None:
 
             torch.set_num_threads(threads)
         opts = PredictOptions(model=model, out=out, formats=parse_formats(fmt, has_out=out is not None), tta=tta,
-                              gradcam=gradcam, series_uid=series, device=device, window=window,
-                              independent=independent, allow_secondary_capture=allow_secondary_capture,
-                              strict=strict, overwrite=overwrite, batch_size=batch_size)
+                              gradcam=gradcam, series_uid=inputs.series, device=device, window=inputs.window,
+                              independent=inputs.independent, allow_secondary_capture=inputs.allow_secondary_capture,
+                              strict=inputs.strict, workers=inputs.workers, overwrite=overwrite,
+                              batch_size=batch_size)
         result = run_predict(input_path, opts)
         if out is None:
             typer.echo(result.json_text, nl=False)

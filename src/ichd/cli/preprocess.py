@@ -7,25 +7,28 @@ from typing import Annotated
 
 import typer
 
+from ichd.cli.inputs import CTInputOptions, ct_input_options
+
 
 def register(app: typer.Typer) -> None:
     """Add the ``preprocess`` command to ``app``."""
 
     @app.command("preprocess")
+    @ct_input_options("window", "strict", "allow_secondary_capture")
     def preprocess(
-        inputs: Annotated[list[Path], typer.Argument(
-            help="CT inputs: a CT-ICH root (brain/ + bone/ JPG folders), DICOM files/folders/zips, NIfTI "
-                      "files, or folders of windowed PNG/JPG slices (then give --window).")],
+        paths: Annotated[list[Path], typer.Argument(
+            metavar="INPUTS",
+            help="CT inputs: a CT-ICH root (brain/ + bone/ JPG folders), DICOM files/folders/zips, NIfTI files, or "
+                 "folders of windowed PNG/JPG slices (then give --window).")],
         out: Annotated[Path, typer.Option("--out", "-o", help="Cache folder to create or resume (manifest.json, "
                                                               "slices.csv, series/<scan_id>.npy).")],
         size: int = typer.Option(256, "--size", help="Output slice size S in pixels (S x S)."),
         dtype: str = typer.Option("uint8", "--dtype",
                                   help="Cached pixel type: uint8 (0..255, compact) or float16 (0..1)."),
         workers: int | None = typer.Option(None, "--workers", "-j",
-                                           help="Parallel worker processes (default: min(4, CPUs); 1 = no pool)."),
-        window: str | None = typer.Option(None, "--window",
-                                          help="LEVEL,WIDTH in HU of windowed PNG/JPG slice folders "
-                                               "(e.g. 40,80); not needed for DICOM, NIfTI or CT-ICH."),
+                                           help="Parallel worker processes, one input (a CT-ICH patient, a DICOM "
+                                                "series, ...) each (default: min(4, CPUs); 1 = no pool, DICOM "
+                                                "decoding then uses min(2, CPUs) workers)."),
         resize_mode: str = typer.Option("bilinear", "--resize-mode",
                                         help="Resize filter: bilinear (antialiased) or area."),
         normalization: str = typer.Option("seed", "--normalization",
@@ -34,23 +37,24 @@ def register(app: typer.Typer) -> None:
         patients: str | None = typer.Option(None, "--patients",
                                             help="CT-ICH only: comma-separated patient numbers to include "
                                                  "(e.g. 49,50,51); default all."),
+        *,
+        inputs: CTInputOptions,  # the options of @ct_input_options
     ) -> None:
         """Window, resize and cache CT scans (resumable: re-running skips what is already cached)."""
         from ichd.errors import InputError
-        from ichd.io.images import parse_window
         from ichd.preprocessing.cache import build_cache
         from ichd.preprocessing.config import PreprocessConfig
 
         cfg = PreprocessConfig(image_size=size, cache_dtype=dtype, normalization=normalization,  # type: ignore[arg-type]
                                resize_mode=resize_mode)  # type: ignore[arg-type]
-        win = parse_window(window) if window is not None else None
         chosen = None
         if patients:
             try:
                 chosen = [int(p) for p in patients.split(",") if p.strip()]
             except ValueError as e:
                 raise InputError(f"--patients {patients!r} must be comma-separated numbers") from e
-        summary = build_cache(inputs, out, cfg, workers=workers, window=win, patients=chosen)
+        summary = build_cache(paths, out, cfg, workers=workers, window=inputs.window_hu, patients=chosen,
+                              strict=inputs.strict, allow_secondary_capture=inputs.allow_secondary_capture)
         typer.echo(f"cache {summary.out}: wrote {summary.written} series ({summary.slices_written} slices), "
                    f"skipped {summary.skipped_inputs} input(s) already cached; now {summary.total_series} series, "
                    f"{summary.total_slices} slices; {summary.seconds:.1f} s")

@@ -45,7 +45,8 @@ def _z(value: float) -> float | None:
 
 def prediction_to_dict(pred: Prediction, *, flagged: Sequence[tuple[int, str, float]] = (),
                        input_kind: str | None = None, generated_uids: bool | None = None,
-                       demo: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                       demo: Mapping[str, Any] | None = None,
+                       source_files: Sequence[str] | None = None) -> dict[str, Any]:
     """The JSON-able result for one series.
 
     Args:
@@ -55,7 +56,11 @@ def prediction_to_dict(pred: Prediction, *, flagged: Sequence[tuple[int, str, fl
         generated_uids: True when ichd generated the study/series UIDs (non-DICOM input).
         demo: for the bundled demo study, the ``demo`` block (:func:`ichd.inference.demo.demo_block`: ``is_demo``,
             ``in_training_data`` true/false/null, ``note``); left out of the result for any other input.
+        source_files: per-slice source file relative to the input (``CTSeries.source_files``), written as
+            ``slices[].source_file``; left out when ``None`` (e.g. NIfTI input).
     """
+    if source_files is not None and len(source_files) != pred.slice_probs.shape[0]:
+        raise ValueError(f"{len(source_files)} source files for {pred.slice_probs.shape[0]} slices")
     labels = list(pred.labels)
     model: dict[str, Any] = {k: str(pred.model[k]) for k in ("name", "version", "sha256")}
     if "scan_rule" in pred.model:
@@ -84,21 +89,21 @@ def prediction_to_dict(pred: Prediction, *, flagged: Sequence[tuple[int, str, fl
         "scan": {lab: _prob(pred.scan_probs[i]) for i, lab in enumerate(labels)},
         "scan_positive": pred.scan_positive,
         "thresholds": {lab: _prob(pred.thresholds[lab]) for lab in labels},
-        "slices": [
-            {
-                "index": i,
-                "sop_instance_uid": pred.sop_instance_uids[i],
-                "z_mm": _z(pred.positions_mm[i]),
-                "probabilities": {lab: _prob(pred.slice_probs[i, j]) for j, lab in enumerate(labels)},
-            }
-            for i in range(pred.slice_probs.shape[0])
-        ],
+        "slices": [_slice_dict(pred, i, labels, source_files) for i in range(pred.slice_probs.shape[0])],
     })
     if flagged:
         out["flagged_slices"] = [{"index": int(i), "label": str(lab), "probability": _prob(p)}
                                  for i, lab, p in flagged]
     out["warnings"] = [w.to_dict() for w in pred.warnings]
     out["timing_s"] = {k: round(float(v), 4) for k, v in pred.timing_s.items()}
+    return out
+
+
+def _slice_dict(pred: Prediction, i: int, labels: list[str], source_files: Sequence[str] | None) -> dict[str, Any]:
+    out: dict[str, Any] = {"index": i, "sop_instance_uid": pred.sop_instance_uids[i], "z_mm": _z(pred.positions_mm[i])}
+    if source_files is not None:
+        out["source_file"] = str(source_files[i])
+    out["probabilities"] = {lab: _prob(pred.slice_probs[i, j]) for j, lab in enumerate(labels)}
     return out
 
 

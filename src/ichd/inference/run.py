@@ -66,6 +66,7 @@ class PredictOptions:
     independent: bool = False
     allow_secondary_capture: bool = False
     strict: bool = False
+    workers: int | None = None
     overwrite: bool = False
     batch_size: int = 16
     max_flagged: int = DEFAULT_MAX_FLAGGED
@@ -117,7 +118,8 @@ def _safe_name(uid: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", uid)[:120] or "series"
 
 
-def _select_series(series: list[CTSeries], uid: str | None) -> list[CTSeries]:
+def select_series(series: list[CTSeries], uid: str | None) -> list[CTSeries]:
+    """The series whose SeriesInstanceUID is ``uid`` (all when ``uid`` is None); :class:`InputError` when none."""
     if uid is None:
         return series
     chosen = [s for s in series if s.series_instance_uid == uid]
@@ -271,9 +273,9 @@ def run_predict(input_path: str | os.PathLike[str], opts: PredictOptions, *, pre
         predictor = Predictor.load(opts.model, device=opts.device, batch_size=opts.batch_size)
     t = time.perf_counter()
     all_series = read_ct(input_path, window=opts.window, strict=opts.strict, independent=opts.independent,
-                         allow_secondary_capture=opts.allow_secondary_capture)
+                         allow_secondary_capture=opts.allow_secondary_capture, workers=opts.workers)
     t_read = time.perf_counter() - t
-    chosen = _select_series(all_series, opts.series_uid)
+    chosen = select_series(all_series, opts.series_uid)
     demo = _demo_for(input_path, predictor)
     folders = [""] if len(chosen) == 1 else [_safe_name(s.series_instance_uid) for s in chosen]
     if len(set(folders)) != len(folders):
@@ -370,5 +372,5 @@ def _predict_one(predictor: Any, series: CTSeries, folder: str, formats: tuple[s
         pred.timing_s["html"] = time.perf_counter() - t
     pred.timing_s["total"] = t_read + time.perf_counter() - t0
     result = prediction_to_dict(pred, flagged=flagged, input_kind=series.source_kind, generated_uids=generated,
-                                demo=demo)
+                                demo=demo, source_files=series.source_files)
     return SeriesResult(prediction=pred, evidence=evidence, result=result, folder=folder)

@@ -684,6 +684,7 @@ def _decode_series(decoder: FrameDecoder, study: str, series: str, ordered: list
         source=_common_source([ordered[k].source for k in keep]),
         source_kind="dicom",
         meta=meta,
+        source_files=list(meta["files"]),
     )
 
 

@@ -244,6 +244,7 @@ def read_ctich_patient(root: str | Path, patient: int, *,
         warnings=series_warnings,
         source=str(root),
         source_kind="ctich",
+        source_files=[str(brain_files[n]) for n in numbers],
         meta={"patient_id": scan_id, "ctich_patient": patient, "slice_numbers": numbers,
               "windows": {"brain": list(CTICH_BRAIN_WINDOW), "bone": list(CTICH_BONE_WINDOW)},
               "bone_offset": offset},
@@ -334,7 +335,8 @@ def read_image_folder(folder: str | Path, window: Sequence[float] | str | None, 
     sizes in one series, 16-bit images.
 
     Ids: series uid ``img-<sha1(folder path)[:12]>`` (per image file with ``independent``), slice ids
-    ``<series_uid>-<index:04d>``; ``spacing_mm`` is nan and ``positions_mm`` the slice index.
+    ``<series_uid>-<index:04d>``; ``spacing_mm`` is nan and ``positions_mm`` the slice index. ``source_files``
+    names each slice's image file.
     """
     level, width = parse_window(window)
     folder = Path(folder)
@@ -370,15 +372,15 @@ def read_image_folder(folder: str | Path, window: Sequence[float] | str | None, 
         log.warning(msg)
     meta = {"window": [level, width], "n_files": len(files)}
 
-    def make(hu: np.ndarray, uid: str, source: Path, n_files: int) -> CTSeries:
+    def make(hu: np.ndarray, uid: str, source: Path, n_files: int, names: list[Path]) -> CTSeries:
         return CTSeries(
             hu=hu, spacing_mm=(float("nan"),) * 3, positions_mm=np.arange(hu.shape[0], dtype=np.float64),
             sop_instance_uids=[f"{uid}-{i:04d}" for i in range(hu.shape[0])], study_instance_uid=uid,
             series_instance_uid=uid, warnings=list(common), source=str(source), source_kind="images",
-            meta={**meta, "n_files": n_files, "patient_id": uid})
+            meta={**meta, "n_files": n_files, "patient_id": uid}, source_files=[str(p) for p in names])
 
     if independent:
-        return [make(window_to_hu(a, level, width)[None], _synthetic_uid(p), p, 1) for p, a in arrays]
+        return [make(window_to_hu(a, level, width)[None], _synthetic_uid(p), p, 1, [p]) for p, a in arrays]
     shapes = {a.shape for _, a in arrays}
     if len(shapes) > 1:
         first = arrays[0]
@@ -387,4 +389,4 @@ def read_image_folder(folder: str | Path, window: Sequence[float] | str | None, 
                          f"{first[1].shape[1]}x{first[1].shape[0]}, {odd.name}: differs)",
                          hint="one series needs one image size; read them with independent=True instead")
     hu = window_to_hu(np.stack([a for _, a in arrays]), level, width)
-    return [make(hu, _synthetic_uid(folder), folder, len(files))]
+    return [make(hu, _synthetic_uid(folder), folder, len(files), [p for p, _ in arrays])]

@@ -65,6 +65,9 @@ def read_ct(path: str | os.PathLike[str], *, window: Sequence[float] | str | Non
         allow_secondary_capture: read DICOM Secondary Capture images (Modality CT/OT, e.g. slices exported in HU
             by MATLAB) as CT; by default they are skipped like other non-CT objects.
 
+    Returns:
+        The series; their ``source_files`` (one per slice; ``None`` for NIfTI) are relative to ``path``.
+
     Raises:
         InputError: the path is missing, empty, holds no CT, or (strict) a file is broken.
         DependencyError: a compressed transfer syntax has no decoder installed (the message names the package).
@@ -73,16 +76,36 @@ def read_ct(path: str | os.PathLike[str], *, window: Sequence[float] | str | Non
     if not p.exists():
         raise InputError(f"{str(p)!r} does not exist", hint="check the path")
     if p.is_file():
-        return _read_file(p, window=window, strict=strict, workers=workers, independent=independent,
-                          allow_secondary_capture=allow_secondary_capture)
-    if not p.is_dir():
+        series = _read_file(p, window=window, strict=strict, workers=workers, independent=independent,
+                            allow_secondary_capture=allow_secondary_capture)
+    elif not p.is_dir():
         raise InputError(f"{str(p)!r} is neither a file nor a folder", hint="pass a DICOM/NIfTI file, folder or zip")
-    if is_ctich_root(p):
-        return read_ctich(p)
-    if p.parent.name == "brain" and p.name.isdigit() and is_ctich_root(p.parent.parent):
-        return [read_ctich_patient(p.parent.parent, int(p.name))]
-    return _read_folder(p, window=window, strict=strict, workers=workers, independent=independent,
-                        allow_secondary_capture=allow_secondary_capture)
+    elif is_ctich_root(p):
+        series = read_ctich(p)
+    elif p.parent.name == "brain" and p.name.isdigit() and is_ctich_root(p.parent.parent):
+        series = [read_ctich_patient(p.parent.parent, int(p.name))]
+    else:
+        series = _read_folder(p, window=window, strict=strict, workers=workers, independent=independent,
+                              allow_secondary_capture=allow_secondary_capture)
+    for s in series:
+        if s.source_files is not None:
+            s.source_files = [relative_source(name, p) for name in s.source_files]
+    return series
+
+
+def relative_source(name: str, given: Path) -> str:
+    """``name`` (a file the readers found, or ``archive.zip:member``) relative to the input path ``given``, with
+    ``/`` separators: the path below a folder, the member of a zip, the file name of a single file."""
+    if given.is_file():
+        prefix = f"{given}:"
+        if name.startswith(prefix):
+            return name[len(prefix):]
+        return Path(name).name
+    try:
+        rel = os.path.relpath(name, given)
+    except ValueError:  # another drive (Windows)
+        return Path(name).name
+    return Path(rel).as_posix()
 
 
 def _read_file(p: Path, *, window: Sequence[float] | str | None, strict: bool, workers: int | None,

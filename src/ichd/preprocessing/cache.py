@@ -66,6 +66,8 @@ class CacheInput:
       ``sources`` = its files as ``(path, zip member or None)``), planned from the headers by
       :func:`expand_inputs` so big multi-series folders are decoded one series at a time, in parallel;
     * ``kind="path"``: anything else, read whole by :func:`ichd.io.read_ct` (``window`` for PNG/JPG folders).
+
+    ``strict`` and ``allow_secondary_capture`` are passed to the DICOM reader (see :func:`ichd.io.read_ct`).
     """
 
     kind: str
@@ -74,6 +76,8 @@ class CacheInput:
     window: tuple[float, float] | None = None
     series: str | None = None
     sources: tuple[tuple[str, str | None], ...] = ()
+    strict: bool = False
+    allow_secondary_capture: bool = False
 
     @property
     def key(self) -> str:
@@ -104,7 +108,8 @@ class CacheInput:
             from ichd.io.sources import DicomSource, close_zip_handles
 
             try:
-                result = dicom.read_dicom([DicomSource(p, m) for p, m in self.sources], workers=decode_workers)
+                result = dicom.read_dicom([DicomSource(p, m) for p, m in self.sources], workers=decode_workers,
+                                          strict=self.strict, allow_secondary_capture=self.allow_secondary_capture)
             finally:
                 close_zip_handles()
             if not result.series:
@@ -116,10 +121,12 @@ class CacheInput:
             return result.series
         from ichd.io.reader import read_ct
 
-        return list(read_ct(self.path, window=self.window, workers=decode_workers))
+        return list(read_ct(self.path, window=self.window, workers=decode_workers, strict=self.strict,
+                            allow_secondary_capture=self.allow_secondary_capture))
 
 
-def plan_dicom_series(path: Path) -> list[CacheInput] | None:
+def plan_dicom_series(path: Path, *, strict: bool = False,
+                      allow_secondary_capture: bool = False) -> list[CacheInput] | None:
     """One :class:`CacheInput` per DICOM series of the folder or zip ``path``, from a header-only pass.
 
     Returns ``None`` when ``path`` is not a DICOM folder/zip or holds a single series (then the whole input is one
@@ -137,7 +144,7 @@ def plan_dicom_series(path: Path) -> list[CacheInput] | None:
     if len(found) < 2:
         return None
     try:
-        headers, skipped = dicom.scan_headers(found)
+        headers, skipped = dicom.scan_headers(found, allow_secondary_capture=allow_secondary_capture)
     finally:
         sources.close_zip_handles()
     groups: dict[tuple[str, str], dict[Any, None]] = {}
@@ -150,15 +157,18 @@ def plan_dicom_series(path: Path) -> list[CacheInput] | None:
             log.warning("%s: %s", path, w.message)
     resolved = str(path.resolve())
     return [CacheInput("dicom", resolved, series=f"{study}/{series}",
-                       sources=tuple((src.path, src.member) for src in files))
+                       sources=tuple((src.path, src.member) for src in files), strict=strict,
+                       allow_secondary_capture=allow_secondary_capture)
             for (study, series), files in sorted(groups.items())]
 
 
 def expand_inputs(paths: Iterable[str | os.PathLike[str]], *, window: tuple[float, float] | None = None,
-                  patients: Sequence[int] | None = None) -> list[CacheInput]:
+                  patients: Sequence[int] | None = None, strict: bool = False,
+                  allow_secondary_capture: bool = False) -> list[CacheInput]:
     """Work units for ``paths``: a CT-ICH root becomes one unit per patient and a DICOM folder/zip with several
     series one unit per series (parallel and resumable per unit); anything else is one unit read by
-    ``ichd.io.read_ct``. ``patients`` limits CT-ICH roots to those patient numbers."""
+    ``ichd.io.read_ct``. ``patients`` limits CT-ICH roots to those patient numbers; ``strict`` and
+    ``allow_secondary_capture`` go to the DICOM reader."""
     from ichd.io.images import ctich_patients, is_ctich_root
 
     out: list[CacheInput] = []
@@ -172,8 +182,9 @@ def expand_inputs(paths: Iterable[str | os.PathLike[str]], *, window: tuple[floa
             chosen = available if patients is None else [q for q in available if q in set(patients)]
             out.extend(CacheInput("ctich", resolved, q) for q in chosen)
             continue
-        planned = plan_dicom_series(path)
-        out.extend(planned if planned else [CacheInput("path", resolved, None, window)])
+        planned = plan_dicom_series(path, strict=strict, allow_secondary_capture=allow_secondary_capture)
+        out.extend(planned if planned else [CacheInput("path", resolved, None, window, strict=strict,
+                                                       allow_secondary_capture=allow_secondary_capture)])
     return out
 
 
@@ -317,13 +328,15 @@ class _ManifestWriter:
 
 def build_cache(inputs: Iterable[str | os.PathLike[str] | CacheInput], out: str | os.PathLike[str],
                 cfg: PreprocessConfig | None = None, *, workers: int | None = None,
-                window: tuple[float, float] | None = None, patients: Sequence[int] | None = None) -> BuildSummary:
+                window: tuple[float, float] | None = None, patients: Sequence[int] | None = None,
+                strict: bool = False, allow_secondary_capture: bool = False) -> BuildSummary:
     """Preprocess ``inputs`` (paths or :class:`CacheInput`) into the cache folder ``out``.
 
     Skips inputs already in the cache with the same settings; refuses (:class:`InputError`) to mix settings or
     to write into a non-empty folder that is not a cache. ``workers`` processes run in parallel (default:
     ``min(4, cpu count)``; 0 or 1 runs in this process). An input that fails to read is recorded in
-    ``summary.failed`` and the others go on. ``window`` is passed to ``read_ct`` for windowed PNG/JPG inputs.
+    ``summary.failed`` and the others go on. ``window`` is passed to ``read_ct`` for windowed PNG/JPG inputs;
+    ``strict`` (an input fails at its first broken file) and ``allow_secondary_capture`` to the DICOM reader.
     """
     from ichd.utils.progress import progress_bar
 
@@ -334,7 +347,8 @@ def build_cache(inputs: Iterable[str | os.PathLike[str] | CacheInput], out: str 
     paths: list[str | os.PathLike[str]] = []
     for x in inputs:
         (items if isinstance(x, CacheInput) else paths).append(x)  # type: ignore[arg-type]
-    items.extend(expand_inputs(paths, window=window, patients=patients))
+    items.extend(expand_inputs(paths, window=window, patients=patients, strict=strict,
+                               allow_secondary_capture=allow_secondary_capture))
     if not items:
         raise InputError("nothing to preprocess: no inputs given", hint="pass CT folders, files or a CT-ICH root")
     writer = _ManifestWriter(out, cfg)

@@ -7,7 +7,9 @@ import html as html_lib
 import json
 import shutil
 import subprocess
+import zipfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -72,6 +74,71 @@ def test_unknown_positions_become_null():
     data = prediction_to_dict(pred)
     validate_result(data)
     assert all(s["z_mm"] is None for s in data["slices"])
+
+
+def test_slices_name_their_source_files():
+    pred = _pred()
+    data = prediction_to_dict(pred, source_files=["a/IM0.dcm", "a/IM1.dcm", "b/x.png", "b/y.png"])
+    validate_result(data)
+    assert [s["source_file"] for s in data["slices"]] == ["a/IM0.dcm", "a/IM1.dcm", "b/x.png", "b/y.png"]
+    assert all("source_file" not in s for s in prediction_to_dict(pred)["slices"])  # optional: e.g. NIfTI
+    with pytest.raises(ValueError, match="3 source files for 4 slices"):
+        prediction_to_dict(pred, source_files=["a", "b", "c"])
+    broken = copy.deepcopy(data)
+    broken["slices"][0]["source_file"] = ""
+    with pytest.raises(ModelError, match="does not match"):
+        validate_result(broken)
+
+
+def _predict_cli(args: list[str], bundle_dir: Path, capsys: pytest.CaptureFixture[str]) -> Any:
+    """``ichd predict ARGS`` with the test bundle; the JSON it prints (validated)."""
+    from ichd.cli.main import run
+
+    assert run(["-q", "predict", *args, "--model", str(bundle_dir), "--device", "cpu", "--workers", "1"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    validate_result(data)
+    return data
+
+
+def test_predict_json_names_the_slices_of_an_image_folder(tmp_path: Path, bundle_dir: Path,
+                                                          capsys: pytest.CaptureFixture[str]):
+    from PIL import Image
+
+    src = tmp_path / "pngs"
+    (src / "sub").mkdir(parents=True)
+    names = ["slice-2.png", "slice-10.png", "slice-1.png"]
+    for i, name in enumerate(names):
+        img = np.zeros((48, 48), np.uint8)
+        img[8:40, 8:40] = 100 + 20 * i
+        Image.fromarray(img).save(src / "sub" / name)
+    data = _predict_cli([str(src), "--window", "40,80"], bundle_dir, capsys)
+    assert data["input_kind"] == "images" and data["n_slices"] == 3
+    assert [s["source_file"] for s in data["slices"]] == ["sub/slice-1.png", "sub/slice-2.png", "sub/slice-10.png"]
+    each = _predict_cli([str(src), "--window", "40,80", "--independent"], bundle_dir, capsys)
+    assert sorted(r["slices"][0]["source_file"] for r in each) == sorted(f"sub/{n}" for n in names)
+
+
+def test_predict_json_names_independent_dicom_files(tmp_path: Path, bundle_dir: Path,
+                                                    capsys: pytest.CaptureFixture[str]):
+    from factories import make_ct_series, write_series
+
+    src = tmp_path / "rsna"
+    write_series(src / "a", make_ct_series(2, rows=48, columns=48, patient_id="P1"), names=["ID_1.dcm", "ID_2.dcm"])
+    write_series(src / "b", make_ct_series(1, rows=48, columns=48, patient_id="P2"), names=["ID_3.dcm"])
+    results = _predict_cli([str(src), "--independent"], bundle_dir, capsys)
+    assert len(results) == 3 and all(r["n_slices"] == 1 for r in results)
+    by_uid = {r["series_instance_uid"]: r["slices"][0] for r in results}
+    assert sorted(s["source_file"] for s in by_uid.values()) == ["a/ID_1.dcm", "a/ID_2.dcm", "b/ID_3.dcm"]
+    assert all(uid == s["sop_instance_uid"] for uid, s in by_uid.items())  # independent: series = the image
+    one = _predict_cli([str(src / "b" / "ID_3.dcm")], bundle_dir, capsys)
+    assert one["slices"][0]["source_file"] == "ID_3.dcm"  # a single file: its name
+    archive = tmp_path / "rsna.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for path in sorted(src.rglob("*.dcm")):
+            zf.write(path, path.relative_to(tmp_path).as_posix())
+    zipped = _predict_cli([str(archive), "--independent"], bundle_dir, capsys)
+    assert sorted(r["slices"][0]["source_file"] for r in zipped) == ["rsna/a/ID_1.dcm", "rsna/a/ID_2.dcm",
+                                                                      "rsna/b/ID_3.dcm"]  # zip: member names
 
 
 @pytest.mark.parametrize("breaks", [
