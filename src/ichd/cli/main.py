@@ -30,6 +30,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "evaluate",
     "predict",
     "explain",
+    "serve",
 )
 
 HELP = """ichd — intracranial hemorrhage detection and subtype classification on head CT.

@@ -1,0 +1,92 @@
+"""``ichd serve``: the HTTP service (upload a study, poll its job, read results), see :mod:`ichd.service`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from ichd.service.config import (
+    DEFAULT_MAX_FILES,
+    DEFAULT_MAX_UNPACKED_MB,
+    DEFAULT_MAX_UPLOAD_MB,
+    DEFAULT_MAX_ZIP_RATIO,
+    TOKEN_ENV_VAR,
+    MiB,
+)
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``serve`` command to ``app``."""
+
+    @app.command("serve")
+    def serve(
+        host: str = typer.Option("127.0.0.1", "--host",
+                                 help="Address to listen on. Anything but a loopback address needs a token."),
+        port: int = typer.Option(8000, "--port", min=1, max=65535, help="TCP port."),
+        data_dir: Path = typer.Option(Path("ichd-data"), "--data-dir",
+                                      help="Folder for the job store (SQLite), the uploaded studies, their "
+                                           "results and the service log."),
+        model: str = typer.Option("default", "--model", "-m",
+                                  help="Bundled model name, model bundle folder or checkpoint (as for predict)."),
+        workers: int = typer.Option(1, "--workers", min=1,
+                                    help="Studies predicted at once (each worker loads its own copy of the model)."),
+        token_file: Path | None = typer.Option(None, "--token-file",
+                                               help=f"File whose first line is the bearer token (else "
+                                                    f"${TOKEN_ENV_VAR}). Every endpoint but /health needs it."),
+        max_upload_mb: int = typer.Option(DEFAULT_MAX_UPLOAD_MB, "--max-upload-mb", min=1,
+                                          help="Largest upload (request body) in MB."),
+        max_files: int = typer.Option(DEFAULT_MAX_FILES, "--max-files", min=1, help="Most files in one study."),
+        max_unpacked_mb: int = typer.Option(DEFAULT_MAX_UNPACKED_MB, "--max-unpacked-mb", min=1,
+                                            help="Largest total size an uploaded zip may unpack to, in MB."),
+        max_zip_ratio: float = typer.Option(DEFAULT_MAX_ZIP_RATIO, "--max-zip-ratio", min=2.0,
+                                            help="Largest compression ratio of a zip entry (zip bomb guard)."),
+        device: str = typer.Option("auto", "--device", help="auto, cpu or cuda[:N]."),
+        threads: int | None = typer.Option(None, "--threads", min=1, help="CPU threads for torch."),
+    ) -> None:
+        """Serve the HTTP API: upload a study, poll its job, read the JSON result, HTML report, DICOM SR and slice
+        images (OpenAPI docs at /docs). Jobs persist in DATA_DIR and survive restarts (research use only)."""
+        from ichd.service.config import ServiceConfig, check_bind, load_token
+
+        token = load_token(token_file)
+        check_bind(host, token)  # before anything is loaded or opened
+        config = ServiceConfig(data_dir=data_dir, model=model, workers=workers, token=token, device=device,
+                               max_upload_bytes=max_upload_mb * MiB, max_files=max_files,
+                               max_unpacked_bytes=max_unpacked_mb * MiB, max_zip_ratio=max_zip_ratio)
+        if threads is not None:
+            import torch
+
+            torch.set_num_threads(threads)
+        run_server(config, host=host, port=port)
+
+
+def run_server(config, *, host: str, port: int) -> None:
+    """Open the data folder, load the model, then serve until interrupted (Ctrl-C / SIGTERM)."""
+    import logging
+
+    import uvicorn
+
+    from ichd.service.app import create_app
+    from ichd.service.runner import StudyService
+    from ichd.utils.logging import get_logger
+    from ichd.utils.progress import set_progress_enabled
+
+    set_progress_enabled(False)  # a server's output is its log, not progress bars
+    service = StudyService(config)
+    service.start()  # model and data-folder errors are one CLI line, before the port is opened
+    log = get_logger("ichd.service")
+    try:
+        uv = logging.getLogger("uvicorn")
+        uv.setLevel(logging.INFO)
+        if service.log_handler is not None:
+            uv.addHandler(service.log_handler)
+        if not uv.handlers or uv.handlers == [service.log_handler]:
+            stream = logging.StreamHandler()
+            stream.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+            uv.addHandler(stream)
+        if config.token is None:
+            log.warning("no token: anyone who can connect to %s:%d can use the API (loopback only)", host, port)
+        typer.echo(f"ichd serve: http://{host}:{port} (docs at /docs), data in {config.data_dir}", err=True)
+        uvicorn.run(create_app(service), host=host, port=port, log_config=None, access_log=True)
+    finally:
+        service.close()
