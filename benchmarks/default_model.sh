@@ -14,9 +14,9 @@ VERSION=2.0.0
 L1=$DATA/ct-ich/labels.csv
 L2=$DATA/rsna-series/labels.csv
 export NO_ALBUMENTATIONS_UPDATE=1
-ichd evaluate "$RUN/oof.csv" "$L1" "$L2" --out "$EVAL" --sensitivity 0.95 --bootstrap 1000 --seed 0 --overwrite
+ichd evaluate "$RUN/oof.csv" "$L1" "$L2" --partial-scans --out "$EVAL" --sensitivity 0.95 --bootstrap 1000 --seed 0 --overwrite
 for src in ct-ich rsna-series; do
-  ichd evaluate "$RUN/oof.csv" "$L1" "$L2" --source "$src" --thresholds-from "$EVAL/thresholds.json" \
+  ichd evaluate "$RUN/oof.csv" "$L1" "$L2" --partial-scans --source "$src" --thresholds-from "$EVAL/thresholds.json" \
       --out "${EVAL}_$src" --sensitivity 0.95 --bootstrap 1000 --seed 0 --overwrite
 done
 python scripts/build_bundle.py --cnn "$RUN/foldall/final.pt" --evaluation "$EVAL" --name "$NAME" --version "$VERSION" \
@@ -26,4 +26,5 @@ python scripts/build_bundle.py --cnn "$RUN/foldall/final.pt" --evaluation "$EVAL
     --training "CNN=JOBS=2 benchmarks/cv_cnn.sh configs/cnn_multi_256.yaml $RUN: 5-fold patient CV (folds stratified by subtype, source and source x any) + final fit on all 102 patients; EfficientNet-Lite0 from ImageNet weights at 256 px, 4 epochs x 1280 drawn slices (40 % rsna-series, 30 % any-positive within each source), lr 3e-4/1e-4/3e-5/1e-5, domain augmentation in HU (gain/offset, noise, blur/sharpen, CT-ICH JPG round trip); OOF predictions $RUN/oof.csv" \
     --training "evaluation=benchmarks/default_model.sh $RUN $EVAL (ichd evaluate, pooled and --source per source with the pooled thresholds)" \
     --training "sequence stage=see docs/results.md, 'Sequence model ablation on the 2.0.0 CNN'" \
-    --training "bundle=benchmarks/default_model.sh $RUN $EVAL"
+    --training "bundle=benchmarks/default_model.sh $RUN $EVAL" \
+    --limit "**Misses most hemorrhage on held-out real DICOM** (benchmarks/real_dicom.py, docs/results.md): on the 10 RSNA sample slices (no overlap with rsna-series) it calls 1 of the 7 bleeds positive at the shipped threshold, and it calls the probably contrast-enhanced CQ500-CT-0 series (readers: no ICH) positive. Cross-validated on the 20 rsna-series patients its slice any-AUC is 0.695 — below a logistic regression on frozen ImageNet features trained on CT-ICH alone (0.819). Do not rely on it for real scanner DICOM."

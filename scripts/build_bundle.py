@@ -73,6 +73,8 @@ def main() -> int:
     ap.add_argument("--source-evaluation", action="append", default=[], metavar="NAME=DIR",
                     help="`ichd evaluate --source NAME --thresholds-from EVALUATION/thresholds.json` output folder "
                          "of one training source's OOF slices; repeatable")
+    ap.add_argument("--limit", action="append", default=[], metavar="TEXT",
+                    help="a measured known limit for the model card (listed first); repeatable")
     args = ap.parse_args()
     training = dict(item.split("=", 1) for item in args.training if "=" in item)
     try:
@@ -85,7 +87,8 @@ def main() -> int:
     try:
         b = build_bundle(out, cnn=args.cnn, sequence=args.seq, evaluation=args.evaluation, name=args.name,
                          version=args.version, aliases=tuple(args.alias or ["default"]), training=training,
-                         training_sources=training_sources, source_evaluations=source_evaluations)
+                         training_sources=training_sources, source_evaluations=source_evaluations,
+                         limits=tuple(args.limit))
     except IchdError as e:
         print(f"build_bundle: error: {e}", file=sys.stderr)
         return e.exit_code

@@ -31,6 +31,10 @@ def evaluate_command(
     source: Annotated[str | None, typer.Option(
         "--source", help="With several label files: evaluate only this source's slices (the name of the folder "
         "holding its label file, e.g. rsna-series).")] = None,
+    partial_scans: Annotated[bool, typer.Option(
+        "--partial-scans", help="Evaluate a scan on its predicted slices when some of its labelled slices have no "
+        "prediction (e.g. slices ingest dropped as duplicate positions); an error still when such a slice holds "
+        "the scan's only positive label.")] = False,
     scans: Annotated[Path | None, typer.Option(
         "--scans", help="CSV slice_id,scan_id[,patient_id] giving scan (and patient) membership when the inputs "
         "do not carry it. Without any scan membership only slice-level metrics are reported.")] = None,
@@ -65,7 +69,7 @@ def evaluate_command(
     if bins < 1:
         raise typer.BadParameter("--bins must be >= 1")
     ev, paths = evaluate_files(predictions, labels if len(labels) > 1 else labels[0], out, source=source,
-                               scans=scans, scan_predictions=scan_predictions,
+                               partial_scans=partial_scans, scans=scans, scan_predictions=scan_predictions,
                                thresholds_from=thresholds_from,
                                thresholds_labels=thresholds_labels, sensitivity=sensitivity, n_boot=bootstrap,
                                seed=seed, n_bins=bins, readers=readers, overwrite=overwrite,

@@ -14,7 +14,8 @@ Every reader returns the same layout: a :class:`pandas.DataFrame` indexed by ``s
 * the rsna-samples ``labels.csv`` (``file,any,...,sop_instance_uid``), ids attached the same way;
 * an ichd labels table (``slice_id,scan_id,patient_id,slice_index,any,...``), as written by the tools;
 * the rsna-series ``labels.csv`` (``image_id,patient_id,study_uid,series_uid,file,any,...,label_source,
-  slice_index``): whole RSNA series with scan (= series UID) and patient ids; **empty label cells are missing
+  slice_index``): whole RSNA series with scan (= series UID) and patient ids (pseudonymised like every DICOM
+  PatientID in ichd: ``sha1(PatientID)[:12]``); **empty label cells are missing
   labels** and become ``NaN`` (the label columns are then float), never 0.
 
 Several label files (one per data source) are read into one table with :func:`read_label_sources`, which adds a
@@ -245,7 +246,8 @@ def _read_rsna_series(df: pd.DataFrame, path: Path) -> pd.DataFrame:
     frame = pd.DataFrame({
         "slice_id": df["image_id"].astype(str).to_numpy(),
         "scan_id": df["series_uid"].astype(str).to_numpy(),
-        "patient_id": df["patient_id"].astype(str).to_numpy(),
+        # the pseudonym ichd gives DICOM patients (sha1(PatientID)[:12]), so these ids match the cache's
+        "patient_id": df["patient_id"].astype(str).map(_pseudonym).to_numpy(),
         "slice_index": _integers(df, "slice_index", path),
     })
     labels = _binary(df, LABELS, path, allow_missing=True).reset_index(drop=True)

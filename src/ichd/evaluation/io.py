@@ -374,12 +374,13 @@ def _merge_ids(primary: pd.Series, secondary: pd.Series, what: str, src1: str, s
 
 
 def align(preds: PredictionSet, labels: pd.DataFrame, *, labels_source: str = "labels",
-          scan_map: pd.DataFrame | None = None, scan_map_source: str = "scan map") -> EvalData:
+          scan_map: pd.DataFrame | None = None, scan_map_source: str = "scan map",
+          partial_scans: bool = False) -> EvalData:
     """Match predictions to labels by slice id and work out scan and patient membership.
 
     Rules: every predicted slice must have a label (else an error naming the slices). Labelled scans without any
     predicted slice are ignored (a note says how many); a scan with only some slices predicted is an error
-    (its scan label would be wrong). Scan ids come from the ``--scans`` map, else the predictions, else the
+    (its scan label would be wrong) unless ``partial_scans`` (see :func:`_check_complete_scans`). Scan ids come from the ``--scans`` map, else the predictions, else the
     labels; they must agree where several say. Patient ids likewise; without any, scans stand in for patients.
     """
     notes: list[str] = []
@@ -425,7 +426,7 @@ def align(preds: PredictionSet, labels: pd.DataFrame, *, labels_source: str = "l
         return EvalData(scan_ids=None, patient_ids=pids, group_kind="slice", notes=notes, **data_kwargs)
 
     scan_arr = scan.astype(str).to_numpy(object)
-    _check_complete_scans(scan_arr, labels, scan_map, notes)
+    _check_complete_scans(scan_arr, labels, scan_map, notes, pred_ids=pred.index, partial_scans=partial_scans)
     pat_known = patient.notna()
     if pat_known.all():
         pat_arr = patient.astype(str).to_numpy(object)
@@ -469,8 +470,11 @@ def _scan_rows(scan_arr: np.ndarray, y: np.ndarray, p: np.ndarray) -> tuple[np.n
 
 
 def _check_complete_scans(scan_arr: np.ndarray, labels: pd.DataFrame, scan_map: pd.DataFrame | None,
-                          notes: list[str]) -> None:
-    """Error when a predicted scan has labelled slices without predictions; note scans left out entirely."""
+                          notes: list[str], *, pred_ids: pd.Index | None = None,
+                          partial_scans: bool = False) -> None:
+    """Error when a predicted scan has labelled slices without predictions (unless ``partial_scans``: then a note,
+    and still an error if an unpredicted slice carries a positive label that the scan's predicted slices do not,
+    since the scan label would change); note scans left out entirely."""
     lab_scan = _optional_id(labels, "scan_id")
     if scan_map is not None:
         mapped = scan_map["scan_id"].reindex(labels.index)
@@ -481,10 +485,25 @@ def _check_complete_scans(scan_arr: np.ndarray, labels: pd.DataFrame, scan_map: 
     counts_pred = pd.Series(scan_arr).value_counts()
     predicted = set(counts_pred.index)
     partial = [s for s in predicted if s in counts_lab.index and counts_lab[s] > counts_pred[s]]
-    if partial:
+    if partial and not partial_scans:
         raise InputError(f"{len(partial)} scan(s) have labelled slices without a prediction: "
                          f"{_listing(sorted(partial))}",
-                         hint="predict every slice of a scan, or leave the scan out of the labels")
+                         hint="predict every slice of a scan, leave the scan out of the labels, or pass "
+                              "--partial-scans (e.g. slices that ingest dropped as duplicate positions)")
+    if partial:
+        missing_total = 0
+        for scan in sorted(partial):
+            rows = labels[lab_scan == scan]
+            done = rows.index.isin(pred_ids) if pred_ids is not None else np.zeros(len(rows), bool)
+            missing_total += int((~done).sum())
+            lost = rows.loc[~done, list(LABELS)].max() > rows.loc[done, list(LABELS)].max()
+            if bool(lost.any()):
+                raise InputError(f"scan {scan}: unpredicted slice(s) carry the only positive {', '.join(lost.index[lost])} "
+                                 "label(s) of the scan, so its scan label would be wrong",
+                                 hint="predict those slices")
+        notes.append(f"{len(partial)} scan(s) are evaluated on their predicted slices only ({missing_total} labelled "
+                     f"slice(s) without a prediction, none carrying a scan's only positive label): "
+                     f"{_listing(sorted(partial))}.")
     left_out = [s for s in counts_lab.index if s not in predicted]
     if left_out:
         n_sl = int(counts_lab[left_out].sum())

@@ -790,6 +790,7 @@ def evaluate_files(
     out: str | Path,
     *,
     source: str | None = None,
+    partial_scans: bool = False,
     scans: str | Path | None = None,
     scan_predictions: str | Path | None = None,
     thresholds_from: str | Path | None = None,
@@ -846,7 +847,7 @@ def evaluate_files(
         preds.slices = preds.slices[~unscored]
     scan_map = read_scan_map(scans) if scans is not None else None
     data = align(preds, label_table, labels_source=labels_text, scan_map=scan_map,
-                 scan_map_source=str(scans) if scans is not None else "scan map")
+                 scan_map_source=str(scans) if scans is not None else "scan map", partial_scans=partial_scans)
     data.notes[:0] = label_notes
     thresholds = None
     if thresholds_from is not None:
@@ -859,7 +860,7 @@ def evaluate_files(
                 val_preds.scans = scan_table  # the scan output table must then cover the validation scans too
             val_labels = label_table if thresholds_labels is None else read_label_table(thresholds_labels)[0]
             val = align(val_preds, val_labels, labels_source=str(thresholds_labels or labels_text),
-                        scan_map=scan_map)
+                        scan_map=scan_map, partial_scans=partial_scans)
             if data.has_scans and not val.has_scans:
                 raise InputError(f"{tpath}: the validation predictions have no scan membership, but the evaluated "
                                  "ones do", hint="give scan ids in both (or one --scans map covering both)")

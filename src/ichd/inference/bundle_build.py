@@ -209,8 +209,8 @@ def _training_section(sources: Sequence[TrainingSource] | None, weights: str, co
     return "\n".join(lines)
 
 
-def _limits_section(sources: Sequence[TrainingSource] | None) -> str:
-    lines: list[str] = []
+def _limits_section(sources: Sequence[TrainingSource] | None, extra: Sequence[str] = ()) -> str:
+    lines: list[str] = [f"- {text}" for text in extra]  # measured failures first (build_bundle(limits=...))
     if sources:
         total = _total_patients(sources)
         per = ", ".join(s.count_text() for s in sources)
@@ -298,7 +298,7 @@ def render_model_card(*, name: str, version: str, architecture: dict[str, Any], 
                       thresholds: dict[str, float], policy: dict[str, str], training: dict[str, Any],
                       has_sequence: bool, training_sources: Sequence[TrainingSource] | None = None,
                       per_source: Mapping[str, Mapping[str, Any]] | None = None,
-                      code_license: str | None = None) -> str:
+                      code_license: str | None = None, limits: Sequence[str] = ()) -> str:
     """The model card (Markdown) from the facts of the bundle.
 
     ``training_sources`` (see :func:`resolve_training_sources`) drives the training data, licence and known-limits
@@ -324,7 +324,7 @@ def render_model_card(*, name: str, version: str, architecture: dict[str, Any], 
     weights = weights_licence([s.info for s in training_sources or []])
     data_section = _training_section(training_sources, weights, code_license or code_licence())
     per_source_section = _per_source_section(per_source or {}, thresholds["any"])
-    limits = _limits_section(training_sources)
+    limits = _limits_section(training_sources, limits)
     pooled = "All training sources pooled. " if training_sources and len(training_sources) > 1 else ""
     return f"""# Model card: {name} {version}
 
@@ -444,7 +444,8 @@ def build_bundle(out_dir: str | Path, *, cnn: str | Path, evaluation: str | Path
                  name: str = "ctich-lite0", version: str = "1.0.0", aliases: tuple[str, ...] = ("default",),
                  training: dict[str, Any] | None = None,
                  training_sources: Sequence[Mapping[str, Any]] | None = None,
-                 source_evaluations: Mapping[str, str | Path] | None = None) -> BundledModel:
+                 source_evaluations: Mapping[str, str | Path] | None = None,
+                 limits: Sequence[str] = ()) -> BundledModel:
     """Write the bundle to ``out_dir`` (see the module docstring) and return it.
 
     ``training_sources`` lists exactly what the weights were fitted on, written to the manifest key of that name
@@ -452,7 +453,8 @@ def build_bundle(out_dir: str | Path, *, cnn: str | Path, evaluation: str | Path
     {"source": "rsna-series", "patients": "all"}]``; ``ichd predict`` uses it to say whether the bundled demo
     study was in the training data. Left out (None), the manifest does not say, and results only say "may have
     been". It also selects the card's training data, licence and known-limits text and the manifest's
-    ``description``, ``training_data`` and ``license`` (see :mod:`ichd.data.sources`).
+    ``description``, ``training_data`` and ``license`` (see :mod:`ichd.data.sources`). ``limits`` are further
+    known limits measured on the finished model (e.g. its results on held-out real DICOM), listed first.
 
     ``source_evaluations`` maps a training source name to the ``ichd evaluate`` output folder of that source's
     OOF slices, evaluated with the pooled thresholds (``ichd evaluate OOF LABELS... --source NAME
@@ -496,7 +498,7 @@ def build_bundle(out_dir: str | Path, *, cnn: str | Path, evaluation: str | Path
         card = render_model_card(name=name, version=version, architecture=architecture, summary=summary,
                                  thresholds=thresholds, policy=policy, training=training or {},
                                  has_sequence=sequence is not None, training_sources=sources,
-                                 per_source=per_source, code_license=code)
+                                 per_source=per_source, code_license=code, limits=limits)
         extra = {
             "description": f"ICH + subtype detector trained on {describe_training(sources)}: "
                            + ("CNN + sequence model" if sequence is not None else "slice CNN")

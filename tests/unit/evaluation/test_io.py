@@ -209,3 +209,20 @@ def test_rsna_submission_errors_name_the_lines(tmp_path: Path) -> None:
     path.write_text("ID,Label\n" + "\n".join(good[:-1] + ["ID_aaa_subdural,1.5"]) + "\n")
     with pytest.raises(InputError, match="line 7"):
         read_predictions(path)
+
+
+def test_partial_scans_option(tmp_path: Path) -> None:
+    lab = _labels()
+    preds = read_predictions(_pred_csv(tmp_path / "p.csv", lab))
+    full = preds.slices
+    preds.slices = full.drop(index=["s2-3"])  # a negative slice of a negative scan (e.g. a dropped duplicate)
+    data = align(preds, lab, partial_scans=True)
+    assert any("predicted slices only" in n and "scan2" in n for n in data.notes)
+    assert len(data.scans) == 3
+    # losing the only positive slices of scan0 would change its scan label: still an error
+    preds.slices = full.drop(index=["s0-1", "s0-2"])
+    with pytest.raises(InputError, match="only positive"):
+        align(preds, lab, partial_scans=True)
+    # losing one of two positive slices keeps the scan label: allowed
+    preds.slices = full.drop(index=["s0-1"])
+    assert len(align(preds, lab, partial_scans=True).scans) == 3

@@ -235,3 +235,10 @@ def test_script_options(tmp_path: Path, cnn_checkpoint: Path, evaluation_dir: Pa
                                             {"source": "rsna-series", "patients": "all"}]
     assert set(manifest["metrics"]["per_source"]) == set(SOURCES)
     assert "non-commercial" in manifest["license"] and "code: MIT" in manifest["license"]
+
+
+def test_measured_limits_are_listed_first_in_the_card() -> None:
+    from ichd.inference.bundle_build import _limits_section
+
+    text = _limits_section(None, ["misses 6 of 7 bleeds on real DICOM"])
+    assert text.splitlines()[0] == "- misses 6 of 7 bleeds on real DICOM"

@@ -119,3 +119,11 @@ def test_shipped_default_bundle_lists_its_training_data():
         pytest.skip("no bundled default model in this checkout")
     assert b.training_sources is not None, "the shipped bundle must list training_sources"
     assert b.trained_on("ct-ich", "071") is True  # the demo study is CT-ICH patient 071
+
+
+def test_exactly_one_shipped_bundle_is_the_default():
+    owners = [b.name for b in bundled.list_bundled() if "default" in b.aliases]
+    assert len(owners) <= 1, f"several shipped bundles carry the alias 'default': {owners}"
+    names = [b.name for b in bundled.list_bundled()]
+    aliases = [a for b in bundled.list_bundled() for a in b.aliases]
+    assert len(set(names + aliases)) == len(names + aliases), "bundle names and aliases must be unique"
