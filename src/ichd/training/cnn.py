@@ -14,6 +14,11 @@ Output layout (``OUT`` = ``config.out`` or ``--out``)::
 
 The OOF predictions come from the final-epoch model of each fold (no checkpoint selection on the held-out
 fold, so the CV estimate is not optimistically biased).
+
+Under ``torchrun`` (``torchrun --nproc-per-node N -m ichd train cnn ...``) the same call trains data-parallel:
+``optim.batch_size`` is the global batch, split over the processes; every rank trains on its shard of each
+epoch's draws and validates its shard of the validation fold; rank 0 alone writes every file above (see
+:mod:`ichd.training.distributed` and ``docs/scaling.md``).
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ import numpy as np
 from ichd.constants import LABELS
 from ichd.errors import ConfigError, InputError
 from ichd.training.config import CnnTrainConfig
+from ichd.training.distributed import DistInfo
 from ichd.utils.logging import get_logger
 
 log = get_logger(__name__)
@@ -155,49 +161,68 @@ def _seed_augmentation(dataset: Any, augment: Any, seed: int) -> None:
                                            windows=list(dataset.cache.config.windows.values()))
 
 
-def _init_worker(augment: Any, worker_id: int) -> None:
+def _init_worker(augment: Any, worker_id: int, rank: int = 0) -> None:
     """DataLoader ``worker_init_fn``: seed the worker's augmentation from its torch seed, which derives from
-    the loader's generator (re-seeded by the trainer every epoch)."""
+    the loader's generator (re-seeded by the trainer every epoch, alike on every rank; ``rank`` makes the
+    ranks' augmentation draws independent)."""
     import torch
+
+    from ichd.training.distributed import rank_seed
 
     info = torch.utils.data.get_worker_info()
     if info is not None and getattr(info.dataset, "transform", None) is not None:
-        _seed_augmentation(info.dataset, augment, info.seed)
+        _seed_augmentation(info.dataset, augment, rank_seed(info.seed, rank))
 
 
-def make_loaders(cfg: CnnTrainConfig, cache: Any, train_df: Any, val_df: Any | None, seed: int
-                  ) -> tuple[Any, Any, Any, Any]:
+def make_loaders(cfg: CnnTrainConfig, cache: Any, train_df: Any, val_df: Any | None, seed: int,
+                 dist: DistInfo | None = None) -> tuple[Any, Any, Any, Any]:
     """Training loader (augmented; shuffled or class-balanced; seeded generator), validation loader, the
-    generator, and the training dataset."""
+    generator, and the training dataset.
+
+    Under torchrun (``dist`` with more than one process) the training loader yields this rank's
+    :class:`~ichd.training.distributed.ShardSampler` share of the epoch's draws in batches of
+    ``optim.batch_size / world_size`` (the config's batch is the global one), and the validation loader this
+    rank's :class:`~ichd.training.distributed.EvalShardSampler` share of the validation slices."""
     import torch
-    from torch.utils.data import DataLoader
+    from torch.utils.data import DataLoader, RandomSampler
 
     from ichd.data.augment import train_augmentation
     from ichd.data.datasets import SliceDataset
     from ichd.data.sampling import training_sampler
+    from ichd.training.distributed import SINGLE, EvalShardSampler, ShardSampler, per_rank_batch
 
+    dist = dist or SINGLE
+    batch_size = per_rank_batch(cfg.optim.batch_size, dist.world_size)
     windows = list(cache.config.windows.values())
     transform = train_augmentation(cfg.augment, seed=seed, windows=windows) if cfg.augment_enabled else None
-    init_worker = functools.partial(_init_worker, cfg.augment)
+    init_worker = functools.partial(_init_worker, cfg.augment, rank=dist.rank)
     train_ds = SliceDataset(cache, list(train_df.index), labels=train_df, transform=transform)
     generator = torch.Generator().manual_seed(seed)
     workers = cfg.data.num_workers
     common: dict[str, Any] = {"num_workers": workers, "pin_memory": torch.cuda.is_available()}
+    sampler: Any = None
     if cfg.data.balanced_sampling or cfg.data.source_share is not None or cfg.data.epoch_samples is not None:
         sampler = training_sampler(train_df, positive_fraction=(cfg.data.positive_fraction
                                                                 if cfg.data.balanced_sampling else None),
                                    source_share=cfg.data.source_share, num_samples=cfg.data.epoch_samples,
                                    seed=seed)
         sampler.generator = generator  # re-seeded by the trainer every epoch, like the shuffle order
-        train_loader = DataLoader(train_ds, batch_size=cfg.optim.batch_size, sampler=sampler, drop_last=True,
+    elif dist.enabled:
+        sampler = RandomSampler(train_ds, generator=generator)  # what shuffle=True builds
+    if sampler is not None and dist.enabled:
+        sampler = ShardSampler(sampler, dist.rank, dist.world_size)
+    if sampler is not None:
+        train_loader = DataLoader(train_ds, batch_size=batch_size, sampler=sampler, drop_last=True,
                                   generator=generator, worker_init_fn=init_worker, **common)
     else:
-        train_loader = DataLoader(train_ds, batch_size=cfg.optim.batch_size, shuffle=True, drop_last=True,
+        train_loader = DataLoader(train_ds, batch_size=batch_size, shuffle=True, drop_last=True,
                                   generator=generator, worker_init_fn=init_worker, **common)
     val_loader = None
     if val_df is not None and len(val_df):
         val_ds = SliceDataset(cache, list(val_df.index), labels=val_df, transform=None)
-        val_loader = DataLoader(val_ds, batch_size=cfg.val_batch_size, shuffle=False, **common)
+        val_sampler = EvalShardSampler(len(val_ds), dist.rank, dist.world_size) if dist.enabled else None
+        val_loader = DataLoader(val_ds, batch_size=cfg.val_batch_size, shuffle=False, sampler=val_sampler,
+                                **common)
     return train_loader, val_loader, generator, train_ds
 
 
@@ -230,21 +255,34 @@ def train_cnn(cfg: CnnTrainConfig, fold: int | str, *, out: str | Path | None = 
     """Train the slice CNN of ``cfg`` on every fold but ``fold`` and validate on ``fold`` (or on all patients,
     without validation, for ``fold="all"``). Resumes from ``OUT/fold{K}/last.pt`` unless ``restart``.
     The fold folder is locked while training (:func:`fold_lock`).
+
+    Under torchrun (``RANK`` / ``WORLD_SIZE`` in the environment) every process calls this with the same
+    arguments: they join one process group for the call (left again on return or error), train with
+    DistributedDataParallel, and rank 0 holds the lock and writes the outputs; every rank returns the same
+    :class:`FoldResult` once the files are written.
     """
     from ichd.models import model_spec
+    from ichd.training.distributed import distributed_session, run_on_main
 
     if fold != FOLD_ALL and not (isinstance(fold, int) and 0 <= fold < cfg.data.folds):
         raise ConfigError(f"fold must be 0..{cfg.data.folds - 1} or {FOLD_ALL!r}, got {fold!r}")
     if cfg.model.pretrained and cfg.model.weights is None and not model_spec(cfg.model.name).pretrained_available:
         raise ConfigError(f"model.pretrained is true but {cfg.model.name!r} ships no offline weights",
                           hint="set model.pretrained: false (random init) or model.weights: PATH")
-    fold_dir = Path(out if out is not None else cfg.out) / fold_dir_name(fold)
-    fold_dir.mkdir(parents=True, exist_ok=True)
-    with fold_lock(fold_dir):
-        return _train_fold(cfg, fold, Path(out if out is not None else cfg.out), restart=restart)
+    out_root = Path(out if out is not None else cfg.out)
+    fold_dir = out_root / fold_dir_name(fold)
+    with distributed_session(cfg.device) as (dist, device), contextlib.ExitStack() as stack:
+
+        def lock() -> None:
+            fold_dir.mkdir(parents=True, exist_ok=True)
+            stack.enter_context(fold_lock(fold_dir))
+
+        run_on_main(lock)  # rank 0 locks; when it cannot, every rank stops
+        return _train_fold(cfg, fold, out_root, restart=restart, dist=dist, device=device)
 
 
-def _train_fold(cfg: CnnTrainConfig, fold: int | str, out_root: Path, *, restart: bool) -> FoldResult:
+def _train_fold(cfg: CnnTrainConfig, fold: int | str, out_root: Path, *, restart: bool,
+                dist: DistInfo | None = None, device: Any = None) -> FoldResult:
     import torch
 
     from ichd.config import config_to_dict, save_config
@@ -252,21 +290,26 @@ def _train_fold(cfg: CnnTrainConfig, fold: int | str, out_root: Path, *, restart
     from ichd.evaluation.metrics import CumulativeMetrics
     from ichd.models import create_model
     from ichd.models.checkpoint import read_checkpoint, save_checkpoint
+    from ichd.training.distributed import SINGLE, barrier, run_on_main
     from ichd.training.losses import WeightedBCEWithLogits
     from ichd.training.trainer import Callback, Trainer, seed_everything
     from ichd.utils.device import resolve_device
     from ichd.utils.files import atomic_write_text
 
     t0 = time.perf_counter()
+    dist = dist or SINGLE
+    main = dist.is_main  # rank 0 (or the only process) writes every file
     fold_dir = out_root / fold_dir_name(fold)
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
-    device = resolve_device(cfg.device)
+    if device is None:
+        device = resolve_device(cfg.device)
     seed_everything(cfg.seed, deterministic=cfg.deterministic)
 
-    cache, labels = load_training_table(cfg)
+    cache, labels = load_training_table(cfg)  # every rank reads the cache: it must exist on every node
     folds = patient_folds(labels, cfg.data.folds, cfg.data.fold_seed)
-    write_folds_csv(out_root, folds)
+    if main:
+        write_folds_csv(out_root, folds)
     if fold == FOLD_ALL:
         train_df, val_df = labels, None
         val_patients: list[str] = []
@@ -283,7 +326,7 @@ def _train_fold(cfg: CnnTrainConfig, fold: int | str, out_root: Path, *, restart
     model = create_model(cfg.model.name, pretrained=pretrained, weights=cfg.model.weights, **model_kwargs)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr_per_epoch[0],
                                  weight_decay=cfg.optim.weight_decay)
-    train_loader, val_loader, generator, train_ds = make_loaders(cfg, cache, train_df, val_df, cfg.seed)
+    train_loader, val_loader, generator, train_ds = make_loaders(cfg, cache, train_df, val_df, cfg.seed, dist)
     reseed = []
     if cfg.augment_enabled and cfg.data.num_workers == 0:
         # Without worker processes the augmentation runs here: re-seed it at the start of every epoch.
@@ -302,6 +345,8 @@ def _train_fold(cfg: CnnTrainConfig, fold: int | str, out_root: Path, *, restart
         """Save ``last.pt`` (resumable) and ``metrics.json`` after every epoch."""
 
         def on_epoch_end(self, trainer: Trainer, epoch: int, metrics: dict[str, float]) -> None:
+            if not main:
+                return
             save_checkpoint(fold_dir / "last.pt", trainer.model, config=cfg, preprocess=preprocess,
                             metrics=metrics, fold=fold, epoch=epoch + 1,
                             training_state={**trainer.state_dict(), "fingerprint": fingerprint,
@@ -313,7 +358,8 @@ def _train_fold(cfg: CnnTrainConfig, fold: int | str, out_root: Path, *, restart
                "epochs": cfg.optim.epochs, "finished": final, "history": _jsonable(history),
                "train_slices": len(train_df), "val_slices": 0 if val_df is None else len(val_df),
                "val_patients": val_patients, "wall_seconds": wall_seconds(),
-               "device": str(device), "threads": torch.get_num_threads()}
+               "device": str(device), "threads": torch.get_num_threads(),
+               "world_size": dist.world_size, "batch_per_process": cfg.optim.batch_size // dist.world_size}
         if oof is not None:
             doc["oof"] = _jsonable(oof)
         atomic_write_text(fold_dir / "metrics.json", json.dumps(doc, indent=2))
@@ -323,49 +369,64 @@ def _train_fold(cfg: CnnTrainConfig, fold: int | str, out_root: Path, *, restart
                       amp=cfg.optim.amp, channels_last=cfg.optim.channels_last, seed=cfg.seed,
                       deterministic=cfg.deterministic, loader_generator=generator, reseed_fns=reseed,
                       scan_ids=dict(zip(labels.index.astype(str), labels["scan_id"].astype(str))),
-                      callbacks=[_Checkpointer()], desc=f"fold {fold}")
+                      callbacks=[_Checkpointer()], desc=f"fold {fold}", distributed=dist,
+                      sync_batchnorm=device.type == "cuda")
 
     resumed_from = 0
     last = fold_dir / "last.pt"
-    if last.is_file() and not restart:
+
+    def read_resume_state() -> tuple[dict[str, Any], float] | None:
+        """Rank 0 reads last.pt (and the earlier wall time); under torchrun every rank gets the same copy."""
+        if restart or not last.is_file():
+            return None
         raw = read_checkpoint(last)
         if raw.get("fingerprint") != fingerprint:
             raise ConfigError(f"{last} belongs to a run with a different configuration",
                               hint="use another --out folder, or --restart to start this fold again")
-        trainer.model.load_state_dict(raw["state_dict"])
-        trainer.load_state_dict(raw)
-        resumed_from = trainer.epoch
         # last.pt is written at the end of an epoch; metrics.json also counts the final validation and OOF
         # writing of a finished session, so the larger of the two is the earlier sessions' wall time.
-        earlier_seconds = float(raw.get("wall_seconds", 0.0))
+        seconds = float(raw.get("wall_seconds", 0.0))
         metrics_file = fold_dir / "metrics.json"
         if metrics_file.is_file():
             try:
-                earlier_seconds = max(earlier_seconds, float(json.loads(metrics_file.read_text())["wall_seconds"]))
+                seconds = max(seconds, float(json.loads(metrics_file.read_text())["wall_seconds"]))
             except (ValueError, KeyError, TypeError):
                 log.warning("fold %s: %s is unreadable; wall time restarts from last.pt", fold, metrics_file)
+        return raw, seconds
+
+    resume = run_on_main(read_resume_state)
+    if resume is not None:
+        raw, earlier_seconds = resume
+        trainer.model.load_state_dict(raw["state_dict"])
+        trainer.load_state_dict(raw)
+        resumed_from = trainer.epoch
+        del raw, resume
         log.info("fold %s: resuming after epoch %d of %d", fold, trainer.epoch, trainer.epochs)
-    save_config(cfg, fold_dir / "config.yaml")
+    if main:
+        save_config(cfg, fold_dir / "config.yaml")
 
     trainer.fit(train_loader, val_loader, val_every=cfg.val_every, skip_last_validation=True)
     final_metrics = dict(trainer.history[-1]) if trainer.history else {}
     oof_csv = None
     oof_metrics = None
     if val_loader is not None:
-        val_metrics, preds = trainer.validate(val_loader)
+        val_metrics, preds = trainer.validate(val_loader)  # under torchrun: every rank's shard, gathered
         oof_metrics = val_metrics
         frame = predictions_frame(val_df, preds.probs, fold)
         if list(frame["slice_id"]) != [str(s) for s in preds.meta.get("slice_id", frame["slice_id"])]:
             raise RuntimeError("validation predictions are not in the order of the validation table")
         oof_csv = fold_dir / "oof.csv"
-        atomic_write_text(oof_csv, frame.to_csv(index=False, float_format="%.6g"))
+        if main:
+            atomic_write_text(oof_csv, frame.to_csv(index=False, float_format="%.6g"))
         final_metrics.update(val_metrics)
         if trainer.history:  # the last epoch's validation is this one (fit skipped its own)
             trainer.history[-1].update(val_metrics)
-    final = save_checkpoint(fold_dir / "final.pt", trainer.model, config=cfg, preprocess=preprocess,
-                            metrics=final_metrics, fold=fold, epoch=trainer.epoch,
-                            extra={**extra, "config_dict": config_to_dict(cfg)})
-    _write_metrics(trainer.history, final=True, oof=oof_metrics)
+    final = fold_dir / "final.pt"
+    if main:
+        save_checkpoint(final, trainer.model, config=cfg, preprocess=preprocess, metrics=final_metrics,
+                        fold=fold, epoch=trainer.epoch, extra={**extra, "config_dict": config_to_dict(cfg)})
+        _write_metrics(trainer.history, final=True, oof=oof_metrics)
+    barrier()  # the other ranks return once rank 0 has written the outputs
     seconds = wall_seconds()
     log.info("fold %s done in %.0f s: %s", fold, seconds, final)
     return FoldResult(fold=fold, out_dir=fold_dir, final_checkpoint=final, metrics=final_metrics,

@@ -6,6 +6,12 @@ e.g. ``slice_id`` / ``scan_id``, are passed through to predictions), or ``(image
 Resuming: :meth:`Trainer.state_dict` / :meth:`Trainer.load_state_dict` carry the optimizer, the epoch and the
 metric history; every epoch re-seeds all random generators from ``(seed, epoch)``, so a run resumed after
 epoch ``k`` continues exactly as the uninterrupted run would.
+
+Data-parallel (``distributed``, under torchrun): the model is wrapped in DistributedDataParallel for training
+(gradients averaged over ranks), while :attr:`Trainer.model` stays the plain module (predictions, checkpoints).
+Training losses are averaged over ranks; validation over a loader sharded with
+:class:`ichd.training.distributed.EvalShardSampler` is gathered back into one prediction set on every rank.
+See :mod:`ichd.training.distributed`.
 """
 
 from __future__ import annotations
@@ -23,6 +29,8 @@ import torch
 from torch import nn
 
 from ichd.errors import IchdError
+from ichd.training import distributed as dist_utils
+from ichd.training.distributed import DistInfo, EvalShardSampler
 from ichd.utils.logging import get_logger
 from ichd.utils.progress import progress_bar
 
@@ -46,7 +54,8 @@ def epoch_seed(seed: int, epoch: int) -> int:
 
 
 class Callback:
-    """Hooks called by :class:`Trainer`; override what you need."""
+    """Hooks called by :class:`Trainer`; override what you need. Under torchrun they run on every rank: write
+    files only where ``trainer.dist.is_main``."""
 
     def on_fit_start(self, trainer: Trainer) -> None:
         """Before the first epoch (also when resuming)."""
@@ -101,6 +110,12 @@ class Trainer:
             ``slice_id``.
         log_every: log a progress line every N optimizer steps (for log files; the bar updates each batch).
         desc: label of the progress bar and log lines (e.g. ``"fold 2"``).
+        distributed: this process's place in a torchrun job (``None``: a single process). With more than one
+            process the model is trained through DistributedDataParallel; ``loader_generator`` must then be
+            seeded alike on every rank (it is: from ``seed``) and the training loader must shard its draws
+            (:class:`ichd.training.distributed.ShardSampler`).
+        sync_batchnorm: under DDP, replace BatchNorm by SyncBatchNorm (batch statistics over the global batch,
+            as in one process; torch supports it on GPUs only).
     """
 
     def __init__(self, model: nn.Module, loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
@@ -109,12 +124,23 @@ class Trainer:
                  channels_last: bool = True, seed: int = 42, deterministic: bool = True,
                  loader_generator: torch.Generator | None = None,
                  reseed_fns: Iterable[Callable[[int], None]] = (), scan_ids: dict[str, str] | None = None,
-                 callbacks: Iterable[Callback] = (), log_every: int = 10, desc: str = "train") -> None:
+                 callbacks: Iterable[Callback] = (), log_every: int = 10, desc: str = "train",
+                 distributed: DistInfo | None = None, sync_batchnorm: bool = False) -> None:
         self.device = device
         self.channels_last = channels_last
+        self.dist = distributed or dist_utils.SINGLE
         self.model = model.to(device)
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        self._ddp: nn.Module | None = None
+        if self.dist.enabled:
+            if dist_utils.has_batchnorm(self.model):
+                if sync_batchnorm:
+                    self.model = dist_utils.convert_sync_batchnorm(self.model)
+                elif self.dist.is_main:
+                    log.info("%s: BatchNorm statistics are taken per process (its share of the batch), not "
+                             "over the global batch (SyncBatchNorm is off or unsupported on %s)", desc, device.type)
+            self._ddp = dist_utils.wrap_model(self.model, device)
         self.loss_fn = loss_fn.to(device) if isinstance(loss_fn, nn.Module) else loss_fn
         self.optimizer = optimizer
         self.lr_per_epoch = [float(x) for x in lr_per_epoch]
@@ -138,6 +164,11 @@ class Trainer:
     @property
     def epochs(self) -> int:
         return len(self.lr_per_epoch)
+
+    @property
+    def train_module(self) -> nn.Module:
+        """The module training batches go through: the DDP wrapper under torchrun, else :attr:`model`."""
+        return self._ddp if self._ddp is not None else self.model
 
     # -- state for resuming ------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -169,11 +200,12 @@ class Trainer:
 
     def _seed_epoch(self, epoch: int) -> None:
         s = epoch_seed(self.seed, epoch)
-        seed_everything(s, deterministic=self.deterministic)
+        own = dist_utils.rank_seed(s, self.dist.rank)  # dropout / augmentation: independent per rank
+        seed_everything(own, deterministic=self.deterministic)
         if self.loader_generator is not None:
-            self.loader_generator.manual_seed(s)
+            self.loader_generator.manual_seed(s)  # sampling order: identical on every rank (each keeps a shard)
         for fn in self.reseed_fns:
-            fn(s)
+            fn(own)
 
     # -- loops -------------------------------------------------------------------------------------------------
     def train_epoch(self, loader: Iterable[Any], epoch: int) -> dict[str, float]:
@@ -182,7 +214,8 @@ class Trainer:
         lr = self.lr_per_epoch[epoch]
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        self.model.train()
+        module = self.train_module
+        module.train()
         self.optimizer.zero_grad(set_to_none=True)
         total = len(loader) if hasattr(loader, "__len__") else None
         bar = progress_bar(desc=f"{self.desc} epoch {epoch + 1}/{self.epochs}", total=total, unit="batch")
@@ -195,13 +228,17 @@ class Trainer:
                 if y is None:
                     raise IchdError("training batches must carry targets")
                 x, y = self._to_device(x), y.to(self.device, non_blocking=True).float()
-                with self._autocast():
-                    logits = self.model(x)
-                loss = self.loss_fn(logits.float(), y)
-                if not torch.isfinite(loss):
-                    raise IchdError(f"{self.desc}: loss became {loss.item()} at epoch {epoch + 1}, batch {i + 1}",
-                                    hint="lower the learning rate or disable amp")
-                self.scaler.scale(loss / self.grad_accum).backward()
+                # Under DDP, gradients are averaged over ranks only in the backward pass before an optimizer step.
+                steps_now = pending + 1 == self.grad_accum or total is None or i + 1 == total
+                sync = self._ddp.no_sync() if (self._ddp is not None and not steps_now) else contextlib.nullcontext()
+                with sync:
+                    with self._autocast():
+                        logits = module(x)
+                    loss = self.loss_fn(logits.float(), y)
+                    if not torch.isfinite(loss):
+                        raise IchdError(f"{self.desc}: loss became {loss.item()} at epoch {epoch + 1}, "
+                                        f"batch {i + 1}", hint="lower the learning rate or disable amp")
+                    self.scaler.scale(loss / self.grad_accum).backward()
                 pending += 1
                 if pending == self.grad_accum or (total is not None and i + 1 == total):
                     self.scaler.step(self.optimizer)
@@ -228,6 +265,10 @@ class Trainer:
         finally:
             bar.close()
         seconds = time.perf_counter() - t0
+        if self.dist.enabled:  # the epoch over all ranks: mean loss over every slice drawn, total throughput
+            loss_sum, n_total = dist_utils.all_reduce_sum([loss_sum, n_seen])
+            n_seen = int(n_total)
+            seconds = dist_utils.all_reduce_max(seconds)
         return {"train/loss": loss_sum / max(n_seen, 1), "train/img_per_s": n_seen / max(seconds, 1e-9),
                 "train/seconds": seconds, "train/n": float(n_seen), "lr": lr}
 
@@ -260,8 +301,12 @@ class Trainer:
 
     def validate(self, loader: Iterable[Any]) -> tuple[dict[str, float], Predictions]:
         """Predict ``loader`` and compute ``val/...`` metrics (with scan-level metrics when batches carry
-        ``scan_id``)."""
+        ``scan_id``). Under DDP a loader sharded with :class:`EvalShardSampler` is predicted in parts and gathered
+        (every rank gets all predictions in loader order); an unsharded loader is predicted whole on every
+        rank."""
         preds = self.predict(loader, desc="validate")
+        if self.dist.enabled and isinstance(getattr(loader, "sampler", None), EvalShardSampler):
+            preds = _gather_predictions(preds)
         metrics: dict[str, float] = {"val/seconds": preds.seconds}
         if self.metrics_factory is not None and preds.targets is not None:
             acc = self.metrics_factory()
@@ -297,6 +342,18 @@ class Trainer:
         for cb in self.callbacks:
             cb.on_fit_end(self)
         return self.history
+
+
+def _gather_predictions(part: Predictions) -> Predictions:
+    """Every rank's :class:`EvalShardSampler` share of a prediction run, back in loader order."""
+    parts = dist_utils.all_gather_objects(part)
+    probs = dist_utils.interleave([p.probs for p in parts])
+    targets = None
+    if all(p.targets is not None for p in parts if len(p.probs)):
+        targets = dist_utils.interleave([p.targets if p.targets is not None else p.probs for p in parts])
+    keys = set(parts[0].meta)
+    meta = {k: dist_utils.interleave([p.meta.get(k, []) for p in parts]) for k in keys}
+    return Predictions(probs=probs, targets=targets, meta=meta, seconds=max(p.seconds for p in parts))
 
 
 def _summary(metrics: dict[str, float]) -> str:
