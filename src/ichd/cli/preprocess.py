@@ -37,10 +37,20 @@ def register(app: typer.Typer) -> None:
         patients: str | None = typer.Option(None, "--patients",
                                             help="CT-ICH only: comma-separated patient numbers to include "
                                                  "(e.g. 49,50,51); default all."),
+        scheduler: str | None = typer.Option(
+            None, "--scheduler",
+            help="Run the work units as tasks on Dask (needs dask.distributed: the ichd extra 'dask'): a "
+                 "scheduler address (tcp://HOST:PORT; the inputs and --out must be on a filesystem every worker "
+                 "mounts at the same path) or 'local' for a local cluster. Default: the process pool of --workers."),
+        dask_workers: int | None = typer.Option(
+            None, "--dask-workers", min=1,
+            help="Start a local Dask cluster of N one-thread worker processes (implies --scheduler local; "
+                 "default with --scheduler local: --workers, else min(4, CPUs))."),
         *,
         inputs: CTInputOptions,  # the options of @ct_input_options
     ) -> None:
-        """Window, resize and cache CT scans (resumable: re-running skips what is already cached)."""
+        """Window, resize and cache CT scans (resumable: re-running skips what is already cached; parallel over a
+        process pool or a Dask cluster)."""
         from ichd.errors import InputError
         from ichd.preprocessing.cache import build_cache
         from ichd.preprocessing.config import PreprocessConfig
@@ -54,7 +64,8 @@ def register(app: typer.Typer) -> None:
             except ValueError as e:
                 raise InputError(f"--patients {patients!r} must be comma-separated numbers") from e
         summary = build_cache(paths, out, cfg, workers=workers, window=inputs.window_hu, patients=chosen,
-                              strict=inputs.strict, allow_secondary_capture=inputs.allow_secondary_capture)
+                              strict=inputs.strict, allow_secondary_capture=inputs.allow_secondary_capture,
+                              scheduler=scheduler, dask_workers=dask_workers)
         typer.echo(f"cache {summary.out}: wrote {summary.written} series ({summary.slices_written} slices), "
                    f"skipped {summary.skipped_inputs} input(s) already cached; now {summary.total_series} series, "
                    f"{summary.total_slices} slices; {summary.seconds:.1f} s")

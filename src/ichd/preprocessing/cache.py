@@ -12,7 +12,10 @@ Layout (see docs/architecture.md)::
 Building is **resumable**: every finished work unit (a CT-ICH patient, one DICOM series of a multi-series
 folder or zip, or else one input path; see :func:`expand_inputs`) is recorded in the manifest, which is rewritten atomically after each one, so an interrupted run continues where it stopped and a
 re-run with the same settings does nothing. A cache built with different settings is never mixed or overwritten.
-Units are processed in parallel over a process pool (``workers``), so memory holds one series per worker.
+Units are processed in parallel over a process pool (``workers``), so memory holds one series per worker, or as
+tasks on a Dask cluster (``scheduler``/``dask_workers``, see :mod:`ichd.preprocessing.dask_backend`), which run the
+same unit function; either way the driver records each unit as it completes. The finished cache lists units, series
+and slices in input order, whichever worker finished first and wherever a run was resumed.
 """
 
 from __future__ import annotations
@@ -315,6 +318,16 @@ class _ManifestWriter:
         if time.monotonic() - self._last_flush >= FLUSH_SECONDS:
             self.flush()
 
+    def order_by(self, keys: Sequence[str]) -> None:
+        """Order the recorded units, their series and their slice rows by ``keys`` (this build's units, in input
+        order); units recorded by earlier runs with other inputs come first, as recorded. So the files do not depend
+        on which worker finished first or where a run was resumed."""
+        rank = {k: i for i, k in enumerate(keys)}
+        self.manifest["inputs"].sort(key=lambda k: rank.get(k, -1))
+        self.manifest["series"].sort(key=lambda e: rank.get(e["input"], -1))
+        scan_rank = {e["scan_id"]: rank.get(e["input"], -1) for e in self.manifest["series"]}
+        self.rows.sort(key=lambda r: scan_rank.get(r["scan_id"], -1))
+
     def flush(self) -> None:
         import pandas as pd
 
@@ -329,12 +342,15 @@ class _ManifestWriter:
 def build_cache(inputs: Iterable[str | os.PathLike[str] | CacheInput], out: str | os.PathLike[str],
                 cfg: PreprocessConfig | None = None, *, workers: int | None = None,
                 window: tuple[float, float] | None = None, patients: Sequence[int] | None = None,
-                strict: bool = False, allow_secondary_capture: bool = False) -> BuildSummary:
+                strict: bool = False, allow_secondary_capture: bool = False, scheduler: str | None = None,
+                dask_workers: int | None = None) -> BuildSummary:
     """Preprocess ``inputs`` (paths or :class:`CacheInput`) into the cache folder ``out``.
 
     Skips inputs already in the cache with the same settings; refuses (:class:`InputError`) to mix settings or
     to write into a non-empty folder that is not a cache. ``workers`` processes run in parallel (default:
-    ``min(4, cpu count)``; 0 or 1 runs in this process). An input that fails to read is recorded in
+    ``min(4, cpu count)``; 0 or 1 runs in this process). With ``scheduler`` (a Dask scheduler address, or
+    ``"local"``) or ``dask_workers`` (the size of a local Dask cluster, default ``workers``) the units run as tasks on
+    Dask instead (:mod:`ichd.preprocessing.dask_backend`). An input that fails to read is recorded in
     ``summary.failed`` and the others go on. ``window`` is passed to ``read_ct`` for windowed PNG/JPG inputs;
     ``strict`` (an input fails at its first broken file) and ``allow_secondary_capture`` to the DICOM reader.
     """
@@ -351,6 +367,11 @@ def build_cache(inputs: Iterable[str | os.PathLike[str] | CacheInput], out: str 
                                allow_secondary_capture=allow_secondary_capture))
     if not items:
         raise InputError("nothing to preprocess: no inputs given", hint="pass CT folders, files or a CT-ICH root")
+    dask_target = None
+    if scheduler is not None or dask_workers is not None:
+        from ichd.preprocessing.dask_backend import resolve_target
+
+        dask_target = resolve_target(scheduler, dask_workers, workers)
     writer = _ManifestWriter(out, cfg)
     (out / SERIES_DIR).mkdir(parents=True, exist_ok=True)
     summary = BuildSummary(out=out)
@@ -366,6 +387,7 @@ def build_cache(inputs: Iterable[str | os.PathLike[str] | CacheInput], out: str 
         writer.add(item.key, entries, rows)
         summary.written += len(entries)
         summary.slices_written += len(rows)
+        bar.set_postfix_str(f"{summary.slices_written} slices", refresh=False)
         bar.update(1)
 
     def fail(item: CacheInput, err: BaseException) -> None:
@@ -375,7 +397,13 @@ def build_cache(inputs: Iterable[str | os.PathLike[str] | CacheInput], out: str 
         bar.update(1)
 
     try:
-        if n_workers <= 1 or len(todo) <= 1:
+        if dask_target is not None:
+            if todo:
+                from ichd.preprocessing.dask_backend import run_units
+
+                run_units(todo, str(out.resolve()), cfg_dict, lambda: writer.scan_ids, record, fail,
+                          address=dask_target[0], n_workers=dask_target[1])
+        elif n_workers <= 1 or len(todo) <= 1:
             for item in todo:
                 try:
                     record(item, _process_input(item, str(out), cfg_dict, writer.scan_ids, None))
@@ -399,6 +427,7 @@ def build_cache(inputs: Iterable[str | os.PathLike[str] | CacheInput], out: str 
                             fail(item, e)
     finally:
         bar.close()
+        writer.order_by([it.key for it in items])
         writer.flush()
     summary.total_series = len(writer.manifest["series"])
     summary.total_slices = len(writer.rows)
