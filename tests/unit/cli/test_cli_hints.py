@@ -34,6 +34,7 @@ REACH: dict[str, tuple[str, ...]] = {
     "ichd.cli.inputs": CT_COMMANDS,
     "ichd.cli.main": ("",),  # top-level options (--debug, --help); its messages put them right after `ichd`
     "ichd.preprocessing.cache": ("preprocess",),
+    "ichd.preprocessing.dask_backend": ("preprocess",),
     "ichd.inference.run": ("predict",),
     "ichd.inference.submission": ("predict",),
     "ichd.inference.embed": ("embed",),

@@ -73,8 +73,13 @@ def test_pooled_and_serial_decode_agree(tmp_path: Path, pool: str, caplog: pytes
     np.testing.assert_array_equal(a.hu, series_hu(n))
     np.testing.assert_array_equal(a.hu, b.hu)
     assert a.sop_instance_uids == b.sop_instance_uids
-    if pool == "process":  # forked workers wrote straight into the shared volume
-        assert "writing into shared memory" in caplog.text
+    if pool == "process":
+        from ichd.io.decode import start_method
+
+        # forked workers write straight into the shared volume; when other threads run in this process (e.g. a
+        # Dask client's, left by an earlier test) ichd uses forkserver and the slices come back through the pool
+        expected = "writing into shared memory" if start_method() == "fork" else "slices sent back through the pool"
+        assert expected in caplog.text
     b.hu[0, 0, 0] = 123.0  # the returned volume is an ordinary writable array
     assert b.hu.flags.writeable
 
