@@ -130,6 +130,10 @@ def check_decoders(examples: Mapping[str, str]) -> None:
 
     for ts in sorted(examples):
         uid = UID(ts)
+        if not uid.is_transfer_syntax:  # unknown to pydicom (made up, or newer than it, e.g. JPEG XL): no decoder
+            example = f" (e.g. {examples[ts]})" if examples[ts] else ""
+            raise InputError(f"transfer syntax {ts}{example} is not supported: no decoder exists for it",
+                             hint="convert the files to an uncompressed or JPEG/JPEG-LS/JPEG 2000/RLE syntax")
         if not uid.is_compressed or uid.is_deflated:
             continue
         try:
@@ -177,7 +181,9 @@ def run_job(job: DecodeJob, record_warnings: bool = False) -> DecodeOutcome:
             hu, fixes = decode_to_hu(job)
     except Exception as e:  # noqa: BLE001 - every failure becomes a per-file outcome for the caller to judge
         text = f"{type(e).__name__}: {e}".splitlines()[0]
-        missing = isinstance(e, RuntimeError | NotImplementedError) and ("plugin" in str(e) or "dependenc" in str(e))
+        # pydicom says "exceptions were raised by all available plugins" for a corrupt stream: not a missing plugin
+        missing = (isinstance(e, RuntimeError | NotImplementedError) and ("plugin" in str(e) or "dependenc" in str(e))
+                   and "exceptions were raised" not in str(e))
         return DecodeOutcome(None, None, text, missing, tuple(str(w.message) for w in caught))
     return DecodeOutcome(hu, fixes, warnings=tuple(str(w.message) for w in caught))
 

@@ -69,6 +69,8 @@ CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 ENHANCED_CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2.1"
 LEGACY_ENHANCED_CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2.2"
 CT_SOP_CLASSES = frozenset({CT_IMAGE_STORAGE, ENHANCED_CT_IMAGE_STORAGE, LEGACY_ENHANCED_CT_IMAGE_STORAGE})
+#: Largest Rows/Columns accepted (CT is 512-1024); larger values are corrupt tags that would allocate gigabytes.
+MAX_MATRIX = 8192
 #: Secondary Capture Image Storage and its multi-frame variants share this prefix.
 SECONDARY_CAPTURE_PREFIX = "1.2.840.10008.5.1.4.1.1.7"
 #: Structured reports (dose SRs among them) share this prefix; they have no pixels.
@@ -326,6 +328,8 @@ def _frame_headers(ds: Any, source: DicomSource) -> list[FrameHeader]:
     rows, columns = int(_require(ds, "Rows")), int(_require(ds, "Columns"))
     if rows < 1 or columns < 1:
         raise _TagError("bad_tags", f"Rows {rows} / Columns {columns} must be positive")
+    if rows > MAX_MATRIX or columns > MAX_MATRIX:
+        raise _TagError("bad_tags", f"Rows {rows} / Columns {columns} exceed {MAX_MATRIX} (not a CT slice)")
     n_frames = int(_number(_get(ds, "NumberOfFrames", 1), "NumberOfFrames"))
     if n_frames < 1:
         raise _TagError("bad_tags", f"NumberOfFrames {n_frames} must be positive")

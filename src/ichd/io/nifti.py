@@ -59,8 +59,8 @@ def read_nifti(path: str | os.PathLike[str]) -> CTSeries:
                          hint="pass a single 3-D CT volume")
     original_axcodes = "".join(str(c) for c in nib.orientations.aff2axcodes(img.affine))
     transform = ornt_transform(io_orientation(img.affine), axcodes2ornt(TARGET_AXCODES))
-    img = img.as_reoriented(transform)
     try:
+        img = img.as_reoriented(transform)  # loads the voxels unless the transform is the identity
         data = np.asarray(img.dataobj, dtype=np.float32)
     except (OSError, EOFError, ValueError) as e:
         raise InputError(f"{p}: NIfTI voxel data could not be read ({e})", hint="check the file is complete") from e

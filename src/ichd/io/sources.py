@@ -94,14 +94,41 @@ def folder_sources(folder: Path) -> tuple[list[DicomSource], list[str]]:
     return sources, ignored
 
 
+#: Zip bomb guard: the most a zip's members may claim uncompressed in all, and the highest compression ratio of
+#: a member larger than :data:`ZIP_RATIO_MIN_SIZE` (DICOM compresses ~2-10x; a bomb ~1000x). zipfile never
+#: inflates a member past the size its header claims, so checking the claims is enough.
+ZIP_MAX_TOTAL = 32 << 30
+ZIP_MAX_RATIO = 100
+ZIP_RATIO_MIN_SIZE = 16 << 20
+
+
+def check_zip_sizes(archive: Path, infos: list[zipfile.ZipInfo]) -> None:
+    """Raise :class:`InputError` when the members of ``archive`` look like a zip bomb (see :data:`ZIP_MAX_TOTAL`)."""
+    total = sum(i.file_size for i in infos)
+    if total > ZIP_MAX_TOTAL:
+        raise InputError(f"{archive}: the zip archive claims {total / 2**30:.1f} GiB uncompressed (limit "
+                         f"{ZIP_MAX_TOTAL / 2**30:.0f} GiB); refusing to read it (zip bomb?)",
+                         hint="unpack it yourself and pass the folder")
+    for i in infos:
+        if i.file_size > ZIP_RATIO_MIN_SIZE and i.file_size > ZIP_MAX_RATIO * max(i.compress_size, 1):
+            raise InputError(f"{archive}: member {i.filename} inflates {i.file_size / max(i.compress_size, 1):.0f}x "
+                             f"to {i.file_size / 2**20:.0f} MiB (limit {ZIP_MAX_RATIO}x); refusing to read it "
+                             "(zip bomb?)", hint="unpack it yourself and pass the folder")
+
+
 def zip_sources(archive: Path) -> tuple[list[DicomSource], list[str]]:
-    """All candidate DICOM members of a zip archive and the names of ignored members."""
+    """All candidate DICOM members of a zip archive and the names of ignored members.
+
+    Raises:
+        InputError: not a zip, or its size claims look like a zip bomb (:func:`check_zip_sizes`).
+    """
     try:
         with zipfile.ZipFile(archive) as zf:
             infos = zf.infolist()
     except (zipfile.BadZipFile, OSError) as e:
         raise InputError(f"{archive}: not a readable zip archive ({e})",
                          hint="check the file is complete, or unpack it and pass the folder") from e
+    check_zip_sizes(archive, infos)
     sources: list[DicomSource] = []
     ignored: list[str] = []
     for info in sorted(infos, key=lambda i: i.filename):
