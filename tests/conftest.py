@@ -26,6 +26,16 @@ def data_root() -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def test_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A CNN-only bundle of an untrained EfficientNet-Lite0 at 64 px (see tests/model_factories.py), for tests
+    that run ``ichd predict`` end to end without the real model."""
+    from model_factories import make_bundle, make_cnn_checkpoint
+
+    root = tmp_path_factory.mktemp("test-model")
+    return make_bundle(root / "bundle", make_cnn_checkpoint(root / "cnn.pt"))
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         if "tests/integration" in str(item.fspath).replace(os.sep, "/"):

@@ -23,14 +23,6 @@ def _one_torch_thread():
     yield from single_thread_torch()
 
 
-@pytest.fixture(scope="module")
-def test_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from model_factories import make_bundle, make_cnn_checkpoint
-
-    root = tmp_path_factory.mktemp("real-model")
-    return make_bundle(root / "bundle", make_cnn_checkpoint(root / "cnn.pt"))
-
-
 def _need(path: Path) -> Path:
     if not path.exists():
         pytest.skip(f"{path} not in the data folder")

@@ -26,14 +26,6 @@ def _one_torch_thread():
     yield from single_thread_torch()
 
 
-@pytest.fixture(scope="module")
-def test_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from model_factories import make_bundle, make_cnn_checkpoint
-
-    root = tmp_path_factory.mktemp("rsna-sub-model")
-    return make_bundle(root / "bundle", make_cnn_checkpoint(root / "cnn.pt"))
-
-
 def test_submission_round_trip_through_evaluate(data_root: Path, test_bundle: Path, tmp_path: Path, capsys):
     src = data_root / "rsna-series" / "dicom" / SERIES
     labels_csv = data_root / "rsna-series" / "labels.csv"
