@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from ichd.constants import LABELS
-from ichd.errors import ConfigError, InputError
+from ichd.errors import ConfigError
 
 
 @dataclass
@@ -315,31 +315,18 @@ def balanced_sampler(labels: Any, *, positive_fraction: float = 0.5, num_samples
 
     ``labels`` is a label table (DataFrame with a ``label`` column), an ``(n, 6)`` array in
     :data:`~ichd.constants.LABELS` order, or an ``(n,)`` 0/1 vector, in the dataset's item order. Samples with
-    replacement, ``num_samples`` per epoch (default: the dataset size).
+    replacement, ``num_samples`` per epoch (default: the dataset size). The single-source case of
+    :func:`ichd.data.sampling.training_sampler`, which it calls.
     """
-    import torch
-    from torch.utils.data import WeightedRandomSampler
+    import pandas as pd
 
-    if not 0.0 < positive_fraction < 1.0:
-        raise ConfigError(f"positive_fraction must be in (0, 1), got {positive_fraction}")
-    if hasattr(labels, "columns"):
-        if label not in labels.columns:
-            raise InputError(f"the label table has no column {label!r}")
-        y = labels[label].to_numpy()
-    else:
+    from ichd.data.sampling import training_sampler
+
+    if not hasattr(labels, "columns"):
         arr = np.asarray(labels)
-        y = arr[:, LABELS.index(label)] if arr.ndim == 2 else arr
-    y = np.asarray(y, dtype=np.float64) > 0.5
-    n_pos, n = int(y.sum()), len(y)
-    if n == 0:
-        raise InputError("balanced_sampler got no labels")
-    if n_pos in (0, n):
-        weights = np.ones(n)
-    else:
-        weights = np.where(y, positive_fraction / n_pos, (1 - positive_fraction) / (n - n_pos))
-    gen = torch.Generator().manual_seed(seed) if seed is not None else None
-    return WeightedRandomSampler(torch.as_tensor(weights, dtype=torch.double), num_samples or n,
-                                 replacement=True, generator=gen)
+        labels = pd.DataFrame({label: arr[:, LABELS.index(label)] if arr.ndim == 2 else arr})
+    return training_sampler(labels, positive_fraction=positive_fraction, num_samples=num_samples, label=label,
+                            seed=seed)
 
 
 def sampler_positive_share(sampler: Any, labels: Sequence[int]) -> float:
