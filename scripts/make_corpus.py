@@ -7,7 +7,7 @@ path is in ``OUT/<case>/case.json``) and ``OUT/index.json`` lists every case wit
 * ``warning``: exit 0, and at least one warning in the result (a partial result);
 * ``ok``: exit 0 (a valid but unusual input; warnings allowed).
 
-Nothing is hand-placed: DICOM comes from tests/factories.py (the synthetic CT factory), the rest from pydicom,
+Nothing is hand-placed: DICOM comes from ichd.testing.factories (the synthetic CT factory), the rest from pydicom,
 nibabel, numpy, zipfile and PIL. See tests/corpus/README.md for the table of cases.
 """
 
@@ -24,12 +24,11 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from pydicom.encaps import encapsulate
 from pydicom.uid import JPEG2000Lossless, JPEGLSLossless, RLELossless
 
-from factories import make_ct_series, make_ct_slice, to_bytes, uid, write_series
+from ichd.testing.factories import make_ct_series, make_ct_slice, to_bytes, uid, write_series
 
 #: Cases that only ``ingest`` runs on (big; predict would be slow without telling more).
 INGEST_ONLY = {"many_files_10000", "series_2000_slices"}

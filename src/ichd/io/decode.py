@@ -2,11 +2,14 @@
 
 pydicom decodes compressed transfer syntaxes through plugins: pylibjpeg + pylibjpeg-libjpeg (JPEG, JPEG lossless,
 JPEG-LS), pyjpegls (JPEG-LS), pylibjpeg-openjpeg (JPEG 2000), pydicom itself or pylibjpeg-rle (RLE); GDCM is used
-when installed. Deflate is inflated by pydicom's reader. :func:`check_decoders` turns a missing plugin into a
+when installed. JPEG Lossless and JPEG-LS go first to ichd's imagecodecs plugin (:mod:`ichd.io.codecs`, 3-8x
+faster), with pydicom's own plugins as the fallback. Deflate is inflated by pydicom's reader. :func:`check_decoders` turns a missing plugin into a
 :class:`~ichd.errors.DependencyError` naming the package, before any pixel is decoded.
 
-**Parallelism.** pylibjpeg-libjpeg holds the GIL while decoding, so threads do not speed up JPEG-lossless series;
-:class:`FrameDecoder` therefore uses a process pool (``pool="process"``, default) for series of at least
+**Parallelism.** imagecodecs releases the GIL while it decodes, so series that all go to ichd's plugin (JPEG
+Lossless, JPEG-LS: :func:`releases_gil`) are decoded by a thread pool writing straight into the volume, whatever
+``pool`` says. pylibjpeg-libjpeg and the other pydicom plugins hold the GIL, so for the other compressed syntaxes
+:class:`FrameDecoder` uses a process pool (``pool="process"``, default) for series of at least
 :data:`MIN_SLICES_FOR_POOL` slices, and decodes smaller ones in the calling process. The same pool reads the
 headers of folders with at least :data:`MIN_ITEMS_FOR_MAP` files (:meth:`FrameDecoder.map`). Workers are forked when the
 calling process has a single thread (cheap: nothing to re-import) and then write each slice straight into the
@@ -40,6 +43,8 @@ from typing import Any, Literal, Self, TypeVar
 import numpy as np
 
 from ichd.errors import DependencyError, InputError
+from ichd.io.codecs import PLUGIN as CODECS_PLUGIN
+from ichd.io.codecs import decode_options, preferred_plugin
 from ichd.io.hu import HuFixes, PixelEncoding, to_hu
 from ichd.io.sources import DicomSource
 from ichd.utils.logging import get_logger
@@ -148,6 +153,12 @@ def check_decoders(examples: Mapping[str, str]) -> None:
                 hint=f"install it with: pip install {package}")
 
 
+def releases_gil(jobs: Sequence[DecodeJob]) -> bool:
+    """True when every job goes to ichd's imagecodecs plugin, whose codecs release the GIL while decoding: threads
+    then decode in parallel, without the start-up and memory of worker processes."""
+    return bool(jobs) and all(preferred_plugin(job.transfer_syntax) == CODECS_PLUGIN for job in jobs)
+
+
 def missing_decoder_error(job: DecodeJob, detail: str) -> DependencyError:
     """The :class:`DependencyError` for a decode that failed because a plugin is missing."""
     package = DECODER_PACKAGES.get(job.transfer_syntax, "python-gdcm")
@@ -155,30 +166,40 @@ def missing_decoder_error(job: DecodeJob, detail: str) -> DependencyError:
                            hint=f"install the decoder with: pip install {package}")
 
 
-def decode_to_hu(job: DecodeJob) -> tuple[np.ndarray, HuFixes]:
-    """Decode one image to float32 HU (raises on failure)."""
+def decode_to_hu(job: DecodeJob, out: np.ndarray | None = None) -> tuple[np.ndarray, HuFixes]:
+    """Decode one image to float32 HU (raises on failure); into ``out`` (e.g. a volume's slice) when given."""
     import pydicom
     from pydicom.pixels import pixel_array
 
     src: Any = job.source.open()
     if job.transfer_syntax == DEFLATED_SYNTAX:
         src = pydicom.dcmread(src)  # pixel_array() parses raw files directly, which cannot inflate
-    stored = pixel_array(src, index=job.frame)
+    options = decode_options(job.transfer_syntax)
+    try:
+        stored = pixel_array(src, index=job.frame, **options)
+    except Exception:
+        if not options:
+            raise
+        # the fast plugin could not take this file: pydicom's own plugins, in their order, get it
+        src = job.source.open() if job.transfer_syntax != DEFLATED_SYNTAX else src
+        stored = pixel_array(src, index=job.frame)
     if stored.shape != job.shape:
         raise ValueError(f"decoded shape {stored.shape} does not match Rows/Columns {job.shape}")
-    return to_hu(stored, job.encoding)
+    return to_hu(stored, job.encoding, out=out)
 
 
-def run_job(job: DecodeJob, record_warnings: bool = False) -> DecodeOutcome:
-    """Decode ``job`` and report the outcome; never raises (runs in worker processes and threads)."""
+def run_job(job: DecodeJob, record_warnings: bool = False, out: np.ndarray | None = None) -> DecodeOutcome:
+    """Decode ``job`` and report the outcome; never raises (runs in worker processes and threads).
+
+    With ``out`` the HU image is written there and ``outcome.hu`` is that array."""
     caught: list[pywarnings.WarningMessage] = []
     try:
         if record_warnings:  # safe only where this is the one thread using the warnings module (a worker process)
             with pywarnings.catch_warnings(record=True) as caught:
                 pywarnings.simplefilter("always")
-                hu, fixes = decode_to_hu(job)
+                hu, fixes = decode_to_hu(job, out)
         else:
-            hu, fixes = decode_to_hu(job)
+            hu, fixes = decode_to_hu(job, out)
     except Exception as e:  # noqa: BLE001 - every failure becomes a per-file outcome for the caller to judge
         text = f"{type(e).__name__}: {e}".splitlines()[0]
         # pydicom says "exceptions were raised by all available plugins" for a corrupt stream: not a missing plugin
@@ -198,10 +219,9 @@ _SHARED_VOLUMES: dict[int, np.ndarray] = {}
 
 def _process_job_shared(key: int, k: int, job: DecodeJob) -> DecodeOutcome:
     """Decode in a forked worker and write the slice straight into the parent's shared volume."""
-    outcome = run_job(job, record_warnings=True)
+    outcome = run_job(job, record_warnings=True, out=_SHARED_VOLUMES[key][k])
     if outcome.hu is None:
         return outcome
-    _SHARED_VOLUMES[key][k] = outcome.hu
     return DecodeOutcome(None, outcome.fixes, warnings=outcome.warnings)
 
 
@@ -289,13 +309,15 @@ class FrameDecoder:
             with pywarnings.catch_warnings(record=True) as caught:
                 pywarnings.simplefilter("always")
                 for k, job in enumerate(jobs):
-                    self._deliver(k, run_job(job), volume, on_outcome)
+                    self._deliver(k, run_job(job, out=volume[k]), volume, on_outcome)
             self._log_warnings(jobs, [str(w.message) for w in caught])
             return
-        if self.pool_kind == "thread":
+        if self.pool_kind == "thread" or releases_gil(jobs):
             if self._threads is None:
                 self._threads = ThreadPoolExecutor(self.workers, thread_name_prefix="ichd-decode")
-            self._run(self._threads, [functools.partial(run_job, job) for job in jobs], volume, on_outcome, jobs)
+            # each thread writes its own slice of the volume: no copy, no pickling
+            tasks = [functools.partial(run_job, job, out=volume[k]) for k, job in enumerate(jobs)]
+            self._run(self._threads, tasks, volume, on_outcome, jobs)
             return
         key = id(volume)
         shared = key in self._shared and start_method() == "fork"
@@ -346,7 +368,8 @@ class FrameDecoder:
     def _deliver(k: int, outcome: DecodeOutcome, volume: np.ndarray,
                  on_outcome: Callable[[int, DecodeOutcome], None]) -> None:
         if outcome.hu is not None:
-            volume[k] = outcome.hu
+            if not np.may_share_memory(outcome.hu, volume):  # decoded elsewhere (a thread or a pipe): copy in
+                volume[k] = outcome.hu
             outcome = DecodeOutcome(None, outcome.fixes, outcome.error, outcome.missing_decoder, outcome.warnings)
         on_outcome(k, outcome)
 

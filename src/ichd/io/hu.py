@@ -84,8 +84,12 @@ def signed_padding(value: int | None, bits_allocated: int, pixel_representation:
     return value
 
 
-def to_hu(stored: np.ndarray, enc: PixelEncoding) -> tuple[np.ndarray, HuFixes]:
-    """Convert one image of stored values to float32 HU following the rules in the module docstring."""
+def to_hu(stored: np.ndarray, enc: PixelEncoding, out: np.ndarray | None = None) -> tuple[np.ndarray, HuFixes]:
+    """Convert one image of stored values to float32 HU following the rules in the module docstring.
+
+    ``out``: a float32 array of the image's shape to write into (e.g. the slice of a preallocated volume), saving
+    a copy; it is returned. By default a new array is returned.
+    """
     p = np.asarray(stored)
     padding: np.ndarray | None = None
     if enc.padding_value is not None:
@@ -99,10 +103,15 @@ def to_hu(stored: np.ndarray, enc: PixelEncoding) -> tuple[np.ndarray, HuFixes]:
     if corrupted:
         shifted = p.astype(np.int32) + 1000
         shifted[shifted >= 4096] -= 4096
-        hu = shifted.astype(np.float32)
+        p = shifted
         intercept = -1000.0
-    else:
+    if out is None:
         hu = p.astype(np.float32)  # a new array: every step below works in place on it
+    else:
+        if out.shape != p.shape or out.dtype != np.float32:
+            raise ValueError(f"out must be float32 of shape {p.shape}, got {out.dtype} {out.shape}")
+        hu = out
+        np.copyto(hu, p, casting="unsafe")
     inverted = enc.photometric.upper() == "MONOCHROME1"
     if inverted:
         top = 2**enc.bits_stored - 1 if enc.pixel_representation == 0 else -1

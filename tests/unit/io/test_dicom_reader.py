@@ -14,6 +14,7 @@ from pydicom.uid import (
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
     JPEG2000Lossless,
+    JPEGLosslessSV1,
     JPEGLSLossless,
     RLELossless,
 )
@@ -51,7 +52,8 @@ def codes(series) -> list[str]:
 
 
 @pytest.mark.parametrize("ts", [ExplicitVRLittleEndian, ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian,
-                                RLELossless, JPEGLSLossless, JPEG2000Lossless], ids=lambda t: t.name)
+                                RLELossless, JPEGLSLossless, JPEG2000Lossless, JPEGLosslessSV1],
+                         ids=lambda t: t.name)
 def test_transfer_syntaxes_round_trip_exactly(tmp_path: Path, ts: str) -> None:
     write_series(tmp_path, make_ct_series(5, transfer_syntax=ts, reverse_instance_numbers=True), shuffle_seed=3)
     (series,) = read_ct(tmp_path)
@@ -445,6 +447,6 @@ def test_crashed_worker_process_is_a_clear_error(tmp_path: Path, monkeypatch: py
 
     write_series(tmp_path, make_ct_series(MIN_SLICES_FOR_POOL))
     monkeypatch.setattr(decode, "start_method", lambda: "fork")  # the patch below must reach the forked workers
-    monkeypatch.setattr(decode, "decode_to_hu", lambda job: os._exit(1))
+    monkeypatch.setattr(decode, "decode_to_hu", lambda job, out=None: os._exit(1))
     with pytest.raises(InputError, match="decoding worker process died"):
         read_ct(tmp_path, workers=2)

@@ -1,0 +1,101 @@
+"""ichd's imagecodecs decoder plugin (ichd.io.codecs): used first for JPEG Lossless and JPEG-LS, exact, with
+pydicom's own plugins as the fallback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pydicom.uid import JPEG2000Lossless, JPEGLosslessSV1, JPEGLSLossless, RLELossless
+
+from factories import expected_hu, make_ct_series, phantom_hu, write_series
+from ichd.io import codecs, read_ct
+
+ROWS = 32
+
+
+def _expected(n: int) -> np.ndarray:
+    return np.stack([expected_hu(phantom_hu(ROWS, ROWS, -10.0 + k * 2.5)) for k in range(n)])
+
+
+@pytest.fixture
+def plugin_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Transfer syntaxes the imagecodecs plugin decoded (spies on the codecs it calls)."""
+    import imagecodecs
+
+    calls: list[str] = []
+    for name in ("jpeg8_decode", "jpegls_decode"):
+        real = getattr(imagecodecs, name)
+
+        def spy(src: bytes, *args: object, _real=real, _name=name, **kwargs: object) -> np.ndarray:
+            calls.append(_name)
+            return _real(src, *args, **kwargs)
+
+        monkeypatch.setattr(imagecodecs, name, spy)
+    return calls
+
+
+@pytest.mark.parametrize(("ts", "codec"), [(JPEGLosslessSV1, "jpeg8_decode"), (JPEGLSLossless, "jpegls_decode")],
+                         ids=["jpeg-lossless", "jpeg-ls"])
+@pytest.mark.parametrize("pixel_representation", [0, 1], ids=["unsigned", "signed"])
+def test_plugin_decodes_exactly_and_is_used_first(tmp_path: Path, ts: str, codec: str, pixel_representation: int,
+                                                  plugin_calls: list[str]) -> None:
+    intercept = -1024.0 if pixel_representation == 0 else 0.0
+    write_series(tmp_path, make_ct_series(4, transfer_syntax=ts, pixel_representation=pixel_representation,
+                                          intercept=intercept))
+    (series,) = read_ct(tmp_path, workers=1)
+    np.testing.assert_array_equal(series.hu, _expected(4))
+    assert plugin_calls == [codec] * 4
+    assert codecs.preferred_plugin(ts) == codecs.PLUGIN
+
+
+@pytest.mark.parametrize("ts", [JPEGLosslessSV1, JPEGLSLossless], ids=["jpeg-lossless", "jpeg-ls"])
+def test_pydicom_plugins_take_over_when_the_fast_plugin_fails(tmp_path: Path, ts: str,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    import imagecodecs
+
+    def broken(src: bytes, *args: object, **kwargs: object) -> np.ndarray:
+        raise imagecodecs.DelayedImportError("simulated codec failure")
+
+    monkeypatch.setattr(imagecodecs, "jpeg8_decode", broken)
+    monkeypatch.setattr(imagecodecs, "jpegls_decode", broken)
+    write_series(tmp_path, make_ct_series(3, transfer_syntax=ts))
+    (series,) = read_ct(tmp_path, workers=1)
+    np.testing.assert_array_equal(series.hu, _expected(3))
+    assert series.warnings == []
+
+
+def test_plugin_is_unavailable_without_imagecodecs(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "imagecodecs" else real(name, *a))
+    assert not codecs.is_available(JPEGLSLossless)
+    assert not codecs.is_available(JPEGLosslessSV1)
+
+
+def test_other_syntaxes_keep_pydicoms_plugins() -> None:
+    for ts in (RLELossless, JPEG2000Lossless, "1.2.840.10008.1.2.1"):
+        assert codecs.preferred_plugin(ts) is None
+        assert codecs.decode_options(ts) == {}
+        assert not codecs.is_available(ts)
+
+
+def test_gil_free_series_decode_in_threads_and_agree_with_serial(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    from ichd.io import decode
+
+    n = decode.MIN_SLICES_FOR_POOL + 4
+    write_series(tmp_path, make_ct_series(n, transfer_syntax=JPEGLSLossless), shuffle_seed=2)
+    (serial,) = read_ct(tmp_path, workers=1)
+
+    def no_processes(self: decode.FrameDecoder) -> None:
+        raise AssertionError("a GIL-free series must not start worker processes")
+
+    monkeypatch.setattr(decode.FrameDecoder, "_process_pool", no_processes)
+    (threaded,) = read_ct(tmp_path, workers=2)
+    np.testing.assert_array_equal(threaded.hu, serial.hu)
+    np.testing.assert_array_equal(serial.hu, _expected(n))
+    assert decode.releases_gil([decode.DecodeJob("x", None, None, JPEGLSLossless, None, (1, 1))])  # type: ignore[arg-type]
+    assert not decode.releases_gil([decode.DecodeJob("x", None, None, RLELossless, None, (1, 1))])  # type: ignore[arg-type]
