@@ -36,12 +36,18 @@ INGEST_ONLY = {"many_files_10000", "series_2000_slices"}
 CASES: dict[str, tuple[str, str, Callable[[Path], Path]]] = {}
 
 
-def case(name: str, expect: str, what: str):
-    """Register a generator ``fn(case_dir) -> input path`` under ``name`` with its expectation."""
+CASE_ARGS: dict[str, tuple[str, ...]] = {}
+
+
+def case(name: str, expect: str, what: str, args: tuple[str, ...] = ()):
+    """Register a generator ``fn(case_dir) -> input path`` under ``name`` with its expectation; ``args``: input
+    options every command gets for this case (e.g. ``--window`` for PNG slices)."""
     assert expect in ("error", "warning", "ok")
 
     def deco(fn: Callable[[Path], Path]) -> Callable[[Path], Path]:
         CASES[name] = (expect, what, fn)
+        if args:
+            CASE_ARGS[name] = tuple(args)
         return fn
 
     return deco
@@ -510,6 +516,85 @@ def _(d: Path) -> Path:
     return folder
 
 
+# --- found by fuzzing (fuzz/fuzz_readers.py) ------------------------------------------------------------------------
+# Each case rebuilds, from a valid generated file, the kind of damage a fuzzer input that crashed the reader had.
+
+def _explicit_element(tag: tuple[int, int], vr: bytes, value: bytes) -> bytes:
+    """One explicit-VR little-endian element with a 2-byte length (any VR code, even an unknown one)."""
+    import struct
+
+    return struct.pack("<HH", *tag) + vr + struct.pack("<H", len(value)) + value
+
+
+@case("fuzz_deflate_corrupt", "error", "Deflated Explicit VR file whose deflate stream is damaged (zlib.error)")
+def _(d: Path) -> Path:
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    data = bytearray(one_slice_bytes(transfer_syntax=DeflatedExplicitVRLittleEndian))
+    body = data.index(b"DICM") + 4
+    body += 12 + int.from_bytes(data[body + 8: body + 12], "little")  # past the (0002,0000) group length
+    for k in range(body + 40, body + 60):  # overwrite the deflate stream's first bytes after the meta header
+        data[k] ^= 0x5A
+    (d / "IM0.dcm").write_bytes(bytes(data))
+    return d / "IM0.dcm"
+
+
+@case("fuzz_value_length_not_multiple", "error", "the US element Rows 3 bytes long (BytesLengthException)")
+def _(d: Path) -> Path:
+    data = one_slice_bytes()
+    at = data.index(b"\x28\x00\x10\x00US\x02\x00")  # (0028,0010) Rows, explicit VR, length 2
+    (d / "IM0.dcm").write_bytes(data[:at + 6] + b"\x03\x00" + data[at + 8: at + 10] + b"\x00" + data[at + 10:])
+    return d / "IM0.dcm"
+
+
+@case("fuzz_unknown_vr", "error", "an element with the unknown VR 'DC' (explicit VR)")
+def _(d: Path) -> Path:
+    data = one_slice_bytes()
+    at = data.index(b"\x28\x00\x53\x10")  # (0028,1053) RescaleSlope: make its VR unknown
+    (d / "IM0.dcm").write_bytes(data[:at + 4] + b"DC" + data[at + 6:])
+    return d / "IM0.dcm"
+
+
+@case("fuzz_nifti_gz_corrupt", "error", "a .nii.gz whose deflate data is damaged (zlib.error, not a cut)")
+def _(d: Path) -> Path:
+    p = _nifti(d / "bad.nii.gz", np.random.default_rng(0).normal(size=(32, 32, 8)).astype(np.float32))
+    data = bytearray(p.read_bytes())
+    for k in range(40, 80):
+        data[k] ^= 0xA5
+    p.write_bytes(bytes(data))
+    return p
+
+
+@case("fuzz_png_truncated_ihdr", "error", "a PNG whose IHDR chunk is cut short (PIL raises ValueError)",
+      args=("--window", "40,80"))
+def _(d: Path) -> Path:
+    import io as _io
+
+    from PIL import Image
+
+    (d / "in").mkdir()
+    buf = _io.BytesIO()
+    Image.fromarray(np.zeros((32, 32), np.uint8)).save(buf, format="PNG")
+    data = buf.getvalue()
+    (d / "in" / "000.png").write_bytes(data[:8] + (5).to_bytes(4, "big") + data[12:])  # IHDR length 13 -> 5
+    return d / "in"
+
+
+@case("fuzz_zip_bad_crc", "warning", "a zip of 4 slices, one member's data damaged (BadZipFile: bad CRC)")
+def _(d: Path) -> Path:
+    good(d / "src")
+    files = sorted((d / "src").iterdir())
+    with zipfile.ZipFile(d / "s.zip", "w", zipfile.ZIP_STORED) as zf:
+        for f in files:
+            zf.write(f, f"series/{f.name}")
+    shutil.rmtree(d / "src")
+    data = bytearray((d / "s.zip").read_bytes())
+    first = data.index(b"PK\x03\x04", 10)  # the second member's local header
+    data[first - 200] ^= 0xFF  # a byte of the first member's pixel data
+    (d / "s.zip").write_bytes(bytes(data))
+    return d / "s.zip"
+
+
 def generate(out: Path, names: list[str] | None = None) -> dict[str, dict]:
     """Write every case (or ``names``) under ``out``; return and write ``out/index.json``."""
     out.mkdir(parents=True, exist_ok=True)
@@ -523,7 +608,7 @@ def generate(out: Path, names: list[str] | None = None) -> dict[str, dict]:
         d.mkdir()
         inp = fn(d)
         entry = {"expect": expect, "what": what, "input": os.path.relpath(inp, d),
-                 "ingest_only": name in INGEST_ONLY}
+                 "ingest_only": name in INGEST_ONLY, "args": list(CASE_ARGS.get(name, ()))}
         (d / "case.json").write_text(json.dumps(entry, indent=2))
         index[name] = entry
     (out / "index.json").write_text(json.dumps(index, indent=2))

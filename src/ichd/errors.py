@@ -52,3 +52,15 @@ def did_you_mean(value: str, choices: Iterable[str], *, n: int = 3) -> str:
     if close:
         return "did you mean " + " or ".join(repr(c) for c in close) + "?"
     return "choose one of: " + ", ".join(sorted(choices))
+
+
+def describe_exception(error: BaseException, *, limit: int = 200) -> str:
+    """``"Type: message"`` on one line, at most ``limit`` characters, for messages about a broken input file.
+
+    Library errors about corrupt data can quote the data itself (zipfile puts a whole garbled local header into
+    its message): only the first line is kept, non-printable characters are escaped, and the text is cut.
+    """
+    text = f"{type(error).__name__}: {error}".splitlines()[0] if str(error) else type(error).__name__
+    text = text.encode("ascii", "backslashreplace").decode("ascii")
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+

@@ -82,7 +82,7 @@ def _check(name: str, corpus: Path, argv_of, capsys: pytest.CaptureFixture[str],
     capsys.readouterr()
     # configure_logging binds its handler to the sys.stderr of the first run: an earlier test's closed capture
     logging.getLogger(LOGGER_NAME).handlers.clear()
-    code = run(["-q", *argv_of(inp, out)])
+    code = run(["-q", *argv_of(inp, out), *entry.get("args", [])])
     cap = capsys.readouterr()
     after = _listing(*roots, skip=out)
     assert "Traceback" not in cap.out + cap.err, cap.err[-2000:]

@@ -42,7 +42,7 @@ from typing import Any, Literal, Self, TypeVar
 
 import numpy as np
 
-from ichd.errors import DependencyError, InputError
+from ichd.errors import DependencyError, InputError, describe_exception
 from ichd.io.codecs import PLUGIN as CODECS_PLUGIN
 from ichd.io.codecs import decode_options, preferred_plugin
 from ichd.io.hu import HuFixes, PixelEncoding, to_hu
@@ -201,7 +201,7 @@ def run_job(job: DecodeJob, record_warnings: bool = False, out: np.ndarray | Non
         else:
             hu, fixes = decode_to_hu(job, out)
     except Exception as e:  # noqa: BLE001 - every failure becomes a per-file outcome for the caller to judge
-        text = f"{type(e).__name__}: {e}".splitlines()[0]
+        text = describe_exception(e)
         # pydicom says "exceptions were raised by all available plugins" for a corrupt stream: not a missing plugin
         missing = (isinstance(e, RuntimeError | NotImplementedError) and ("plugin" in str(e) or "dependenc" in str(e))
                    and "exceptions were raised" not in str(e))

@@ -27,6 +27,8 @@ import os
 import re
 import struct
 import warnings as pywarnings
+import zipfile
+import zlib
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
@@ -34,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from ichd.errors import InputError
+from ichd.errors import InputError, describe_exception
 from ichd.io.decode import (
     DecodeJob,
     DecodeOutcome,
@@ -386,6 +388,15 @@ def _frame_headers(ds: Any, source: DicomSource) -> list[FrameHeader]:
     return out
 
 
+#: What parsing a broken header can raise (found by the reader's fuzzing, ``fuzz/fuzz_readers.py``): a value
+#: that is not what its VR says, an unknown VR (``NotImplementedError``), a truncated or corrupt deflate stream
+#: (``zlib.error``), lengths past the end of the file, a corrupt zip member (``BadZipFile``: bad CRC, bad local
+#: header); plus pydicom's ``BytesLengthException`` (imported lazily).
+HEADER_PARSE_ERRORS: tuple[type[BaseException], ...] = (
+    OSError, ValueError, KeyError, TypeError, AttributeError, IndexError, struct.error, zlib.error,
+    NotImplementedError, OverflowError, EOFError, zipfile.BadZipFile)
+
+
 def read_header(source: DicomSource, *, allow_secondary_capture: bool = False) -> list[FrameHeader] | Skipped:
     """Read one file's header (no pixels) and classify it. Never raises for bad files: returns :class:`Skipped`.
 
@@ -393,7 +404,7 @@ def read_header(source: DicomSource, *, allow_secondary_capture: bool = False) -
     name; the problems that matter become :class:`IngestWarning` s (e.g. ``invalid_uid``).
     """
     import pydicom
-    from pydicom.errors import InvalidDicomError
+    from pydicom.errors import BytesLengthException, InvalidDicomError
 
     with pywarnings.catch_warnings(record=True) as caught:
         pywarnings.simplefilter("always")
@@ -408,8 +419,8 @@ def read_header(source: DicomSource, *, allow_secondary_capture: bool = False) -
             return headers_from_dataset(ds, source, allow_secondary_capture=allow_secondary_capture)
         except (InvalidDicomError, EOFError) as e:
             return Skipped(source.name, "not_dicom", f"not a DICOM file ({e})")
-        except (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError, struct.error) as e:
-            return Skipped(source.name, "unreadable", f"header could not be read ({type(e).__name__}: {e})")
+        except (*HEADER_PARSE_ERRORS, BytesLengthException) as e:
+            return Skipped(source.name, "unreadable", f"header could not be read ({describe_exception(e)})")
         finally:
             for w in caught:
                 log.debug("%s: %s", source.name, w.message)

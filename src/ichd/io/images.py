@@ -20,6 +20,8 @@ from __future__ import annotations
 import csv
 import hashlib
 import re
+import struct
+import zlib
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -297,7 +299,12 @@ def _load_8bit(path: Path) -> tuple[np.ndarray | None, str | None]:
                 note = mode
                 im = im.convert("L")
             return np.asarray(im, dtype=np.uint8), note
-    except (OSError, UnidentifiedImageError, SyntaxError) as e:
+    except InputError:
+        raise
+    # what PIL raises on broken files (found by fuzz/fuzz_readers.py): ValueError for a truncated PNG chunk,
+    # zlib.error for a corrupt PNG stream, struct.error for short headers, DecompressionBombError for huge sizes
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError, zlib.error, struct.error,
+            Image.DecompressionBombError) as e:
         return None, f"unreadable: {e}"
 
 

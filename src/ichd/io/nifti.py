@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -49,7 +50,7 @@ def read_nifti(path: str | os.PathLike[str]) -> CTSeries:
     p = Path(path)
     try:
         img = nib.load(str(p))
-    except (ImageFileError, OSError, EOFError, ValueError) as e:
+    except (ImageFileError, OSError, EOFError, ValueError, zlib.error) as e:  # zlib: corrupt .gz
         raise InputError(f"{p}: not a readable NIfTI file ({e})", hint="check the file is complete") from e
     shape = img.shape
     if len(shape) == 4 and shape[3] == 1:
@@ -62,7 +63,7 @@ def read_nifti(path: str | os.PathLike[str]) -> CTSeries:
     try:
         img = img.as_reoriented(transform)  # loads the voxels unless the transform is the identity
         data = np.asarray(img.dataobj, dtype=np.float32)
-    except (OSError, EOFError, ValueError) as e:
+    except (OSError, EOFError, ValueError, zlib.error) as e:
         raise InputError(f"{p}: NIfTI voxel data could not be read ({e})", hint="check the file is complete") from e
     hu = np.ascontiguousarray(np.transpose(data, (2, 1, 0)))
     if not np.isfinite(hu).all():
