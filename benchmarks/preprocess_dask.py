@@ -18,13 +18,14 @@ from pathlib import Path
 
 
 def _load() -> str:
-    return "%.2f %.2f %.2f" % os.getloadavg()
+    one, five, fifteen = os.getloadavg()
+    return f"{one:.2f} {five:.2f} {fifteen:.2f}"
 
 
 def _warm() -> bool:
     import torch  # noqa: F401
 
-    import ichd.io.dicom  # noqa: F401
+    import ichd.io.dicom
     import ichd.preprocessing.pipeline  # noqa: F401
     return True
 

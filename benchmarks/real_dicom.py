@@ -95,13 +95,13 @@ def main(argv: list[str] | None = None) -> int:
                      f"{r['p_any']:.3f} | {'positive' if r['called_positive'] else 'negative'} |")
     s = doc["rsna_samples"]
     c = doc["cq500_ct0"]
-    lines += ["", f"rsna-samples: **{s['bleeds_called_positive']} of {s['bleeds']} bleeds** called positive; "
-              f"{s['negatives_called_positive']} of {s['negatives']} negatives called positive.",
-              f"CQ500-CT-0 ({c['slices']} slices): p(any) = {c['p_any']:.3f} → "
-              f"**{'positive' if c['called_positive'] else 'negative'}** ({c['slices_above_threshold']} slices above "
-              "the threshold).",
-              f"hu-slices (in-sample): {doc['hu_slices']['called_positive']} of {doc['hu_slices']['slices']} "
-              "called positive."]
+    lines += ["", (f"rsna-samples: **{s['bleeds_called_positive']} of {s['bleeds']} bleeds** called positive; "
+                   f"{s['negatives_called_positive']} of {s['negatives']} negatives called positive."),
+              (f"CQ500-CT-0 ({c['slices']} slices): p(any) = {c['p_any']:.3f} → "
+               f"**{'positive' if c['called_positive'] else 'negative'}** ({c['slices_above_threshold']} slices "
+               "above the threshold)."),
+              (f"hu-slices (in-sample): {doc['hu_slices']['called_positive']} of {doc['hu_slices']['slices']} "
+               "called positive.")]
     md = "\n".join(lines)
     (out / "summary.json").write_text(json.dumps(doc, indent=2))
     (out / "summary.md").write_text(md + "\n")

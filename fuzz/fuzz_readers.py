@@ -175,9 +175,9 @@ def _fuzz(target: str, corpus: Path, artifacts: Path, libfuzzer_args: list[str])
     import atheris
 
     with atheris.instrument_imports(include=["ichd", "pydicom", "nibabel"]):
-        import ichd.io  # noqa: F401
-        import ichd.io.dicom  # noqa: F401
-        import ichd.io.images  # noqa: F401
+        import ichd.io
+        import ichd.io.dicom
+        import ichd.io.images
         import ichd.io.nifti  # noqa: F401
 
     from ichd.utils.progress import set_progress_enabled

@@ -28,9 +28,11 @@ COMMAND_MODULES: tuple[str, ...] = (
     "train_seq",
     "embed",
     "evaluate",
+    "experiments",
     "predict",
     "explain",
     "serve",
+    "listen",
 )
 
 HELP = """ichd — intracranial hemorrhage detection and subtype classification on head CT.

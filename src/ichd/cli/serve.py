@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -14,6 +15,7 @@ from ichd.service.config import (
     TOKEN_ENV_VAR,
     MiB,
 )
+from ichd.service.dicom_config import DEFAULT_AET, DEFAULT_IDLE_TIMEOUT_S, FORWARD_SYNTAX
 
 
 def register(app: typer.Typer) -> None:
@@ -43,6 +45,16 @@ def register(app: typer.Typer) -> None:
                                             help="Largest compression ratio of a zip entry (zip bomb guard)."),
         device: str = typer.Option("auto", "--device", help="auto, cpu or cuda[:N]."),
         threads: int | None = typer.Option(None, "--threads", min=1, help="CPU threads for torch."),
+        dicom_port: int | None = typer.Option(None, "--dicom-port", min=1, max=65535,
+                                              help="Also run a DICOM node (as `ichd listen`) on this port, on "
+                                                   "--host, in this process and on the same data folder."),
+        dicom_aet: str = typer.Option(DEFAULT_AET, "--dicom-aet", help="AE title of the DICOM node."),
+        dicom_idle_timeout: float = typer.Option(DEFAULT_IDLE_TIMEOUT_S, "--dicom-idle-timeout", min=0.01,
+                                                 help="Seconds without a new instance after which a received "
+                                                      "series is complete."),
+        dicom_forward: str | None = typer.Option(None, "--dicom-forward", metavar=FORWARD_SYNTAX,
+                                                 help="Send the DICOM SR and Secondary Captures of each study "
+                                                      "received over DICOM to this node once its job is done."),
     ) -> None:
         """Serve the HTTP API: upload a study, poll its job, read the JSON result, HTML report, DICOM SR and slice
         images (OpenAPI docs at /docs). Jobs persist in DATA_DIR and survive restarts (research use only)."""
@@ -50,6 +62,12 @@ def register(app: typer.Typer) -> None:
 
         token = load_token(token_file)
         check_bind(host, token)  # before anything is loaded or opened
+        dicom = None
+        if dicom_port is not None:
+            from ichd.cli.listen import dicom_config
+
+            dicom = dicom_config(aet=dicom_aet, host=host, port=dicom_port, idle_timeout=dicom_idle_timeout,
+                                 forward=dicom_forward, prefix="dicom-")
         config = ServiceConfig(data_dir=data_dir, model=model, workers=workers, token=token, device=device,
                                max_upload_bytes=max_upload_mb * MiB, max_files=max_files,
                                max_unpacked_bytes=max_unpacked_mb * MiB, max_zip_ratio=max_zip_ratio)
@@ -57,11 +75,12 @@ def register(app: typer.Typer) -> None:
             import torch
 
             torch.set_num_threads(threads)
-        run_server(config, host=host, port=port)
+        run_server(config, host=host, port=port, dicom=dicom)
 
 
-def run_server(config, *, host: str, port: int) -> None:
-    """Open the data folder, load the model, then serve until interrupted (Ctrl-C / SIGTERM)."""
+def run_server(config, *, host: str, port: int, dicom: Any = None) -> None:
+    """Open the data folder, load the model, then serve until interrupted (Ctrl-C / SIGTERM); with ``dicom`` (a
+    :class:`~ichd.service.dicom_config.DicomNodeConfig`) a DICOM node runs on the same service too."""
     import logging
 
     import uvicorn
@@ -73,6 +92,11 @@ def run_server(config, *, host: str, port: int) -> None:
 
     set_progress_enabled(False)  # a server's output is its log, not progress bars
     service = StudyService(config)
+    if dicom is not None:
+        from ichd.service.dicom_node import attach_dicom_node
+
+        node = attach_dicom_node(service, dicom)  # port in use: one CLI line, before the model loads
+        typer.echo(f"ichd serve: DICOM node {dicom.aet} on {dicom.host}:{node.port}", err=True)
     service.start()  # model and data-folder errors are one CLI line, before the port is opened
     log = get_logger("ichd.service")
     try:
@@ -87,6 +111,24 @@ def run_server(config, *, host: str, port: int) -> None:
         if config.token is None:
             log.warning("no token: anyone who can connect to %s:%d can use the API (loopback only)", host, port)
         typer.echo(f"ichd serve: http://{host}:{port} (docs at /docs), data in {config.data_dir}", err=True)
+        _announce_viewer(config.token, host=host, port=port, log=log)
         uvicorn.run(create_app(service), host=host, port=port, log_config=None, access_log=True)
     finally:
         service.close()
+
+
+def _announce_viewer(token: str | None, *, host: str, port: int, log: Any) -> None:
+    """Log the web viewer's address; on a terminal, also print a link that opens it signed in (the token in the
+    URL fragment, which browsers never send). The token never goes to the log or to redirected output."""
+    import sys
+
+    from ichd.service.viewer import viewer_url
+
+    log.info("web viewer at %s", viewer_url(host, port))
+    if token is None:
+        typer.echo(f"ichd serve: viewer at {viewer_url(host, port)}", err=True)
+    elif sys.stderr.isatty():
+        typer.echo(f"ichd serve: viewer at {viewer_url(host, port, token)} (this link holds the token)", err=True)
+    else:
+        typer.echo(f"ichd serve: viewer at {viewer_url(host, port)} (it asks for the token, or append "
+                   f"#token=<token> to the address)", err=True)

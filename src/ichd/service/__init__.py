@@ -6,6 +6,9 @@
 * :mod:`ichd.service.uploads` — receiving files; zip checks (traversal, symlinks, zip bombs).
 * :mod:`ichd.service.render` — slice PNGs with optional Grad-CAM overlay.
 * :mod:`ichd.service.app` — the FastAPI application (:func:`create_app`).
+* :mod:`ichd.service.dicom_node` — the DICOM node of ``ichd listen`` / ``ichd serve --dicom-port`` (Storage SCP,
+  series completion, forwarding), with :mod:`~ichd.service.dicom_config`, :mod:`~ichd.service.dicom_staging` and
+  :mod:`~ichd.service.dicom_forward`.
 
 Heavy imports (FastAPI, torch) happen in the submodules, so importing this package is cheap.
 """

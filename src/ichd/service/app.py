@@ -1,7 +1,10 @@
 """The HTTP API of ``ichd serve`` (FastAPI; OpenAPI docs at ``/docs``, schema at ``/openapi.json``).
 
 ==========================================================  =====================================================
-``GET /health``                                             liveness (the only endpoint without the token)
+``GET /health``                                             liveness (no token needed)
+``GET /viewer/``                                            the web viewer (static files, no token needed; see
+                                                            :mod:`ichd.service.viewer`)
+``GET /v1/model``                                           the loaded model: identity, thresholds, model card
 ``POST /v1/studies``                                        upload a study: a zip body, or multipart files (DICOM,
                                                             NIfTI, or one zip) -> 202 ``{study_id, job_id}``
 ``GET /v1/jobs/{job_id}``                                   queued / running / done / failed (+ the one-line reason)
@@ -15,8 +18,9 @@
                                                             soft_tissue|bone&overlay=<class>&series=K``
 ==========================================================  =====================================================
 
-Every endpoint but ``/health`` needs ``Authorization: Bearer <token>`` when the service has a token (enforced by
-:class:`BearerAuth` for every path, so a new endpoint cannot be left open). Errors are
+Every endpoint but ``/health`` and the viewer's static files needs ``Authorization: Bearer <token>`` when the
+service has a token (enforced by :class:`BearerAuth` for every path but :data:`OPEN_PATHS`, so a new endpoint cannot
+be left open). Errors are
 ``{"error": "...", "hint": "..."}`` with a 4xx status (500 with no traceback for a bug), never a traceback.
 """
 
@@ -52,6 +56,7 @@ from ichd.service.uploads import (
     safe_file_name,
     unique_names,
 )
+from ichd.service.viewer import VIEWER_PATHS, add_viewer_routes
 from ichd.utils.logging import get_logger
 
 log = get_logger(__name__)
@@ -61,8 +66,8 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
-#: Paths served without the token.
-OPEN_PATHS = frozenset({"/health"})
+#: Paths served without the token: liveness and the viewer's static files (no patient data).
+OPEN_PATHS = frozenset({"/health"}) | VIEWER_PATHS
 #: Request content types taken as a zip body.
 ZIP_TYPES = frozenset({"application/zip", "application/x-zip-compressed", "application/x-zip",
                        "application/octet-stream"})
@@ -137,6 +142,22 @@ class SubmitOut(BaseModel):
 
 class DeletedOut(BaseModel):
     deleted: str
+
+
+class ModelOut(BaseModel):
+    name: str
+    version: str
+    sha256: str = Field(description="sha256 of the weights (as in every result's model.sha256)")
+    source: str = Field(description="bundle or checkpoint")
+    scan_rule: str = Field(description="how the scan probability is made from the slices")
+    thresholds: dict[str, float] = Field(description="operating threshold per label (scan level)")
+    sequence_stage: bool
+    description: str
+    intended_use: str
+    training_data: str
+    license: str
+    threshold_policy: dict[str, str] = Field(description="how each threshold was chosen")
+    model_card: str = Field(description="the model card (Markdown); empty when the model has none")
 
 
 UPLOAD_BODY: dict[str, Any] = {"requestBody": {"required": True, "content": {
@@ -270,8 +291,9 @@ def create_app(service: StudyService) -> FastAPI:
         version=__version__,
         summary="Intracranial hemorrhage detection on head CT (research software, not a medical device).",
         description=__doc__.split("\n\n", 1)[0] + "\n\nUpload a study, poll its job, then read the result, the "
-                    "HTML report, the DICOM SR and slice images. Every endpoint but `/health` needs "
-                    "`Authorization: Bearer <token>` when the service runs with a token.",
+                    "HTML report, the DICOM SR and slice images, or open the web viewer at `/viewer/`. Every "
+                    "endpoint but `/health` and the viewer's static files needs `Authorization: Bearer <token>` "
+                    "when the service runs with a token.",
         lifespan=lifespan,
         responses={400: {"model": ErrorOut}, 401: {"model": ErrorOut}, 404: {"model": ErrorOut},
                    409: {"model": ErrorOut}},
@@ -286,6 +308,7 @@ def create_app(service: StudyService) -> FastAPI:
         return HealthOut(status="ok" if service.started else "starting", version=__version__)
 
     _add_routes(app, service)
+    add_viewer_routes(app)
     return app
 
 
@@ -392,6 +415,11 @@ def _add_routes(app: FastAPI, service: StudyService) -> None:
         finally:
             await run_in_threadpool(remove_tree, staging)
         return SubmitOut(study_id=job.study_id, job_id=job.id, status="queued", links=_job_links(job))
+
+    @app.get("/v1/model", dependencies=secured, response_model=ModelOut, tags=["service"],
+             summary="The loaded model: identity, thresholds and model card")
+    async def get_model() -> ModelOut:
+        return ModelOut(**await run_in_threadpool(service.model_info))
 
     @app.get("/v1/jobs/{job_id}", dependencies=secured, response_model=JobOut, tags=["jobs"], summary="A job's status")
     async def get_job(job_id: str) -> JobOut:

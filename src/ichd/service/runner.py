@@ -20,6 +20,7 @@ Data folder layout::
     DATA/studies/<study_id>/input/     the uploaded files
     DATA/studies/<study_id>/result/    prediction.json, report.html, dicom/ (as `ichd predict --out`)
     DATA/studies/<study_id>/volumes/   series-000.npy, ... (int16 HU, for slice images)
+    DATA/dicom/                        the DICOM node's receive folders and forward queue (:mod:`.dicom_node`)
 
 At start (:meth:`StudyService.open`) leftovers of a crash are cleaned (``tmp/``; study folders the store does not
 know, i.e. uploads never acknowledged or deletions cut short) and interrupted jobs are recovered
@@ -123,6 +124,7 @@ class StudyService:
         self._running_lock = threading.Lock()
         self._viewer: Any = None
         self._viewer_lock = threading.Lock()
+        self._close_hooks: list[Callable[[], None]] = []
         self.started = False
 
     # ------------------------------------------------------------------------------------------------ layout
@@ -200,9 +202,20 @@ class StudyService:
         log.info("service started: %d worker(s)", len(predictors))
         return self
 
+    def add_close_hook(self, hook: Callable[[], None]) -> None:
+        """Run ``hook`` once, first thing in the next :meth:`close` (while the data folder is still held): e.g. to
+        stop a DICOM listener that submits studies (:mod:`ichd.service.dicom_node`)."""
+        self._close_hooks.append(hook)
+
     def close(self) -> None:
         """Stop the workers (waiting up to ``shutdown_grace_s`` for running jobs, which are otherwise handed back
         to the queue without counting the attempt), and release the data folder."""
+        hooks, self._close_hooks = self._close_hooks, []
+        for hook in reversed(hooks):
+            try:
+                hook()
+            except Exception:
+                log.exception("stopping a component of the service failed")
         self._stop.set()
         self._wake.set()
         deadline = time.monotonic() + self.config.shutdown_grace_s
@@ -465,14 +478,26 @@ class StudyService:
         from ichd.types import CTSeries
 
         with self._viewer_lock:
-            if self._viewer is None:
-                self._viewer = self._factory()
-            predictor = self._viewer
+            predictor = self._viewer_predictor()
             one = CTSeries(hu=np.asarray(hu, dtype=np.float32)[None], spacing_mm=(float("nan"),) * 3,
                            positions_mm=np.zeros(1), sop_instance_uids=["slice"], study_instance_uid="",
                            series_instance_uid="", source="slice")
             x = predictor.model_inputs(one, 0, 1)
             return GradCAM(predictor.cnn)(x, label)[0]
+
+    def model_info(self) -> dict[str, Any]:
+        """The loaded model's identity, thresholds and model card (:func:`ichd.service.model_info.describe_model`),
+        read from the viewer's Predictor (loaded on first use, as for the overlays)."""
+        from ichd.service.model_info import describe_model
+
+        with self._viewer_lock:
+            return describe_model(self._viewer_predictor())
+
+    def _viewer_predictor(self) -> Any:
+        """The Predictor of the slice images and ``/v1/model`` (call with ``_viewer_lock`` held)."""
+        if self._viewer is None:
+            self._viewer = self._factory()
+        return self._viewer
 
 
 __all__ = ["SERVICE_FORMATS", "ServiceBusy", "StudyBusy", "StudyPaths", "StudyService"]

@@ -1,5 +1,6 @@
-"""Authentication: every route of the app but /health refuses a missing or wrong bearer token (the routes are read
-from the app, so a new endpoint cannot be forgotten); the token's sources; no non-loopback bind without one."""
+"""Authentication: every route of the app but /health and the viewer's static files refuses a missing or wrong
+bearer token (the routes are read from the app, so a new endpoint cannot be forgotten); the token's sources; no
+non-loopback bind without one."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Any
 import pytest
 
 from ichd.service.config import check_bind, is_loopback, load_token
+from ichd.service.viewer import ASSETS, VIEWER_PATHS
 
 FAKE_ID = "0123456789abcdef0123456789abcdef"
 
@@ -30,16 +32,20 @@ def client(client_for, tmp_path: Path):
     return client_for(tmp_path / "data", workers=0)  # no model: authentication only
 
 
-def test_every_endpoint_but_health_needs_the_token(client, h):
+def test_every_endpoint_but_health_and_viewer_files_needs_the_token(client, h):
+    from ichd.service.app import OPEN_PATHS
+
     routes = _routes(client.app)
     paths = {p for _, p in routes}
     # the iteration sees the whole API (and the docs), not a subset
-    assert {"/v1/studies", f"/v1/jobs/{FAKE_ID}", f"/v1/studies/{FAKE_ID}/slices/1.png", "/docs",
+    assert {"/v1/studies", f"/v1/jobs/{FAKE_ID}", f"/v1/studies/{FAKE_ID}/slices/1.png", "/v1/model", "/docs",
             "/openapi.json"} <= paths
+    # the only open paths: liveness and the viewer's static files (which hold no patient data), all real routes
+    assert OPEN_PATHS == {"/health", "/viewer", *ASSETS} and OPEN_PATHS <= paths
     assert {re.sub(r"\{[^}]+\}", FAKE_ID, p).replace(f"{FAKE_ID}.png", "1.png")
             for p in client.app.openapi()["paths"]} <= paths
     for method, path in routes:
-        if path == "/health":
+        if path in OPEN_PATHS:
             continue
         for headers in ({}, {"Authorization": "Bearer wrong-token-0123456789abcdef"},
                         {"Authorization": f"Basic {h.TOKEN}"}, {"Authorization": f"Bearer {h.TOKEN}x"},
@@ -52,6 +58,20 @@ def test_every_endpoint_but_health_needs_the_token(client, h):
         assert r.status_code != 401, (method, path)  # the right token passes (404/400/... for the fake ids)
     assert client.get("/health").status_code == 200
     assert client.get("/nowhere").status_code == 401  # unknown paths too: nothing is revealed without the token
+    for path in ("/viewer/nowhere.js", "/viewer/../v1/studies", "/viewer//index.html", "/viewer/index.html"):
+        assert client.get(path).status_code == 401, path  # only the exact viewer files are open
+
+
+def test_viewer_files_are_open_and_hold_no_data(client, h):
+    for path in sorted(VIEWER_PATHS):
+        r = client.get(path, follow_redirects=False)
+        if path == "/viewer":
+            assert r.status_code == 307 and r.headers["location"] == "/viewer/"
+            continue
+        assert r.status_code == 200, path
+        assert r.headers["content-security-policy"].startswith("default-src 'none'")
+        assert r.headers["cache-control"] == "no-store" and r.headers["x-frame-options"] == "DENY"
+        assert r.content == client.get(path, headers=h.AUTH).content  # the same with or without the token
 
 
 def test_without_a_token_loopback_service_is_open(client_for, tmp_path: Path):
