@@ -72,8 +72,10 @@ DEFLATED_SYNTAX = "1.2.840.10008.1.2.1.99"
 MIN_SLICES_FOR_POOL = 16
 #: Header reads (:meth:`FrameDecoder.map`) go to the pool from this many files on.
 MIN_ITEMS_FOR_MAP = 64
-#: Slices in flight per worker (bounds the memory held outside the output volume).
+#: Slices in flight per worker (bounds the memory held outside the output volume). Threads write into the volume
+#: and need no pipe to stay busy, so they keep fewer decoded slices around.
 IN_FLIGHT_PER_WORKER = 4
+IN_FLIGHT_PER_THREAD = 2
 
 PoolKind = Literal["process", "thread"]
 T = TypeVar("T")
@@ -341,8 +343,10 @@ class FrameDecoder:
 
     def _run(self, pool: Executor, tasks: Sequence[Callable[[], DecodeOutcome]], volume: np.ndarray,
              on_outcome: Callable[[int, DecodeOutcome], None], jobs: Sequence[DecodeJob]) -> None:
-        """Submit ``tasks`` keeping at most ``IN_FLIGHT_PER_WORKER × workers`` pending; deliver as they finish."""
-        limit = self.workers * IN_FLIGHT_PER_WORKER
+        """Submit ``tasks`` keeping at most ``IN_FLIGHT_PER_WORKER × workers`` pending (``IN_FLIGHT_PER_THREAD``
+        for threads); deliver as they finish."""
+        per_worker = IN_FLIGHT_PER_THREAD if isinstance(pool, ThreadPoolExecutor) else IN_FLIGHT_PER_WORKER
+        limit = self.workers * per_worker
         pending: dict[Future[DecodeOutcome], int] = {}
         messages: list[str] = []
         next_task = 0
