@@ -11,6 +11,7 @@ NIfTI has no UIDs: study/series UIDs are ``2.25.`` UIDs derived from the file's 
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import os
 import zlib
@@ -23,6 +24,7 @@ from ichd.errors import InputError
 from ichd.io.geometry import TILT_MIN_DEG
 from ichd.io.hu import OUT_OF_FOV_HU
 from ichd.types import CTSeries, IngestWarning
+from ichd.utils.files import atomic_write_bytes
 
 #: Voxel axis codes of the output (before the (x, y, z) -> (z, y, x) transpose).
 TARGET_AXCODES: tuple[str, str, str] = ("L", "P", "S")
@@ -105,3 +107,32 @@ def read_nifti(path: str | os.PathLike[str]) -> CTSeries:
         source_kind="nifti",
         meta={"patient_id": study, "ordering": "affine", "original_axcodes": original_axcodes},
     )
+
+
+def write_nifti(series: CTSeries, path: str | os.PathLike[str]) -> Path:
+    """Write ``series`` as a NIfTI-1 volume in HU (int16 when every value is an integer in range, else float32).
+
+    Voxel axes are (x, y, z) = (columns, rows, slices) with axis codes :data:`TARGET_AXCODES` (L, P, S: the
+    patient axes of a standard axial DICOM series, inferior to superior), so :func:`read_nifti` reads the same
+    ``hu`` and spacing back. The affine is diagonal: a tilted series is written as stacked (as ichd holds it),
+    and unknown spacing (``nan``) becomes 1 mm. Atomic (a temporary file renamed into place).
+    """
+    import nibabel as nib
+
+    p = Path(path)
+    if not (p.name.endswith(".nii") or p.name.endswith(".nii.gz")):
+        raise InputError(f"{p}: a NIfTI file name must end in .nii or .nii.gz", hint="e.g. scan.nii.gz")
+    sz, sy, sx = (s if np.isfinite(s) and s > 0 else 1.0 for s in series.spacing_mm)
+    data = np.transpose(series.hu, (2, 1, 0))  # (z, y, x) -> (x, y, z)
+    if np.array_equal(data, np.round(data)) and data.min() >= -32768 and data.max() <= 32767:
+        data = data.astype(np.int16)
+    z0 = float(series.positions_mm[0]) if len(series.positions_mm) and np.isfinite(series.positions_mm[0]) else 0.0
+    # L, P, S axes in RAS+ world coordinates: x towards patient left (-R), y towards posterior (-A), z superior
+    affine = np.diag([-sx, -sy, sz, 1.0])
+    affine[2, 3] = z0
+    image = nib.Nifti1Image(np.ascontiguousarray(data), affine)
+    image.header.set_xyzt_units("mm")
+    image.header.set_qform(affine, code=1)
+    image.header.set_sform(affine, code=1)
+    raw = image.to_bytes()
+    return atomic_write_bytes(p, gzip.compress(raw, compresslevel=6, mtime=0) if p.name.endswith(".gz") else raw)

@@ -10,6 +10,7 @@ import pytest
 
 from ichd.constants import AIR_HU
 from ichd.errors import InputError
+from ichd.io import read_ct
 from ichd.io.nifti import read_nifti
 
 
@@ -73,3 +74,32 @@ def test_oblique_affine_reports_tilt(tmp_path: Path) -> None:
     s = read_nifti(tmp_path / "o.nii")
     assert s.tilt_deg == pytest.approx(10.0, abs=1e-3)
     assert [w.code for w in s.warnings] == ["gantry_tilt"]
+
+
+@pytest.mark.parametrize("name", ["scan.nii", "scan.nii.gz"])
+def test_write_nifti_round_trips_a_dicom_series(tmp_path: Path, name: str) -> None:
+    import nibabel as nib
+
+    from ichd.io.nifti import write_nifti
+    from ichd.testing.factories import make_ct_series, write_series
+
+    write_series(tmp_path / "dicom", make_ct_series(5, spacing=2.5))
+    (series,) = read_ct(tmp_path / "dicom")
+    out = write_nifti(series, tmp_path / name)
+    image = nib.load(str(out))
+    assert "".join(nib.orientations.aff2axcodes(image.affine)) == "LPS"
+    assert image.get_data_dtype() == np.int16  # integer HU are stored exactly
+    back = read_ct(out)[0]
+    np.testing.assert_array_equal(back.hu, series.hu)
+    assert back.spacing_mm == pytest.approx(series.spacing_mm)
+    assert not list(tmp_path.glob(".*part*"))  # written atomically, nothing left behind
+
+
+def test_write_nifti_refuses_other_suffixes(tmp_path: Path) -> None:
+    from ichd.io.nifti import write_nifti
+    from ichd.testing.factories import make_ct_series, write_series
+
+    write_series(tmp_path / "dicom", make_ct_series(3))
+    (series,) = read_ct(tmp_path / "dicom")
+    with pytest.raises(InputError, match=r"\.nii or \.nii\.gz"):
+        write_nifti(series, tmp_path / "scan.img")
