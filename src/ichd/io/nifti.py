@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from ichd.constants import AIR_HU
-from ichd.errors import InputError
+from ichd.errors import InputError, describe_exception
 from ichd.io.geometry import TILT_MIN_DEG
 from ichd.io.hu import OUT_OF_FOV_HU
 from ichd.types import CTSeries, IngestWarning
@@ -43,30 +43,42 @@ def _uid_from(digest: str, kind: str) -> str:
     return f"2.25.{int(hashlib.sha256(f'ichd-nifti-{kind}-{digest}'.encode()).hexdigest()[:32], 16)}"
 
 
+def _nifti_errors() -> tuple[type[BaseException], ...]:
+    from nibabel.filebasedimages import ImageFileError
+    from nibabel.spatialimages import HeaderDataError
+
+    # what nibabel raises on broken files (found by fuzz/fuzz_readers.py): bad header fields (HeaderDataError,
+    # ValueError), cut or corrupt data (EOFError, OSError, zlib.error), degenerate affines (ValueError)
+    return (ImageFileError, HeaderDataError, OSError, EOFError, ValueError, zlib.error, IndexError)
+
+
 def read_nifti(path: str | os.PathLike[str]) -> CTSeries:
     """Read one NIfTI file as a HU :class:`CTSeries` (see the module docstring for the conventions)."""
     import nibabel as nib
-    from nibabel.filebasedimages import ImageFileError
     from nibabel.orientations import axcodes2ornt, io_orientation, ornt_transform
+
+    NIFTI_ERRORS = _nifti_errors()
 
     p = Path(path)
     try:
         img = nib.load(str(p))
-    except (ImageFileError, OSError, EOFError, ValueError, zlib.error) as e:  # zlib: corrupt .gz
-        raise InputError(f"{p}: not a readable NIfTI file ({e})", hint="check the file is complete") from e
+    except NIFTI_ERRORS as e:
+        raise InputError(f"{p}: not a readable NIfTI file ({describe_exception(e)})",
+                         hint="check the file is complete") from e
     shape = img.shape
-    if len(shape) == 4 and shape[3] == 1:
-        img = img.slicer[..., 0]
-    elif len(shape) != 3:
+    if len(shape) not in (3, 4) or (len(shape) == 4 and shape[3] != 1):
         raise InputError(f"{p}: NIfTI volume has shape {shape}, expected 3-D (x, y, z)",
                          hint="pass a single 3-D CT volume")
-    original_axcodes = "".join(str(c) for c in nib.orientations.aff2axcodes(img.affine))
-    transform = ornt_transform(io_orientation(img.affine), axcodes2ornt(TARGET_AXCODES))
     try:
+        if len(shape) == 4:
+            img = img.slicer[..., 0]
+        original_axcodes = "".join(str(c) for c in nib.orientations.aff2axcodes(img.affine))
+        transform = ornt_transform(io_orientation(img.affine), axcodes2ornt(TARGET_AXCODES))
         img = img.as_reoriented(transform)  # loads the voxels unless the transform is the identity
         data = np.asarray(img.dataobj, dtype=np.float32)
-    except (OSError, EOFError, ValueError, zlib.error) as e:
-        raise InputError(f"{p}: NIfTI voxel data could not be read ({e})", hint="check the file is complete") from e
+    except NIFTI_ERRORS as e:  # a degenerate affine (no axis maps to z), a cut voxel block, a corrupt .gz
+        raise InputError(f"{p}: NIfTI voxel data or affine could not be read ({describe_exception(e)})",
+                         hint="check the file is complete and its affine (qform/sform) is valid") from e
     hu = np.ascontiguousarray(np.transpose(data, (2, 1, 0)))
     if not np.isfinite(hu).all():
         raise InputError(f"{p}: NIfTI volume holds NaN or infinite values", hint="pass a CT volume in HU")
