@@ -41,7 +41,7 @@ HERE = Path(__file__).resolve().parent
 DEFAULT_OUT = HERE / "results" / "blast_ct"
 FOLDS = HERE / "results" / "cnn_multi_256" / "folds.csv"
 OOF = HERE / "results" / "cnn_multi_256" / "oof.csv"
-HEMORRHAGE_CLASSES = ("IPH", "EAH", "IVH")
+HEMORRHAGE_CLASSES = ("iph", "eah", "ivh")  # BLAST-CT's prediction.csv names them in lower case
 
 
 def _models_dir() -> Path:
@@ -83,8 +83,13 @@ def select_scans(rsna: bool, ctich: int, seed: int = 0) -> list[dict[str, Any]]:
 
 def _volumes(prediction_csv: Path) -> dict[str, float]:
     row = pd.read_csv(prediction_csv).iloc[0]
-    return {str(k).replace("_predicted_volume_ml", ""): float(v) for k, v in row.items()
+    return {str(k).replace("_predicted_volume_ml", "").lower(): float(v) for k, v in row.items()
             if str(k).endswith("_predicted_volume_ml")}
+
+
+def hemorrhage_ml(volumes: dict[str, float]) -> float:
+    """The scan score: predicted IPH + EAH + IVH volume in ml (oedema is not hemorrhage)."""
+    return float(sum(volumes.get(c, 0.0) for c in HEMORRHAGE_CLASSES))
 
 
 def run_scan(scan: dict[str, Any], models: list[Path], out: Path, threads: int) -> dict[str, Any]:
@@ -116,7 +121,7 @@ def run_scan(scan: dict[str, Any], models: list[Path], out: Path, threads: int) 
     record = {**{k: scan[k] for k in ("scan_id", "patient_id", "source", "any", "path")},
               "slices": int(series.hu.shape[0]), "spacing_mm": [float(s) for s in series.spacing_mm],
               "models": [m.name for m in models], "threads": threads, "volumes_ml": volumes,
-              "hemorrhage_ml": float(sum(volumes.get(c, 0.0) for c in HEMORRHAGE_CLASSES)),
+              "hemorrhage_ml": hemorrhage_ml(volumes),
               "minutes_inference": seconds / 60, "minutes_total": (time.perf_counter() - t0) / 60,
               "load_average": os.getloadavg()[0]}
     atomic_write_text(out / "scans" / f"{scan['scan_id']}.json", json.dumps(record, indent=2))
@@ -181,6 +186,7 @@ def cmd_report(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     df = pd.DataFrame(records)
+    df["hemorrhage_ml"] = [hemorrhage_ml(v) for v in df["volumes_ml"]]  # recomputed: the definition lives here
     folds = pd.read_csv(FOLDS).set_index("patient_id")["fold"]
     df["fold"] = df["patient_id"].map(folds)
     oof = pd.read_csv(OOF)

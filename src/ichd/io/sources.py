@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import io
 import os
+import struct
 import threading
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from ichd.errors import InputError
+from ichd.errors import InputError, describe_exception
 
 #: File names and suffixes that are never DICOM; folders often hold them next to the images. Ignored silently.
 IGNORED_NAMES = frozenset({"DICOMDIR", "LOCKFILE", "VERSION", "Thumbs.db"})
@@ -42,7 +43,10 @@ class DicomSource:
         """What pydicom can read: the path itself, or the zip member's bytes in memory."""
         if self.member is None:
             return self.path
-        return io.BytesIO(_zip_handle(self.path).read(self.member))
+        try:
+            return io.BytesIO(_zip_handle(self.path).read(self.member))
+        except RuntimeError as e:  # zipfile's "File ... is encrypted, password required for extraction"
+            raise OSError(f"zip member is encrypted ({e})") from e
 
 
 _ZIP_HANDLES: dict[tuple[int, str], zipfile.ZipFile] = {}
@@ -125,14 +129,16 @@ def zip_sources(archive: Path) -> tuple[list[DicomSource], list[str]]:
     try:
         with zipfile.ZipFile(archive) as zf:
             infos = zf.infolist()
-    except (zipfile.BadZipFile, OSError) as e:
-        raise InputError(f"{archive}: not a readable zip archive ({e})",
+    # what a damaged central directory raises (found by fuzz/fuzz_readers.py): BadZipFile, a name that is not
+    # UTF-8 (UnicodeDecodeError, a ValueError), an unknown "version needed" (NotImplementedError), short records
+    except (zipfile.BadZipFile, OSError, ValueError, NotImplementedError, EOFError, struct.error) as e:
+        raise InputError(f"{archive}: not a readable zip archive ({describe_exception(e)})",
                          hint="check the file is complete, or unpack it and pass the folder") from e
     check_zip_sizes(archive, infos)
     sources: list[DicomSource] = []
     ignored: list[str] = []
     for info in sorted(infos, key=lambda i: i.filename):
-        if info.is_dir() or info.filename.startswith("__MACOSX/"):
+        if not info.filename or info.is_dir() or info.filename.startswith("__MACOSX/"):
             continue
         if is_ignored_name(info.filename):
             ignored.append(f"{archive}:{info.filename}")
