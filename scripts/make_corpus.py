@@ -23,8 +23,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-
-
 from pydicom.encaps import encapsulate
 from pydicom.uid import JPEG2000Lossless, JPEGLSLossless, RLELossless
 
@@ -200,7 +198,7 @@ def _(d: Path) -> Path:
     return _tweak(d, Rows=65535, Columns=65535)
 
 
-@case("bits_allocated_8", "ok", "BitsAllocated 8 but 16-bit pixel data (read silently: see README)")
+@case("bits_allocated_8", "error", "BitsAllocated 8 but 16-bit pixel data (PixelData twice as long as the tags say)")
 def _(d: Path) -> Path:
     return _tweak(d, BitsAllocated=8, BitsStored=8, HighBit=7)
 
@@ -224,7 +222,7 @@ def _(d: Path) -> Path:
     return d / "in"
 
 
-@case("pixel_data_long", "ok", "PixelData twice as long as needed (pydicom reads the first frame)")
+@case("pixel_data_long", "error", "PixelData twice as long as needed (a whole extra frame's bytes)")
 def _(d: Path) -> Path:
     dss = make_ct_series(3)
     for ds in dss:
@@ -301,9 +299,9 @@ def _corrupt(d: Path, ts: str, how: str) -> Path:
 
 for _ts_name, _ts in (("jpegls", JPEGLSLossless), ("j2k", JPEG2000Lossless), ("rle", RLELossless)):
     for _how in ("flip", "cut"):
-        # CharLS decodes a JPEG-LS stream cut at 1/3 without an error (the rest of the image is garbage)
+        # CharLS decodes a JPEG-LS stream cut at 1/3 without an error: the missing end-of-image marker (FFD9) tells
         CASES[f"corrupt_{_ts_name}_{_how}"] = (
-            "ok" if (_ts_name, _how) == ("jpegls", "cut") else "error", f"{_ts_name} stream with {'bytes flipped' if _how == 'flip' else 'the end cut off'}",
+            "error", f"{_ts_name} stream with {'bytes flipped' if _how == 'flip' else 'the end cut off'}",
             functools.partial(_corrupt, ts=_ts, how=_how))
 
 
@@ -565,6 +563,25 @@ def _(d: Path) -> Path:
     return p
 
 
+@case("fuzz_nifti_bad_vox_offset", "error", "a .nii whose vox_offset is below the header size (HeaderDataError)")
+def _(d: Path) -> Path:
+    p = _nifti(d / "bad.nii", np.zeros((32, 32, 4), np.int16))
+    data = bytearray(p.read_bytes())
+    data[108:112] = np.float32(100.0).tobytes()  # vox_offset (float32 at byte 108): 100 < 352
+    p.write_bytes(bytes(data))
+    return p
+
+
+@case("fuzz_nifti_degenerate_affine", "error", "a .nii whose affine maps two voxel axes to the same direction")
+def _(d: Path) -> Path:
+    p = _nifti(d / "flat.nii", np.zeros((32, 32, 4), np.int16))
+    data = bytearray(p.read_bytes())
+    data[252:256] = np.array([0, 1], np.int16).tobytes()  # qform_code 0, sform_code 1: the sform is the affine
+    data[280:328] = np.array([0.5, 0, 0.5, 0, 0, 0, 0, 0, 0, 0, 0, 0], np.float32).tobytes()  # srow_x/y/z
+    p.write_bytes(bytes(data))
+    return p
+
+
 @case("fuzz_png_truncated_ihdr", "error", "a PNG whose IHDR chunk is cut short (PIL raises ValueError)",
       args=("--window", "40,80"))
 def _(d: Path) -> Path:
@@ -593,6 +610,61 @@ def _(d: Path) -> Path:
     data[first - 200] ^= 0xFF  # a byte of the first member's pixel data
     (d / "s.zip").write_bytes(bytes(data))
     return d / "s.zip"
+
+
+def _zip_of_good_slices(d: Path, name: str = "s.zip", member_names: list[str] | None = None) -> Path:
+    """A stored (uncompressed) zip of 4 good slices named ``series/IM000k.dcm`` (or ``member_names``)."""
+    good(d / "src")
+    files = sorted((d / "src").iterdir())
+    names = member_names or [f"series/{f.name}" for f in files]
+    with zipfile.ZipFile(d / name, "w", zipfile.ZIP_STORED) as zf:
+        for f, member in zip(files, names, strict=True):
+            zf.write(f, member)
+    shutil.rmtree(d / "src")
+    return d / name
+
+
+def _patch_central(path: Path, member: int, offset: int, value: bytes) -> None:
+    """Overwrite bytes at ``offset`` of central-directory record number ``member`` (0-based)."""
+    data = bytearray(path.read_bytes())
+    at = -1
+    for _ in range(member + 1):
+        at = data.index(b"PK\x01\x02", at + 1)
+    data[at + offset: at + offset + len(value)] = value
+    path.write_bytes(bytes(data))
+
+
+@case("fuzz_zip_name_not_utf8", "error", "a zip whose member name is flagged UTF-8 but is not (UnicodeDecodeError)")
+def _(d: Path) -> Path:
+    names = [f"series/IM{k}\u00e9.dcm" for k in range(4)]  # stored as UTF-8 with flag bit 11
+    p = _zip_of_good_slices(d, member_names=names)
+    data = p.read_bytes()
+    cd = data.index(b"PK\x01\x02")
+    at = data.index("\u00e9".encode(), cd)
+    p.write_bytes(data[:at] + b"\xf9" + data[at + 1:])  # 0xf9 cannot start a UTF-8 sequence
+    return p
+
+
+@case("fuzz_zip_version_too_new", "error", "a zip member needing zip version 25.5 to extract (NotImplementedError)")
+def _(d: Path) -> Path:
+    p = _zip_of_good_slices(d)
+    _patch_central(p, 0, 6, (255).to_bytes(2, "little"))  # "version needed to extract"
+    return p
+
+
+@case("fuzz_zip_encrypted_member", "warning", "a zip of 4 slices, one member flagged as encrypted")
+def _(d: Path) -> Path:
+    p = _zip_of_good_slices(d)
+    _patch_central(p, 3, 8, (0x1).to_bytes(2, "little"))  # general purpose flag bit 0: encrypted
+    return p
+
+
+@case("fuzz_zip_empty_member_name", "ok", "a zip of 4 slices plus a member with an empty name (IndexError)")
+def _(d: Path) -> Path:
+    p = _zip_of_good_slices(d)
+    with zipfile.ZipFile(p, "a") as zf:
+        zf.writestr(zipfile.ZipInfo(""), b"no name")
+    return p
 
 
 def generate(out: Path, names: list[str] | None = None) -> dict[str, dict]:

@@ -143,3 +143,40 @@ def test_explain(name: str, corpus: Path, model: Path, capsys, tmp_path: Path) -
 def test_corpus_size() -> None:
     assert len(CASES) >= 40
     assert set(EXPECT.values()) <= {"error", "warning", "ok"}
+
+
+#: Memory allowed per file of ``series_2000_slices`` above the one-slice baseline (header, geometry, bookkeeping;
+#: ~4.5 KB measured on 2026-12-01); see "Memory bound" in tests/corpus/README.md.
+MEMORY_PER_FILE = 10 * 1024
+
+
+def _peak_rss(argv: list[str]) -> int:
+    """Peak RSS in bytes of the largest process of ``ichd -q ARGV`` (itself or a worker), measured in a fresh wrapper
+    process so that no other test's subprocess counts (``RUSAGE_CHILDREN`` keeps the maximum of all waited-for
+    descendants)."""
+    import subprocess
+    import sys
+
+    wrapper = ("import resource, subprocess, sys; p = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL); "
+               "print(p.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
+    done = subprocess.run([sys.executable, "-c", wrapper, sys.executable, "-m", "ichd", "-q", *argv], check=True,
+                          capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    code, kib = done.stdout.split()
+    assert code == "0", done.stderr[-1000:]
+    return int(kib) * 1024  # Linux reports KiB
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("workers", [[], ["--workers", "1"]], ids=["default-workers", "workers-1"])
+def test_ingest_2000_slices_stays_within_memory_bound(corpus: Path, workers: list[str]) -> None:
+    """Peak RSS of ``ichd ingest`` on 2,000 slices <= its peak on one slice + 4 x the float32 volume + 10 KiB per
+    file: memory grows with the volume and a small per-file record, never with whole datasets kept per file."""
+    def case_input(name: str) -> str:
+        return str(corpus / name / json.loads((corpus / name / "case.json").read_text())["input"])
+
+    baseline = _peak_rss(["ingest", "--json", *workers, case_input("single_slice")])
+    peak = _peak_rss(["ingest", "--json", *workers, case_input("series_2000_slices")])
+    n, volume = 2000, 2000 * 8 * 8 * 4
+    bound = baseline + 4 * volume + n * MEMORY_PER_FILE
+    assert peak <= bound, (f"peak RSS {peak / 2**20:.1f} MiB > bound {bound / 2**20:.1f} MiB "
+                           f"(baseline {baseline / 2**20:.1f} MiB)")

@@ -46,6 +46,10 @@ def register(app: typer.Typer) -> None:
             None, "--dask-workers", min=1,
             help="Start a local Dask cluster of N one-thread worker processes (implies --scheduler local; "
                  "default with --scheduler local: --workers, else min(4, CPUs))."),
+        verify: bool = typer.Option(
+            False, "--verify",
+            help="Before resuming, check the sha256 of every array already in the cache (default: their sizes, and "
+                 "the sha256 of those an interrupted run left); a damaged one is built again."),
         *,
         inputs: CTInputOptions,  # the options of @ct_input_options
     ) -> None:
@@ -65,7 +69,7 @@ def register(app: typer.Typer) -> None:
                 raise InputError(f"--patients {patients!r} must be comma-separated numbers") from e
         summary = build_cache(paths, out, cfg, workers=workers, window=inputs.window_hu, patients=chosen,
                               strict=inputs.strict, allow_secondary_capture=inputs.allow_secondary_capture,
-                              scheduler=scheduler, dask_workers=dask_workers)
+                              scheduler=scheduler, dask_workers=dask_workers, verify=verify)
         typer.echo(f"cache {summary.out}: wrote {summary.written} series ({summary.slices_written} slices), "
                    f"skipped {summary.skipped_inputs} input(s) already cached; now {summary.total_series} series, "
                    f"{summary.total_slices} slices; {summary.seconds:.1f} s")

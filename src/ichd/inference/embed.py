@@ -16,7 +16,6 @@ the weight-magnitude feature selectors.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from collections.abc import Mapping
@@ -28,6 +27,7 @@ import numpy as np
 
 from ichd.constants import LABELS
 from ichd.errors import InputError, ModelError
+from ichd.utils.files import sha256_file
 from ichd.utils.logging import get_logger
 
 log = get_logger(__name__)
@@ -36,15 +36,6 @@ log = get_logger(__name__)
 EMBEDDING_FORMAT = "ichd-embeddings/1"
 #: ``fold`` value of rows embedded by a single (not per-fold) model.
 NO_FOLD = -1
-
-
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file (identifies the CNN checkpoint an embedding came from)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def classifier_weight(model: Any) -> np.ndarray:

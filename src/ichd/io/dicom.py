@@ -21,6 +21,7 @@ copied from the files: only UIDs, a SHA-1 prefix of PatientID (``meta["patient_i
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import os
@@ -60,6 +61,7 @@ from ichd.io.hu import (
     implausible_intercept,
     signed_padding,
 )
+from ichd.io.pixel_checks import check_pixel_data
 from ichd.io.sources import DicomSource, close_zip_handles
 from ichd.types import CTSeries, IngestWarning
 from ichd.utils.logging import get_logger
@@ -123,6 +125,8 @@ class FrameHeader:
     secondary_capture: bool
     invalid_uids: tuple[str, ...] = ()
     facts: tuple[tuple[str, Any], ...] = ()
+    #: Bytes of native pixel data beyond the image (less than a frame; ignored), see :mod:`ichd.io.pixel_checks`.
+    excess_pixel_bytes: int = 0
 
     @property
     def slice_id(self) -> str:
@@ -406,17 +410,23 @@ def read_header(source: DicomSource, *, allow_secondary_capture: bool = False) -
     import pydicom
     from pydicom.errors import BytesLengthException, InvalidDicomError
 
-    with pywarnings.catch_warnings(record=True) as caught:
+    with pywarnings.catch_warnings(record=True) as caught, contextlib.ExitStack() as files:
         pywarnings.simplefilter("always")
         try:
+            opened = source.open()
+            fp = files.enter_context(open(opened, "rb")) if isinstance(opened, str) else opened
             try:
-                ds = pydicom.dcmread(source.open(), stop_before_pixels=True)
+                ds = pydicom.dcmread(fp, stop_before_pixels=True)
             except InvalidDicomError:
                 # some writers omit the 128-byte preamble; accept such files only if they look like images
-                ds = pydicom.dcmread(source.open(), stop_before_pixels=True, force=True)
+                fp.seek(0)
+                ds = pydicom.dcmread(fp, stop_before_pixels=True, force=True)
                 if _get(ds, "SOPInstanceUID") is None and _get(ds, "Rows") is None:
                     return Skipped(source.name, "not_dicom", "not a DICOM file (no DICM preamble, no image tags)")
-            return headers_from_dataset(ds, source, allow_secondary_capture=allow_secondary_capture)
+            headers = headers_from_dataset(ds, source, allow_secondary_capture=allow_secondary_capture)
+            if isinstance(headers, Skipped):
+                return headers
+            return _check_pixel_data(fp, ds, headers)  # fp is at the Pixel Data element now
         except (InvalidDicomError, EOFError) as e:
             return Skipped(source.name, "not_dicom", f"not a DICOM file ({e})")
         except (*HEADER_PARSE_ERRORS, BytesLengthException) as e:
@@ -424,6 +434,21 @@ def read_header(source: DicomSource, *, allow_secondary_capture: bool = False) -
         finally:
             for w in caught:
                 log.debug("%s: %s", source.name, w.message)
+
+
+def _check_pixel_data(fp: Any, ds: Any, headers: list[FrameHeader]) -> list[FrameHeader] | Skipped:
+    """Skip a file whose Pixel Data contradicts its tags or whose compressed frames are cut short (see
+    :mod:`ichd.io.pixel_checks`); record harmless trailing bytes on its frame headers."""
+    first = headers[0]
+    check = check_pixel_data(fp, first.transfer_syntax, rows=first.rows, columns=first.columns,
+                             bits_allocated=int(_get(ds, "BitsAllocated", 16)),
+                             samples=int(_get(ds, "SamplesPerPixel", 1) or 1),
+                             frames=int(_number(_get(ds, "NumberOfFrames", 1), "NumberOfFrames")))
+    if check.problem is not None:
+        return Skipped(first.source.name, check.problem.reason, check.problem.detail, first.study_uid)
+    if check.excess_bytes:
+        return [replace(h, excess_pixel_bytes=check.excess_bytes) for h in headers]
+    return headers
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -563,6 +588,13 @@ def _plan_series(frames: list[FrameHeader], strict: bool) -> tuple[list[FrameHea
             "invalid_uid",
             f"not valid DICOM UIDs (pseudo-IDs?), kept as given: {', '.join(invalid[:3])}"
             f"{' ...' if len(invalid) > 3 else ''}; DICOM files written from this series need real UIDs"))
+    excess = [f for f in ordered if f.excess_pixel_bytes]
+    if excess:
+        warnings.append(IngestWarning(
+            "excess_pixel_data",
+            f"{len(excess)} slice(s) hold up to {max(f.excess_pixel_bytes for f in excess)} byte(s) of pixel data "
+            "beyond the image their tags describe (not DICOM-conformant padding); the extra bytes were ignored",
+            tuple(f.name for f in excess[:MAX_FILES_LISTED])))
     if any(f.secondary_capture for f in ordered):
         warnings.append(IngestWarning(
             "secondary_capture",

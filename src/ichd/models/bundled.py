@@ -35,6 +35,7 @@ from typing import Any
 from ichd.constants import LABELS
 from ichd.errors import ModelError, did_you_mean
 from ichd.paths import package_resource
+from ichd.utils.files import sha256_file
 
 #: File name of a bundle's manifest.
 MANIFEST_NAME = "manifest.json"
@@ -60,15 +61,6 @@ def _patient_key(patient: str | int) -> str:
     """Patient ids compare without case; all-digit ids as numbers ("071", "71" and 71 are one patient)."""
     text = str(patient).strip().lower()
     return str(int(text)) if text.isdigit() else text
-
-
-def sha256_file(path: str | Path, *, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def bundled_models_dir() -> Path:

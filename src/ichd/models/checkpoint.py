@@ -4,14 +4,22 @@ A checkpoint is one ``torch.save``'d dict (format :data:`CHECKPOINT_FORMAT`)::
 
     format, ichd_version, model_name, model_kwargs, num_classes, labels, default_cfg, state_dict,
     config (the full typed training config as plain data), preprocess (PreprocessConfig as plain data),
-    metrics, fold, epoch, extra, and for resuming: optimizer, scheduler, scaler, rng, step
+    metrics, fold, epoch, extra, and for resuming: optimizer, scheduler, scaler, rng, step,
+    digest ("sha256:<hex>" of every tensor and array in the dict, see :func:`payload_digest`)
 
 :func:`load_checkpoint` rebuilds the model through the registry (no pretrained download, no weights file
 needed) and checks the label order, so a checkpoint alone is enough to predict.
+
+Files are written atomically (a temporary file renamed into place), so a killed run leaves the previous checkpoint
+or the new one, never a part. A file damaged later is refused with a clear :class:`~ichd.errors.ModelError`, never
+loaded: a truncated zip fails to open, and changed bytes inside a tensor (which ``torch.load`` itself does not
+notice) fail the digest. Checkpoints written before the digest existed load without that check.
 """
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +30,44 @@ from ichd.constants import LABELS
 from ichd.errors import InputError, ModelError
 
 CHECKPOINT_FORMAT = "ichd-checkpoint/1"
+#: Key of the payload digest in a checkpoint dict.
+DIGEST_KEY = "digest"
+
+
+def _array_leaves(obj: Any, path: str = "") -> Iterator[tuple[str, Any]]:
+    """``(path, tensor or ndarray)`` for every tensor/array in nested dicts, lists and tuples, in a fixed order."""
+    import numpy as np
+
+    if isinstance(obj, (torch.Tensor, np.ndarray)):
+        yield path, obj
+    elif isinstance(obj, dict):
+        for key in sorted(obj, key=lambda k: (type(k).__name__, str(k))):
+            if not (path == "" and key == DIGEST_KEY):
+                yield from _array_leaves(obj[key], f"{path}/{key}")
+    elif isinstance(obj, (list, tuple)):
+        for i, item in enumerate(obj):
+            yield from _array_leaves(item, f"{path}/{i}")
+
+
+def payload_digest(payload: dict[str, Any]) -> str:
+    """``"sha256:<hex>"`` over the path, dtype, shape and bytes of every tensor and numpy array in ``payload``
+    (weights, optimizer state, RNG states); the other values are small metadata that unpickling checks."""
+    import numpy as np
+
+    h = hashlib.sha256()
+    for path, value in _array_leaves(payload):
+        if isinstance(value, torch.Tensor):
+            t = value.detach().cpu().contiguous()
+            data = t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
+            meta = f"{path}|{t.dtype}|{tuple(t.shape)}"
+        else:
+            arr = np.ascontiguousarray(value)
+            data = arr.tobytes() if arr.dtype != object else repr(arr.tolist()).encode()
+            meta = f"{path}|{arr.dtype.str}|{arr.shape}"
+        h.update(meta.encode("utf-8"))
+        h.update(len(data).to_bytes(8, "little"))
+        h.update(data)
+    return "sha256:" + h.hexdigest()
 
 
 @dataclass
@@ -99,24 +145,33 @@ def save_checkpoint(path: str | Path, model: torch.nn.Module, *, config: Any = N
     }
     if training_state:
         payload.update(training_state)
+    payload[DIGEST_KEY] = payload_digest(payload)
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
     return Path(path)
 
 
 def read_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """The raw checkpoint dict of ``path``, validated (format, label order). No model is built."""
+    """The raw checkpoint dict of ``path``, validated (format, digest, label order). No model is built."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"checkpoint {str(path)!r} not found", hint="pass the path of a .pt file written by ichd")
     try:
         raw = torch.load(path, map_location=map_location, weights_only=False)
     except Exception as e:  # truncated / foreign files: one clear message
-        raise ModelError(f"cannot read checkpoint {str(path)!r}: {e}",
-                         hint="the file is damaged or was not written by ichd") from e
+        detail = " ".join(str(e).split())
+        detail = detail[: detail.find(". ") + 1] if ". " in detail else detail  # torch's first sentence
+        raise ModelError(f"cannot read checkpoint {str(path)!r}: {type(e).__name__}: {detail[:300]}",
+                         hint="the file is damaged (e.g. truncated) or was not written by ichd") from e
     if not isinstance(raw, dict) or raw.get("format") != CHECKPOINT_FORMAT:
         raise ModelError(f"{str(path)!r} is not an ichd checkpoint (format {CHECKPOINT_FORMAT!r} expected)",
                          hint="backbone weights files go to create_model(..., weights=PATH) instead")
+    recorded = raw.get(DIGEST_KEY)
+    if recorded is not None and recorded != payload_digest(raw):
+        raise ModelError(f"checkpoint {str(path)!r} is damaged: its weights or training state differ from the "
+                         "checksum written with them",
+                         hint="use another copy of the file (a training run's last.pt: train the fold again "
+                              "with --restart)")
     labels = tuple(raw.get("labels") or ())
     if raw.get("num_classes") == len(LABELS) and labels != LABELS:
         raise ModelError(f"checkpoint {str(path)!r} has label order {labels}, ichd uses {LABELS}",

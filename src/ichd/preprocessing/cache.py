@@ -4,18 +4,30 @@ Layout (see docs/architecture.md)::
 
     CACHE/
       manifest.json         {"version", "preprocess": PreprocessConfig dict, "inputs": [done input keys],
-                             "series": [{scan_id, patient_id, study_instance_uid, n_slices, file, source,
-                                         source_kind, input, shape, dtype, warnings}]}
+                             "series": [{scan_id, patient_id, study_instance_uid, n_slices, file, bytes, sha256,
+                                         source, source_kind, input, shape, dtype, warnings}]}
       slices.csv            slice_id, scan_id, patient_id, slice_index, z_mm
+      journal.jsonl         while building: {"key", "entries", "rows"} of each unit finished since the last rewrite
       series/<scan_id>.npy  (z, C, S, S) uint8 0..255 (or float16 0..1): the windows, before normalisation
 
 Building is **resumable**: every finished work unit (a CT-ICH patient, one DICOM series of a multi-series
-folder or zip, or else one input path; see :func:`expand_inputs`) is recorded in the manifest, which is rewritten atomically after each one, so an interrupted run continues where it stopped and a
-re-run with the same settings does nothing. A cache built with different settings is never mixed or overwritten.
+folder or zip, or else one input path; see :func:`expand_inputs`) is recorded in the manifest, which is rewritten
+atomically at most every :data:`FLUSH_SECONDS` and at the end; in between, each finished unit is appended to
+``journal.jsonl``. So an interrupted run continues where it stopped and a re-run with the same settings does
+nothing. A cache built with different settings is never mixed or overwritten.
 Units are processed in parallel over a process pool (``workers``), so memory holds one series per worker, or as
 tasks on a Dask cluster (``scheduler``/``dask_workers``, see :mod:`ichd.preprocessing.dask_backend`), which run the
 same unit function; either way the driver records each unit as it completes. The finished cache lists units, series
 and slices in input order, whichever worker finished first and wherever a run was resumed.
+
+**Crash safety.** Every file is written under a temporary name and renamed into place
+(:func:`ichd.utils.files.atomic_path`), so a killed run (even ``kill -9``) leaves only whole files, and the manifest
+exists from the start of a build. Each array's size and sha256 are recorded in the manifest. A resumed build
+deletes the killed run's temporary files, takes over the journal's units (a line cut by the kill is ignored) and
+re-checks the recorded arrays: the size of every one, the sha256 of the journaled ones (and of every one with
+``verify``, ``ichd preprocess --verify``), and their slice rows; a missing, truncated or corrupted array is logged
+and its unit built again. :meth:`Cache.array` refuses an array whose size differs from the recorded one (with
+``open_cache(..., verify=True)`` also its sha256), so a damaged array is never read back.
 """
 
 from __future__ import annotations
@@ -36,7 +48,7 @@ import numpy as np
 from ichd.errors import IchdError, InputError
 from ichd.preprocessing.config import PreprocessConfig
 from ichd.types import CTSeries
-from ichd.utils.files import atomic_path, atomic_write_text
+from ichd.utils.files import atomic_path, atomic_write_text, remove_stale_temps, sha256_file
 from ichd.utils.logging import get_logger
 
 log = get_logger(__name__)
@@ -44,6 +56,9 @@ log = get_logger(__name__)
 CACHE_VERSION = 1
 MANIFEST = "manifest.json"
 SLICES = "slices.csv"
+#: Units finished since the last rewrite of manifest.json / slices.csv, one JSON line each (appended as each one
+#: finishes, deleted after each rewrite), so a killed build keeps every unit it finished.
+JOURNAL = "journal.jsonl"
 SERIES_DIR = "series"
 SLICE_COLUMNS = ("slice_id", "scan_id", "patient_id", "slice_index", "z_mm")
 #: Longest time between two rewrites of manifest.json / slices.csv while a cache is being built.
@@ -223,17 +238,39 @@ def _process_input(item: CacheInput, out: str, cfg_dict: dict[str, Any], skip_sc
             continue
         arr = preprocess_series(series, cfg)
         rel = f"{SERIES_DIR}/{safe_file_stem(scan_id)}.npy"
-        with atomic_path(Path(out) / rel) as tmp, open(tmp, "wb") as f:
-            np.save(f, arr)
+        with atomic_path(Path(out) / rel) as tmp:
+            with open(tmp, "wb") as f:
+                np.save(f, arr)
+            n_bytes, digest = tmp.stat().st_size, sha256_file(tmp)  # of the very bytes renamed into place
         patient_id = _patient_id(series)
         entries.append({
             "scan_id": scan_id, "patient_id": patient_id, "study_instance_uid": series.study_instance_uid,
-            "n_slices": int(arr.shape[0]), "file": rel, "source": series.source, "source_kind": series.source_kind,
+            "n_slices": int(arr.shape[0]), "file": rel, "bytes": n_bytes, "sha256": digest,
+            "source": series.source, "source_kind": series.source_kind,
             "input": item.key, "shape": list(arr.shape), "dtype": str(arr.dtype),
             "warnings": [w.to_dict() for w in series.warnings],
         })
         rows.extend(_slice_rows(series, scan_id, patient_id))
     return entries, rows
+
+
+def array_problem(root: Path, entry: dict[str, Any], *, checksum: bool = True) -> str | None:
+    """Why the array file of manifest ``entry`` under ``root`` cannot be trusted (missing, another size than
+    recorded, or with ``checksum`` another sha256), or ``None`` when it matches. Entries of caches written before
+    sizes and digests were recorded are only checked for presence."""
+    path = root / entry["file"]
+    try:
+        size = path.stat().st_size
+    except OSError:
+        return "the file is missing"
+    if not path.is_file():
+        return "not a regular file"
+    expected = entry.get("bytes")
+    if expected is not None and size != int(expected):
+        return f"{size} bytes where {int(expected)} were written (truncated or damaged)"
+    if checksum and entry.get("sha256") and sha256_file(path) != entry["sha256"]:
+        return "its sha256 differs from the one recorded when it was written (damaged)"
+    return None
 
 
 def _init_worker() -> None:
@@ -256,12 +293,32 @@ class BuildSummary:
     total_slices: int = 0
 
 
-class _ManifestWriter:
-    """Holds the manifest and slice table in memory and rewrites both atomically after every input."""
+def _empty_or_unstarted(out: Path) -> bool:
+    """True for an empty folder, or what a build killed before its first manifest left (temporary files, an empty
+    ``series/``, a slices.csv without rows)."""
+    import fnmatch
 
-    def __init__(self, out: Path, cfg: PreprocessConfig) -> None:
+    from ichd.utils.files import TEMP_GLOB
+
+    for p in out.iterdir():
+        if fnmatch.fnmatch(p.name, TEMP_GLOB):
+            continue
+        if p.name == SERIES_DIR and p.is_dir() and all(fnmatch.fnmatch(q.name, TEMP_GLOB) for q in p.iterdir()):
+            continue
+        if p.name == SLICES and p.is_file() and p.stat().st_size <= len(",".join(SLICE_COLUMNS)) + 2:  # header
+            continue
+        return False
+    return True
+
+
+class _ManifestWriter:
+    """Holds the manifest and slice table in memory, journals every finished unit and rewrites both files
+    atomically (see :meth:`add`)."""
+
+    def __init__(self, out: Path, cfg: PreprocessConfig, *, verify: bool = False) -> None:
         self.out = out
         self.cfg = cfg
+        self.verify = verify
         path = out / MANIFEST
         if path.is_file():
             try:
@@ -277,7 +334,7 @@ class _ManifestWriter:
                     hint="use another --out folder, or the same settings to resume")
             self.manifest["preprocess"] = cfg.to_dict()
         else:
-            if out.exists() and any(out.iterdir()):
+            if out.exists() and not _empty_or_unstarted(out):
                 raise InputError(f"{str(out)!r} exists, is not empty and is not an ichd cache",
                                  hint="pass a new or empty --out folder")
             self.manifest = {"version": CACHE_VERSION, "preprocess": cfg.to_dict(), "inputs": [], "series": []}
@@ -288,8 +345,54 @@ class _ManifestWriter:
 
             self.rows = pd.read_csv(out / SLICES, dtype={"slice_id": str, "scan_id": str, "patient_id": str}
                                     ).to_dict("records")
-        # Drop records whose array file disappeared, so they are rebuilt.
-        lost_inputs = {e["input"] for e in self.manifest["series"] if not (out / e["file"]).is_file()}
+            listed = self.scan_ids  # rows of series the manifest does not list: written just before a kill
+            self.rows = [r for r in self.rows if r["scan_id"] in listed]
+        if out.is_dir():  # a killed run's half-written files (never read: only renamed files are)
+            removed = remove_stale_temps(out) + remove_stale_temps(out / SERIES_DIR)
+            if removed:
+                log.info("%s: removed %d temporary file(s) of an interrupted run", out, removed)
+        journaled = self._replay_journal()
+        self._drop_damaged(journaled)
+        if journaled is not None or not path.is_file():
+            self.flush()  # the folder is a cache from the start: a run killed before its first unit resumes
+
+    def _replay_journal(self) -> set[str] | None:
+        """Take over the units a killed run journaled after its last rewrite; the scan ids taken over, or ``None``
+        when there was no journal (else the caller rewrites the files, which deletes it)."""
+        journal = self.out / JOURNAL
+        if not journal.is_file():
+            return None
+        taken: set[str] = set()
+        for line in journal.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                rec = json.loads(line)
+                key, entries, rows = rec["key"], list(rec["entries"]), list(rec["rows"])
+            except (ValueError, KeyError, TypeError):
+                log.info("%s: ignored a journal line cut short by an interrupted run", journal)
+                continue
+            if key not in self.done:
+                self._record(key, entries, rows)
+                taken.update(str(e.get("scan_id")) for e in entries)
+        if taken:
+            log.info("%s: took over %d series finished by an interrupted run", self.out, len(taken))
+        return taken
+
+    def _drop_damaged(self, journaled: set[str] | None) -> None:
+        """Forget the units whose array is missing, truncated or corrupted, or whose slice rows are incomplete (a
+        run killed between writing slices.csv and manifest.json), so they are built again. Sizes are checked for
+        every array; sha256 for the ``journaled`` series and, with :attr:`verify`, for all (it reads every file)."""
+        n_rows: dict[str, int] = {}
+        for r in self.rows:
+            n_rows[r["scan_id"]] = n_rows.get(r["scan_id"], 0) + 1
+        lost_inputs: set[str] = set()
+        for e in self.manifest["series"]:
+            checksum = self.verify or (journaled is not None and e["scan_id"] in journaled)
+            problem = array_problem(self.out, e, checksum=checksum)
+            if problem is None and n_rows.get(e["scan_id"], 0) != int(e["n_slices"]):
+                problem = f"{n_rows.get(e['scan_id'], 0)} of its {e['n_slices']} slice rows are in {SLICES}"
+            if problem is not None:
+                log.warning("cached series %s (%s): %s; its input is built again", e["scan_id"], e["file"], problem)
+                lost_inputs.add(e["input"])
         if lost_inputs:
             self.manifest["series"] = [e for e in self.manifest["series"] if e["input"] not in lost_inputs]
             self.manifest["inputs"] = [k for k in self.manifest["inputs"] if k not in lost_inputs]
@@ -306,17 +409,22 @@ class _ManifestWriter:
 
     def add(self, key: str, entries: list[dict[str, Any]], rows: list[dict[str, Any]]) -> None:
         """Record a finished unit; series already recorded (the same series reached from two inputs) are dropped.
-        The files are rewritten at most every :data:`FLUSH_SECONDS` (and by :meth:`flush` at the end), so big
-        caches do not rewrite a growing slices.csv after every series; after a crash, units done since the last
-        flush are simply redone."""
+        The unit is appended to the journal at once; the two files are rewritten at most every
+        :data:`FLUSH_SECONDS` (and by :meth:`flush` at the end), so big caches do not rewrite a growing slices.csv
+        after every series. After a crash the next build takes the journaled units over."""
+        self._record(key, entries, rows)
+        with open(self.out / JOURNAL, "a", encoding="utf-8") as f:  # one line per unit: a kill cuts at most it
+            f.write(json.dumps({"key": key, "entries": entries, "rows": rows}) + "\n")
+        if time.monotonic() - self._last_flush >= FLUSH_SECONDS:
+            self.flush()
+
+    def _record(self, key: str, entries: list[dict[str, Any]], rows: list[dict[str, Any]]) -> None:
         known = self.scan_ids
         fresh = [e for e in entries if e["scan_id"] not in known]
         fresh_ids = {e["scan_id"] for e in fresh}
         self.manifest["series"].extend(fresh)
         self.manifest["inputs"].append(key)
         self.rows.extend(r for r in rows if r["scan_id"] in fresh_ids)
-        if time.monotonic() - self._last_flush >= FLUSH_SECONDS:
-            self.flush()
 
     def order_by(self, keys: Sequence[str]) -> None:
         """Order the recorded units, their series and their slice rows by ``keys`` (this build's units, in input
@@ -337,13 +445,14 @@ class _ManifestWriter:
         with atomic_path(self.out / SLICES) as tmp:
             table.to_csv(tmp, index=False)
         atomic_write_text(self.out / MANIFEST, json.dumps(self.manifest, indent=1) + "\n")
+        (self.out / JOURNAL).unlink(missing_ok=True)  # everything it held is in the two files now
 
 
 def build_cache(inputs: Iterable[str | os.PathLike[str] | CacheInput], out: str | os.PathLike[str],
                 cfg: PreprocessConfig | None = None, *, workers: int | None = None,
                 window: tuple[float, float] | None = None, patients: Sequence[int] | None = None,
                 strict: bool = False, allow_secondary_capture: bool = False, scheduler: str | None = None,
-                dask_workers: int | None = None) -> BuildSummary:
+                dask_workers: int | None = None, verify: bool = False) -> BuildSummary:
     """Preprocess ``inputs`` (paths or :class:`CacheInput`) into the cache folder ``out``.
 
     Skips inputs already in the cache with the same settings; refuses (:class:`InputError`) to mix settings or
@@ -353,6 +462,8 @@ def build_cache(inputs: Iterable[str | os.PathLike[str] | CacheInput], out: str 
     Dask instead (:mod:`ichd.preprocessing.dask_backend`). An input that fails to read is recorded in
     ``summary.failed`` and the others go on. ``window`` is passed to ``read_ct`` for windowed PNG/JPG inputs;
     ``strict`` (an input fails at its first broken file) and ``allow_secondary_capture`` to the DICOM reader.
+    ``verify``: before resuming, check the sha256 of every array already in the cache, not only its size (a damaged
+    one is built again).
     """
     from ichd.utils.progress import progress_bar
 
@@ -372,7 +483,7 @@ def build_cache(inputs: Iterable[str | os.PathLike[str] | CacheInput], out: str 
         from ichd.preprocessing.dask_backend import resolve_target
 
         dask_target = resolve_target(scheduler, dask_workers, workers)
-    writer = _ManifestWriter(out, cfg)
+    writer = _ManifestWriter(out, cfg, verify=verify)
     (out / SERIES_DIR).mkdir(parents=True, exist_ok=True)
     summary = BuildSummary(out=out)
     done = writer.done
@@ -440,10 +551,14 @@ def build_cache(inputs: Iterable[str | os.PathLike[str] | CacheInput], out: str 
 # --------------------------------------------------------------------------------------------------------------
 
 class Cache:
-    """A read-only view of a cache folder. Arrays are memory-mapped and opened lazily (fork-safe)."""
+    """A read-only view of a cache folder. Arrays are memory-mapped and opened lazily (fork-safe).
 
-    def __init__(self, root: Path, manifest: dict[str, Any], slices: Any) -> None:
+    Each array's file size is checked against the manifest when it is opened; with ``verify`` its sha256 too (reads
+    the whole file once per process)."""
+
+    def __init__(self, root: Path, manifest: dict[str, Any], slices: Any, *, verify: bool = False) -> None:
         self.root = root
+        self.verify = verify
         self.manifest = manifest
         self.config = PreprocessConfig.from_dict(manifest["preprocess"])
         self.series: dict[str, dict[str, Any]] = {e["scan_id"]: e for e in manifest["series"]}
@@ -479,6 +594,10 @@ class Cache:
             except KeyError:
                 raise InputError(f"scan {scan_id!r} is not in the cache at {str(self.root)!r}") from None
             path = self.root / entry["file"]
+            problem = array_problem(self.root, entry, checksum=self.verify)
+            if problem is not None:
+                raise InputError(f"cached array {path} cannot be used: {problem}",
+                                 hint="run the same ichd preprocess command again: it rebuilds damaged arrays")
             try:
                 arr = np.load(path, mmap_mode="r")
             except (OSError, ValueError) as e:
@@ -508,8 +627,11 @@ class Cache:
         return state
 
 
-def open_cache(root: str | os.PathLike[str]) -> Cache:
-    """Open the cache folder ``root`` written by :func:`build_cache` (:class:`InputError` when it is not one)."""
+def open_cache(root: str | os.PathLike[str], *, verify: bool = False) -> Cache:
+    """Open the cache folder ``root`` written by :func:`build_cache` (:class:`InputError` when it is not one).
+
+    Slice rows of series the manifest does not list (a build killed between writing slices.csv and manifest.json)
+    are left out. ``verify``: check each array's sha256 when it is first opened (see :class:`Cache`)."""
     import pandas as pd
 
     root = Path(root)
@@ -533,4 +655,6 @@ def open_cache(root: str | os.PathLike[str]) -> Cache:
     missing = set(SLICE_COLUMNS) - set(slices.columns)
     if missing:
         raise InputError(f"{slices_path} lacks column(s) {sorted(missing)}", hint="rebuild the cache")
-    return Cache(root, manifest, slices.set_index("slice_id", drop=False).rename_axis(None))
+    listed = {str(e.get("scan_id")) for e in manifest["series"] if isinstance(e, dict)}
+    slices = slices[slices["scan_id"].isin(listed)]
+    return Cache(root, manifest, slices.set_index("slice_id", drop=False).rename_axis(None), verify=verify)

@@ -1,5 +1,7 @@
-"""Helpers for testing code that uses ichd: a synthetic CT DICOM factory (:mod:`ichd.testing.factories`).
+"""Helpers for testing code that uses ichd: a synthetic CT DICOM factory (:mod:`ichd.testing.factories`), a real
+``ichd serve`` subprocess (:mod:`ichd.testing.server`) and a load generator for it (:mod:`ichd.testing.service_load`).
 
-Used by ichd's own tests, the bad-input corpus generator (``scripts/make_corpus.py``) and the fuzzing seeds
-(``fuzz/``); importing it needs only numpy and pydicom (plus imagecodecs for JPEG lossless files).
+Used by ichd's own tests, the bad-input corpus generator (``scripts/make_corpus.py``), the fuzzing seeds (``fuzz/``)
+and ``benchmarks/service_load.py``; importing the factory needs only numpy and pydicom (plus imagecodecs for JPEG
+lossless files), the server helpers also ``httpx2`` (a dev dependency).
 """

@@ -1,12 +1,16 @@
-"""Atomic file writes: a result file is either complete or absent, never partial."""
+"""Atomic file writes (a result file is either complete or absent, never partial) and file digests."""
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+
+#: Name pattern of the temporary files :func:`atomic_path` creates (``.NAME.<random>.part<suffix>``).
+TEMP_GLOB = ".*.part*"
 
 
 @contextlib.contextmanager
@@ -43,3 +47,23 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
     return Path(path)
+
+
+def sha256_file(path: str | os.PathLike[str], *, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def remove_stale_temps(folder: str | os.PathLike[str]) -> int:
+    """Delete the temporary files :func:`atomic_path` left in ``folder`` (not below) when its process was killed
+    mid-write; returns how many. Call it only where no other process is writing into ``folder``."""
+    n = 0
+    for tmp in Path(folder).glob(TEMP_GLOB):
+        if tmp.is_file() and not tmp.is_symlink():
+            tmp.unlink(missing_ok=True)
+            n += 1
+    return n

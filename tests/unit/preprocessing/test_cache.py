@@ -166,3 +166,79 @@ def test_crash_keeps_finished_units_and_resume_completes(tmp_path: Path, monkeyp
     monkeypatch.setattr(cache_mod, "_process_input", real)
     summary = build_cache([root], out, CFG, workers=0)
     assert (summary.written, summary.skipped_inputs, summary.total_series) == (2, 1, 3)
+
+
+def test_manifest_records_size_and_sha256_and_damage_is_rebuilt(tmp_path: Path) -> None:
+    """A truncated or corrupted array is refused on load and rebuilt (only its unit) by the next build."""
+    from ichd.utils.files import sha256_file
+
+    root = _ctich_root(tmp_path / "ctich", {49: 3, 50: 2})
+    out = tmp_path / "cache"
+    build_cache([root], out, CFG, workers=0)
+    entries = {e["scan_id"]: e for e in json.loads((out / "manifest.json").read_text())["series"]}
+    for e in entries.values():
+        path = out / e["file"]
+        assert e["bytes"] == path.stat().st_size and e["sha256"] == sha256_file(path)
+    good = out / entries["ctich-050"]["file"]
+    good_stat = good.stat()
+    damaged = out / entries["ctich-049"]["file"]
+    intact = damaged.read_bytes()
+
+    damaged.write_bytes(intact[: len(intact) // 2])  # truncated: refused on load, with a clear hint
+    with pytest.raises(InputError, match="truncated or damaged") as err:
+        open_cache(out).array("ctich-049")
+    assert "ichd preprocess" in (err.value.hint or "")
+    summary = build_cache([root], out, CFG, workers=0)
+    assert (summary.written, summary.skipped_inputs, summary.total_slices) == (1, 1, 5)
+    assert damaged.read_bytes() == intact and good.stat().st_ino == good_stat.st_ino  # only the damaged one redone
+
+    flipped = bytearray(intact)  # same size, one byte changed: only the sha256 tells
+    flipped[-1] ^= 0xFF
+    damaged.write_bytes(bytes(flipped))
+    assert open_cache(out).array("ctich-049").shape == (3, 3, 16, 16)  # the cheap size check passes
+    with pytest.raises(InputError, match="sha256"):
+        open_cache(out, verify=True).array("ctich-049")
+    assert build_cache([root], out, CFG, workers=0).written == 0  # a resume checks sizes only ...
+    assert build_cache([root], out, CFG, workers=0, verify=True).written == 1  # ... --verify every sha256
+    assert damaged.read_bytes() == intact
+    assert open_cache(out, verify=True).array("ctich-049").shape == (3, 3, 16, 16)
+
+
+def test_killed_build_leftovers_are_cleaned_and_journal_taken_over(tmp_path: Path) -> None:
+    """What ``kill -9`` can leave: temporary files, a journal with a cut last line, slices.csv rows the manifest
+    does not list. The next build keeps the journaled units, ignores the rest and never reads a temporary file."""
+    import ichd.preprocessing.cache as cache_mod
+
+    root = _ctich_root(tmp_path / "ctich", {49: 2, 50: 2, 51: 2})
+    out = tmp_path / "cache"
+    build_cache([root], out, CFG, workers=0, patients=[49, 50])
+    manifest = json.loads((out / "manifest.json").read_text())
+    rows = open_cache(out).slices
+    # as if the run had journaled 050 but not rewritten the manifest, and was killed writing 051
+    rec50 = next(e for e in manifest["series"] if e["scan_id"] == "ctich-050")
+    manifest["series"] = [e for e in manifest["series"] if e["scan_id"] != "ctich-050"]
+    manifest["inputs"] = [k for k in manifest["inputs"] if not k.endswith(":050")]
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    rows50 = rows[rows["scan_id"] == "ctich-050"].to_dict("records")
+    line = json.dumps({"key": rec50["input"], "entries": [rec50], "rows": rows50})
+    (out / cache_mod.JOURNAL).write_text(line + "\n" + line[: len(line) // 2])  # the last line cut by the kill
+    (out / "series" / ".ctich-051.npy.x1y2.part.npy").write_bytes(b"\x93NUMPY half")
+    (out / ".manifest.json.a1b2.part.json").write_text("{")
+    assert len(open_cache(out).slices) == 2  # slices.csv still lists 050: hidden, the manifest does not
+    mtime50 = (out / rec50["file"]).stat().st_mtime_ns
+
+    summary = build_cache([root], out, CFG, workers=0)
+    assert (summary.written, summary.skipped_inputs, summary.total_series, summary.total_slices) == (1, 2, 3, 6)
+    assert (out / rec50["file"]).stat().st_mtime_ns == mtime50  # taken over from the journal, not redone
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "series", "slices.csv"]
+    assert sorted(p.name for p in (out / "series").iterdir()) == ["ctich-049.npy", "ctich-050.npy", "ctich-051.npy"]
+    cache = open_cache(out)
+    assert cache.scan_ids == ["ctich-049", "ctich-050", "ctich-051"] and cache.slices["slice_id"].is_unique
+
+
+def test_build_killed_before_its_first_unit_resumes(tmp_path: Path) -> None:
+    root = _ctich_root(tmp_path / "ctich", {49: 2})
+    out = tmp_path / "cache"
+    (out / "series").mkdir(parents=True)
+    (out / "series" / ".ctich-049.npy.q.part.npy").write_bytes(b"partial")
+    assert build_cache([root], out, CFG, workers=0).written == 1
