@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from factories import make_ct_series, write_series
 from ichd.cli.main import run
 from ichd.inference.report_json import validate_result
+from ichd.testing.factories import make_ct_series, write_series
 
 
 def _predict(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:

@@ -20,8 +20,8 @@ import pytest
 import typer
 
 import ichd
-from factories import SECONDARY_CAPTURE_STORAGE, make_ct_slice, phantom_hu, write_series
 from ichd.cli.main import build_app, run
+from ichd.testing.factories import SECONDARY_CAPTURE_STORAGE, make_ct_slice, phantom_hu, write_series
 
 SRC = Path(ichd.__file__).parent
 #: Packages whose strings are checked.

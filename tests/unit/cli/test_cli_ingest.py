@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from factories import make_ct_series, write_series
 from ichd.cli.main import run
+from ichd.testing.factories import make_ct_series, write_series
 
 
 def test_ingest_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -9,13 +9,13 @@ import pandas as pd
 import pytest
 import torch
 
-from factories import write_ctich_tree
 from ichd.constants import LABELS, SEED_MEAN, SEED_STD
 from ichd.data.augment import AugmentConfig, balanced_sampler, sampler_positive_share, train_augmentation
 from ichd.data.datasets import ScanDataset, SliceDataset, pad_collate
 from ichd.errors import ConfigError, InputError
 from ichd.preprocessing.cache import build_cache, open_cache
 from ichd.preprocessing.config import PreprocessConfig
+from ichd.testing.factories import write_ctich_tree
 
 
 @pytest.fixture(scope="module")

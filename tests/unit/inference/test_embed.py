@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from factories import write_ctich_tree
 from ichd.errors import InputError
 from ichd.inference.embed import (
     NO_FOLD,
@@ -18,6 +17,7 @@ from ichd.inference.embed import (
     read_fold_assignment,
     run_checkpoints,
 )
+from ichd.testing.factories import write_ctich_tree
 
 SIZE = 64  # EfficientNet-Lite0 needs a multiple of 32; small keeps this fast
 PATIENTS = {49: 3, 50: 2, 51: 4}

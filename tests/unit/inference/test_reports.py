@@ -120,7 +120,7 @@ def test_predict_json_names_the_slices_of_an_image_folder(tmp_path: Path, bundle
 
 def test_predict_json_names_independent_dicom_files(tmp_path: Path, bundle_dir: Path,
                                                     capsys: pytest.CaptureFixture[str]):
-    from factories import make_ct_series, write_series
+    from ichd.testing.factories import make_ct_series, write_series
 
     src = tmp_path / "rsna"
     write_series(src / "a", make_ct_series(2, rows=48, columns=48, patient_id="P1"), names=["ID_1.dcm", "ID_2.dcm"])

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from factories import make_ct_series, uid, write_series
 from ichd.errors import InputError
 from ichd.inference.report_json import validate_result
 from ichd.inference.run import PredictOptions, parse_formats, run_predict
+from ichd.testing.factories import make_ct_series, uid, write_series
 
 
 def _folder(tmp_path: Path, name: str = "ct", n: int = 4, **kw) -> Path:

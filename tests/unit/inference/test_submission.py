@@ -9,13 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from factories import make_ct_series, uid, write_series
 from ichd.constants import LABELS
 from ichd.errors import InputError, ModelError
 from ichd.evaluation.io import read_predictions
 from ichd.inference.report_json import prediction_to_dict
 from ichd.inference.run import PredictOptions, parse_formats, run_predict
 from ichd.inference.submission import SUBMISSION_NAME, submission_id, submission_text, write_submission
+from ichd.testing.factories import make_ct_series, uid, write_series
 from ichd.types import Prediction
 
 

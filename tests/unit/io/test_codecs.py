@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from pydicom.uid import JPEG2000Lossless, JPEGLosslessSV1, JPEGLSLossless, RLELossless
 
-from factories import expected_hu, make_ct_series, phantom_hu, write_series
 from ichd.io import codecs, read_ct
+from ichd.testing.factories import expected_hu, make_ct_series, phantom_hu, write_series
 
 ROWS = 32
 

@@ -19,7 +19,14 @@ from pydicom.uid import (
     RLELossless,
 )
 
-from factories import (
+from ichd.constants import AIR_HU
+from ichd.errors import DependencyError, InputError
+from ichd.io import read_ct
+from ichd.io.decode import MIN_SLICES_FOR_POOL
+from ichd.io.dicom import read_dicom
+from ichd.io.sources import folder_sources
+from ichd.io.summary import series_summary
+from ichd.testing.factories import (
     SECONDARY_CAPTURE_STORAGE,
     expected_hu,
     make_ct_series,
@@ -29,13 +36,6 @@ from factories import (
     to_bytes,
     write_series,
 )
-from ichd.constants import AIR_HU
-from ichd.errors import DependencyError, InputError
-from ichd.io import read_ct
-from ichd.io.decode import MIN_SLICES_FOR_POOL
-from ichd.io.dicom import read_dicom
-from ichd.io.sources import folder_sources
-from ichd.io.summary import series_summary
 
 ROWS = 32
 

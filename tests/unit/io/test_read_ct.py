@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from factories import make_ct_series, phantom_hu, write_series
 from ichd.errors import InputError
 from ichd.io import read_ct
+from ichd.testing.factories import make_ct_series, phantom_hu, write_series
 
 
 def test_missing_path() -> None:

@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from factories import write_ctich_tree
 from ichd.errors import InputError
 from ichd.io.images import read_ctich_patient
 from ichd.preprocessing.cache import build_cache, open_cache, safe_file_stem
 from ichd.preprocessing.config import PreprocessConfig
 from ichd.preprocessing.pipeline import preprocess_series
+from ichd.testing.factories import write_ctich_tree
 
 CFG = PreprocessConfig(image_size=16)
 
@@ -118,8 +118,8 @@ def test_safe_file_stem() -> None:
 
 
 def test_multi_series_dicom_folder_is_planned_per_series(tmp_path: Path) -> None:
-    from factories import make_ct_series, write_series
     from ichd.preprocessing.cache import expand_inputs
+    from ichd.testing.factories import make_ct_series, write_series
 
     folder = tmp_path / "dicom"
     a = make_ct_series(4, patient_id="PAT-A", series_uid="1.2.3.1")

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from factories import write_ctich_tree
 from ichd.errors import DependencyError, InputError
 from ichd.preprocessing.cache import build_cache
 from ichd.preprocessing.config import PreprocessConfig
 from ichd.preprocessing.dask_backend import resolve_target
+from ichd.testing.factories import write_ctich_tree
 
 CFG = PreprocessConfig(image_size=16)
 

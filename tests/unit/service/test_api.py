@@ -11,8 +11,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from factories import make_ct_series, uid, write_series
 from ichd.constants import LABELS
+from ichd.testing.factories import make_ct_series, uid, write_series
 
 N_SLICES = 4
 SIZE = 48

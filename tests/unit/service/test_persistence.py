@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from factories import make_ct_series, write_series
 from ichd.service.store import JobStore, StudyBusy, new_id, valid_id
+from ichd.testing.factories import make_ct_series, write_series
 
 
 def test_store_basics(tmp_path: Path):

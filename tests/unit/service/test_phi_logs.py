@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from factories import make_ct_series, make_ct_slice, write_series
+from ichd.testing.factories import make_ct_series, make_ct_slice, write_series
 
 PATIENT_NAME = "Zqxname^Wvsecret"
 PATIENT_ID = "PID-7391-QZX"

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from factories import make_ct_series, to_bytes
+from ichd.testing.factories import make_ct_series, to_bytes
 
 ZIP = {"Content-Type": "application/zip"}
 

@@ -26,9 +26,9 @@ import torch
 import yaml
 from torch.utils.data import DataLoader, RandomSampler, WeightedRandomSampler
 
-from factories import write_ctich_tree
 from ichd.constants import LABELS
 from ichd.errors import ConfigError, InputError
+from ichd.testing.factories import write_ctich_tree
 from ichd.training.distributed import (
     DistInfo,
     EvalShardSampler,
