@@ -582,6 +582,15 @@ def _(d: Path) -> Path:
     return p
 
 
+@case("fuzz_nifti_zero_dims", "error", "a .nii whose header says 0 x 0 x 3 voxels (OrientationError)")
+def _(d: Path) -> Path:
+    p = _nifti(d / "empty.nii", np.zeros((32, 32, 3), np.int16))
+    data = bytearray(p.read_bytes())
+    data[40:48] = np.array([3, 0, 0, 3], np.int16).tobytes()  # dim[0..3] at byte 40
+    p.write_bytes(bytes(data))
+    return p
+
+
 @case("fuzz_png_truncated_ihdr", "error", "a PNG whose IHDR chunk is cut short (PIL raises ValueError)",
       args=("--window", "40,80"))
 def _(d: Path) -> Path:

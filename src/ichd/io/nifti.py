@@ -45,11 +45,14 @@ def _uid_from(digest: str, kind: str) -> str:
 
 def _nifti_errors() -> tuple[type[BaseException], ...]:
     from nibabel.filebasedimages import ImageFileError
+    from nibabel.orientations import OrientationError
     from nibabel.spatialimages import HeaderDataError
 
     # what nibabel raises on broken files (found by fuzz/fuzz_readers.py): bad header fields (HeaderDataError,
-    # ValueError), cut or corrupt data (EOFError, OSError, zlib.error), degenerate affines (ValueError)
-    return (ImageFileError, HeaderDataError, OSError, EOFError, ValueError, zlib.error, IndexError)
+    # ValueError), cut or corrupt data (EOFError, OSError, zlib.error), degenerate affines (ValueError), a header
+    # whose dimensions disagree with the data (OrientationError)
+    return (ImageFileError, HeaderDataError, OrientationError, OSError, EOFError, ValueError, zlib.error,
+            IndexError)
 
 
 def read_nifti(path: str | os.PathLike[str]) -> CTSeries:
@@ -69,6 +72,9 @@ def read_nifti(path: str | os.PathLike[str]) -> CTSeries:
     if len(shape) not in (3, 4) or (len(shape) == 4 and shape[3] != 1):
         raise InputError(f"{p}: NIfTI volume has shape {shape}, expected 3-D (x, y, z)",
                          hint="pass a single 3-D CT volume")
+    if min(shape[:3]) < 1:
+        raise InputError(f"{p}: NIfTI volume has shape {shape}: an empty dimension holds no voxels",
+                         hint="check the header's dim field; pass a 3-D CT volume")
     try:
         if len(shape) == 4:
             img = img.slicer[..., 0]
