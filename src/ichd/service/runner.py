@@ -173,6 +173,10 @@ class StudyService:
                 else:
                     p.unlink()
             requeued, failed = self.store.recover(MAX_ATTEMPTS)
+            for job_id in failed:  # what the last interrupted attempt wrote is never served: remove it now
+                job = self.store.get_job(job_id)
+                if job is not None:
+                    remove_tree(self.paths(job.study_id).result)
             log.info("service data folder opened: %d stud(ies) known, %d leftover folder(s) removed, "
                      "%d interrupted job(s) queued again, %d failed after %d interruptions",
                      len(known), len(orphans), len(requeued), len(failed), MAX_ATTEMPTS)
