@@ -280,6 +280,18 @@ class Augmentation:
         return np.rint(window_channels(out, self.windows) * np.float32(255.0)).astype(np.uint8)
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
+        return self._augment(image, None)[0]
+
+    def augment_with_mask(self, image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Augment ``image`` and its segmentation ``mask`` (H, W) together: the spatial transforms (flip,
+        affine) move both alike (the mask with nearest-neighbour interpolation); the intensity and domain
+        transforms touch the image only. Returns ``(image, mask)``, the mask as float32."""
+        if mask.shape != image.shape[-2:]:
+            raise ValueError(f"mask shape {mask.shape} differs from the image's {image.shape[-2:]}")
+        out, warped = self._augment(image, np.asarray(mask, dtype=np.float32))
+        return out, np.asarray(warped, dtype=np.float32)
+
+    def _augment(self, image: np.ndarray, mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
         if image.ndim != 3:
             raise ValueError(f"augmentation expects a (C, H, W) image, got shape {image.shape}")
         x = np.asarray(image)
@@ -289,8 +301,12 @@ class Augmentation:
             params = self.draw_domain_params()
             if params:
                 x = self.apply_domain(x, params)
-        out = self.pipeline(image=np.ascontiguousarray(np.moveaxis(x, 0, -1)))["image"]
-        return np.moveaxis(out, -1, 0).astype(np.float32) * np.float32(1.0 / 255.0)
+        inputs: dict[str, np.ndarray] = {"image": np.ascontiguousarray(np.moveaxis(x, 0, -1))}
+        if mask is not None:
+            inputs["mask"] = np.ascontiguousarray(mask)
+        result = self.pipeline(**inputs)
+        out = np.moveaxis(result["image"], -1, 0).astype(np.float32) * np.float32(1.0 / 255.0)
+        return out, (result["mask"] if mask is not None else None)
 
     def __repr__(self) -> str:
         return f"Augmentation({self.cfg})"

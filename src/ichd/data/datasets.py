@@ -12,7 +12,7 @@ datasets are cheap to create and safe to use from DataLoader worker processes.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -60,7 +60,8 @@ def _to_float(x: np.ndarray) -> np.ndarray:
 
 
 class SliceDataset:
-    """One item per slice: ``{"image": (C, S, S) float32 tensor, "target": (6,) float32, "slice_id": str}``.
+    """One item per slice: ``{"image": (C, S, S) float32 tensor, "target": (6,) float32, "slice_id": str}``,
+    plus ``"mask"`` (1, S, S) float32 and ``"has_mask"`` (bool) when ``masks`` are given.
 
     Args:
         cache: a :class:`~ichd.preprocessing.cache.Cache` or its folder.
@@ -73,11 +74,15 @@ class SliceDataset:
             float32 in [0, 1].
         normalization: ``None``/``"none"`` (keep [0, 1]), a preset name (``"seed"``, ``"half"``) or
             ``(mean, std)``.
+        masks: ``slice_id -> (S, S)`` hemorrhage masks (:func:`ichd.data.masks.read_mask_folders`); slices
+            without one get an all-zero mask and ``has_mask`` False (leave them out of a mask loss). With a
+            ``transform``, it must offer ``augment_with_mask(image, mask)`` so both move together.
     """
 
     def __init__(self, cache: Cache | str | os.PathLike[str], slice_ids: Sequence[str] | None = None,
                  labels: pd.DataFrame | None = None, transform: Transform | None = None,
-                 normalization: str | tuple[Sequence[float], Sequence[float]] | None = None) -> None:
+                 normalization: str | tuple[Sequence[float], Sequence[float]] | None = None,
+                 masks: Mapping[str, np.ndarray] | None = None) -> None:
         self.cache = _as_cache(cache)
         table = self.cache.slices
         self.slice_ids = list(table.index) if slice_ids is None else [str(s) for s in slice_ids]
@@ -91,6 +96,13 @@ class SliceDataset:
         self.targets = _targets(labels, self.slice_ids)
         self.transform = transform
         self._norm = _mean_std(normalization)
+        self.masks = masks
+        if masks is not None:
+            size = int(self.cache.image_size)
+            bad = [k for k in self.slice_ids if k in masks and masks[k].shape != (size, size)]
+            if bad:
+                raise InputError(f"mask of slice {bad[0]!r} is {masks[bad[0]].shape}, the cache's images are "
+                                 f"{size} x {size}", hint="read the masks at the cache's image size")
 
     def __len__(self) -> int:
         return len(self.slice_ids)
@@ -106,7 +118,18 @@ class SliceDataset:
             raise IndexError(f"index {i} out of range for {len(self)} slices")
         i = int(i) % len(self)
         raw = np.asarray(self.cache.array(self._scan[i])[self._index[i]])
-        if self.transform is not None and raw.dtype == np.uint8 and getattr(self.transform, "accepts_uint8", False):
+        mask = None
+        if self.masks is not None:
+            given = self.masks.get(self.slice_ids[i])
+            mask = given if given is not None else np.zeros(raw.shape[-2:], np.float32)
+        if self.transform is not None and mask is not None:
+            if not hasattr(self.transform, "augment_with_mask"):
+                raise InputError(f"transform {type(self.transform).__name__} cannot augment masks",
+                                 hint="use ichd.data.augment.train_augmentation (augment_with_mask)")
+            src = raw if raw.dtype == np.uint8 and getattr(self.transform, "accepts_uint8", False) else _to_float(raw)
+            img, mask = self.transform.augment_with_mask(src, mask)
+            img = np.asarray(img, dtype=np.float32)
+        elif self.transform is not None and raw.dtype == np.uint8 and getattr(self.transform, "accepts_uint8", False):
             img = np.asarray(self.transform(raw), dtype=np.float32)
         elif self.transform is not None:
             img = np.asarray(self.transform(_to_float(raw)), dtype=np.float32)
@@ -118,6 +141,9 @@ class SliceDataset:
                                 "slice_id": self.slice_ids[i]}
         if self.targets is not None:
             item["target"] = torch.from_numpy(self.targets[i].copy())
+        if mask is not None:
+            item["mask"] = torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32))[None]
+            item["has_mask"] = torch.tensor(self.slice_ids[i] in self.masks)  # type: ignore[operator]
         return item
 
 

@@ -11,6 +11,8 @@ by source and by source x "any" (:func:`source_strata`).
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pandas as pd
 
@@ -133,3 +135,44 @@ def split_fold(df: pd.DataFrame, folds: pd.Series, fold: int) -> tuple[pd.DataFr
     val_patients = set(folds.index[folds == fold])
     is_val = df["patient_id"].isin(val_patients).to_numpy()
     return df[~is_val], df[is_val]
+
+
+def read_patient_folds(path: str | os.PathLike[str]) -> pd.Series:
+    """A ``patient_id,fold`` CSV (e.g. a training run's ``folds.csv``) as the Series :func:`patient_folds` returns.
+    A patient listed in two folds, or a fold that is not an integer, is an :class:`InputError`."""
+    from pathlib import Path
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"folds file {str(path)!r} not found", hint="give a patient_id,fold CSV (a run's folds.csv)")
+    try:
+        df = pd.read_csv(path, dtype={"patient_id": str})
+    except (OSError, ValueError) as e:
+        raise InputError(f"cannot read folds file {str(path)!r}: {e}") from e
+    if not {"patient_id", "fold"} <= set(df.columns):
+        raise InputError(f"folds file {str(path)!r} needs columns patient_id and fold, has {list(df.columns)}")
+    pairs = df[["patient_id", "fold"]].drop_duplicates()
+    if pairs["patient_id"].duplicated().any():
+        bad = pairs.loc[pairs["patient_id"].duplicated(), "patient_id"].iloc[0]
+        raise InputError(f"folds file {str(path)!r}: patient {bad!r} is in more than one fold")
+    try:
+        folds = pairs["fold"].astype(np.int64)
+    except (TypeError, ValueError) as e:
+        raise InputError(f"folds file {str(path)!r}: fold values must be integers ({e})") from e
+    return pd.Series(folds.to_numpy(), index=pd.Index(pairs["patient_id"].astype(str), name="patient_id"),
+                     name="fold").sort_index()
+
+
+def folds_for_table(df: pd.DataFrame, folds: pd.Series, k: int, source: str = "folds file") -> pd.Series:
+    """The folds of the patients in slice table ``df`` taken from a given assignment ``folds`` (patients the table
+    lacks are dropped). Every patient of the table needs a fold in 0..k-1 (:class:`InputError` otherwise)."""
+    patients = pd.Index(sorted(df["patient_id"].astype(str).unique()), name="patient_id")
+    missing = patients.difference(folds.index)
+    if len(missing):
+        raise InputError(f"{len(missing)} patient(s) of the training table have no fold in the {source}, e.g. "
+                         f"{missing[0]!r}", hint="use the folds file of a run on the same data, or compute folds")
+    out = folds.reindex(patients).astype(np.int64).rename("fold")
+    bad = sorted(set(out.tolist()) - set(range(k)))
+    if bad:
+        raise InputError(f"the {source} has fold(s) {bad}, expected 0..{k - 1}", hint="set data.folds to match")
+    return out

@@ -2,7 +2,8 @@
 
 Every model here is a :class:`SliceClassifier`:
 
-* ``forward_features(x) -> (B, D)``: the embedding (pooled last feature map) used by the sequence stage;
+* ``forward_features(x) -> (B, D)``: the embedding (pooled last feature map, passed through the model's
+  ``neck`` of dense layers where it has one, e.g. VGG19's two 1000-unit layers) used by the sequence stage;
 * ``forward_head(f) -> (B, num_classes)``: logits in :data:`ichd.constants.LABELS` order;
 * ``forward(x) = forward_head(forward_features(x))``.
 
@@ -38,11 +39,13 @@ _CLASSIFIER_PREFIXES = ("fc.", "_fc.", "last_linear.", "class_layers.", "classif
 
 
 class SliceClassifier(nn.Module):
-    """Backbone feature map -> global average pool -> dropout -> linear (multi-label logits)."""
+    """Backbone feature map -> pool (global average by default) -> [neck] -> dropout -> linear (multi-label
+    logits). ``pool`` and ``neck`` let small architectures keep their own head (e.g. a fixed-size pool, flatten
+    and dense layers); the embedding is the neck's output then."""
 
     def __init__(self, name: str, backbone: nn.Module, *, num_features: int, num_classes: int,
                  input_size: int, norm: str, gradcam_layer: str, dropout: float,
-                 pretrained: str | None) -> None:
+                 pretrained: str | None, pool: nn.Module | None = None, neck: nn.Module | None = None) -> None:
         super().__init__()
         from ichd.preprocessing.normalize import preset
 
@@ -52,7 +55,8 @@ class SliceClassifier(nn.Module):
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.backbone = backbone
-        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.pool = pool if pool is not None else nn.AdaptiveAvgPool2d(1)
+        self.neck = neck
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(num_features, num_classes)
         self.num_features = num_features
@@ -86,7 +90,8 @@ class SliceClassifier(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Embedding (B, num_features) of a batch of 3-window slices in [0, 1]."""
-        return torch.flatten(self.pool(self.backbone(self.normalize(x))), 1)
+        features = torch.flatten(self.pool(self.backbone(self.normalize(x))), 1)
+        return features if self.neck is None else self.neck(features)
 
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:
         """Logits (B, num_classes) from embeddings (B, num_features)."""
@@ -96,12 +101,16 @@ class SliceClassifier(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
-def load_backbone_weights(backbone: nn.Module, path: str | Path) -> None:
+def load_backbone_weights(backbone: nn.Module, path: str | Path, *, new_prefixes: tuple[str, ...] = (),
+                          rename: tuple[tuple[str, str], ...] = ()) -> None:
     """Load a user-supplied weights file into ``backbone``.
 
     Accepts a plain state dict or a dict holding one under ``state_dict``/``model``/``model_state``; strips
     ``module.``/``backbone.`` prefixes and drops the source's classifier (``fc.``, ``last_linear.``, ...).
-    Anything else that does not match raises :class:`ModelError` listing the mismatching keys.
+    Parameters under ``new_prefixes`` (parts ichd adds to a published architecture, e.g. RADnet's segmentation
+    heads) may be absent from the file: they keep their initialisation. ``rename`` maps the source library's key
+    prefixes to ichd's (``("_conv_stem.", "stem.")``). Anything else that does not match raises
+    :class:`ModelError` listing the mismatching keys.
     """
     path = Path(path)
     if not path.is_file():
@@ -122,10 +131,14 @@ def load_backbone_weights(backbone: nn.Module, path: str | Path) -> None:
     for key, value in obj.items():
         for prefix in ("module.", "backbone."):
             key = key.removeprefix(prefix)
+        for old, new in rename:
+            if key.startswith(old):
+                key = new + key.removeprefix(old)
+                break
         state[key] = value
     own = backbone.state_dict()
     state = {k: v for k, v in state.items() if k in own or not k.startswith(_CLASSIFIER_PREFIXES)}
-    missing = sorted(set(own) - set(state))
+    missing = sorted(k for k in set(own) - set(state) if not (new_prefixes and k.startswith(new_prefixes)))
     unexpected = sorted(set(state) - set(own))
     wrong_shape = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
     if missing or unexpected or wrong_shape:
@@ -134,18 +147,21 @@ def load_backbone_weights(backbone: nn.Module, path: str | Path) -> None:
             f"{missing[:4]}, {len(unexpected)} unexpected keys {unexpected[:4]}, {len(wrong_shape)} with "
             f"another shape {wrong_shape[:4]}",
             hint="the file must hold the same architecture (torchvision / MONAI parameter names)")
+    if new_prefixes:
+        state = {**{k: v for k, v in own.items() if k.startswith(new_prefixes) and k not in state}, **state}
     backbone.load_state_dict(state, strict=True)
 
 
 def _finish(name: str, backbone: nn.Module, *, num_features: int, num_classes: int, input_size: int,
             norm: str, gradcam_layer: str, dropout: float, pretrained: str | None,
-            weights: str | Path | None) -> SliceClassifier:
+            weights: str | Path | None, pool: nn.Module | None = None, neck: nn.Module | None = None,
+            new_prefixes: tuple[str, ...] = (), rename: tuple[tuple[str, str], ...] = ()) -> SliceClassifier:
     if weights is not None:
-        load_backbone_weights(backbone, weights)
+        load_backbone_weights(backbone, weights, new_prefixes=new_prefixes, rename=rename)
         pretrained = f"file:{Path(weights).name}"
     return SliceClassifier(name, backbone, num_features=num_features, num_classes=num_classes,
                            input_size=input_size, norm=norm, gradcam_layer=gradcam_layer, dropout=dropout,
-                           pretrained=pretrained)
+                           pretrained=pretrained, pool=pool, neck=neck)
 
 
 # --- EfficientNet-Lite0 (default), Lite1, Lite2 (offline ImageNet weights) ------------------------------------
@@ -244,12 +260,17 @@ class _MonaiEfficientNetFeatures(nn.Module):
         return self.head_act(self.bn1(self.head(self.head_pad(x))))
 
 
+#: MONAI / efficientnet_pytorch parameter prefixes -> :class:`_MonaiEfficientNetFeatures`'s (for weight files).
+_EFFICIENTNET_BN_RENAME = (("_conv_stem.", "stem."), ("_bn0.", "bn0."), ("_blocks.", "blocks."),
+                           ("_conv_head.", "head."), ("_bn1.", "bn1."))
+
+
 def _efficientnet_bn(variant: str, name: str, *, num_classes: int, weights: str | Path | None,
                      input_size: int, dropout: float, norm: str) -> SliceClassifier:
     backbone = _MonaiEfficientNetFeatures(variant)
     return _finish(name, backbone, num_features=backbone.num_features, num_classes=num_classes,
                    input_size=input_size, norm=norm, gradcam_layer="backbone.head_act", dropout=dropout,
-                   pretrained=None, weights=weights)
+                   pretrained=None, weights=weights, rename=_EFFICIENTNET_BN_RENAME)
 
 
 @register_model("efficientnet_b0", family="slice", description="MONAI EfficientNet-B0 (1280-d embedding), random init",
@@ -313,3 +334,52 @@ def resnext101_32x8d(*, pretrained: bool, num_classes: int, weights: str | Path 
     return _finish("resnext101_32x8d", backbone, num_features=backbone.num_features, num_classes=num_classes,
                    input_size=input_size, norm=norm, gradcam_layer="backbone.layer4", dropout=dropout,
                    pretrained=None, weights=weights)
+
+
+# --- The other seed papers' CNNs (random init; weights=PATH loads a user file) --------------------------------
+
+@register_model("vgg19", family="slice",
+                description="VGG19 trunk + LRCN head (2 x 1000-unit dense, dropout 0.5; 1000-d embedding), random "
+                            "init or weights=PATH (torchvision-format vgg19 state dict)",
+                source="Simonyan & Zisserman 2015; LRCN (Qiu et al.)",
+                defaults={"input_size": 128, "dropout": 0.0, "norm": "seed"})
+def vgg19(*, pretrained: bool, num_classes: int, weights: str | Path | None, input_size: int, dropout: float,
+          norm: str) -> SliceClassifier:
+    from ichd.models.vgg import VGGFeatures, lrcn_head
+
+    backbone = VGGFeatures()
+    head = lrcn_head(backbone.num_features)
+    return _finish("vgg19", backbone, num_features=head[-2].out_features, num_classes=num_classes,
+                   input_size=input_size, norm=norm, gradcam_layer=f"backbone.{backbone.last_layer}",
+                   dropout=dropout, pretrained=None, weights=weights, neck=head)
+
+
+@register_model("caceres_cnn", family="slice",
+                description="Small custom CNN (6 conv, dense 128; 128-d embedding) of the progressive-resizing "
+                            "paper, random init",
+                source="Caceres et al., RSNA intracranial hemorrhage detection (model 2, first iteration)",
+                defaults={"input_size": 128, "dropout": 0.0, "norm": "seed"})
+def caceres_cnn(*, pretrained: bool, num_classes: int, weights: str | Path | None, input_size: int,
+                dropout: float, norm: str) -> SliceClassifier:
+    from ichd.models.caceres_cnn import DENSE_UNITS, CaceresFeatures, caceres_pool_and_head
+
+    backbone = CaceresFeatures()
+    pool, neck = caceres_pool_and_head(backbone.num_channels)
+    return _finish("caceres_cnn", backbone, num_features=DENSE_UNITS, num_classes=num_classes,
+                   input_size=input_size, norm=norm, gradcam_layer="backbone.body.pool3", dropout=dropout,
+                   pretrained=None, weights=weights, pool=pool, neck=neck)
+
+
+@register_model("radnet_densenet121", family="slice",
+                description="RADnet-style DenseNet121 with 3 auxiliary segmentation heads used as spatial attention "
+                            "(1024-d embedding), random init or weights=PATH (MONAI DenseNet121 names)",
+                source="Grewal et al. 2018 (RADnet); monai.networks.nets.DenseNet121",
+                defaults={"input_size": 256, "dropout": 0.0, "norm": "seed"})
+def radnet_densenet121(*, pretrained: bool, num_classes: int, weights: str | Path | None, input_size: int,
+                       dropout: float, norm: str) -> SliceClassifier:
+    from ichd.models.radnet import NEW_PREFIXES, RadnetDenseNetFeatures
+
+    backbone = RadnetDenseNetFeatures()
+    return _finish("radnet_densenet121", backbone, num_features=backbone.num_features, num_classes=num_classes,
+                   input_size=input_size, norm=norm, gradcam_layer="backbone.attend", dropout=dropout,
+                   pretrained=None, weights=weights, new_prefixes=NEW_PREFIXES)

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from ichd.constants import LABELS
-from ichd.errors import ConfigError, InputError
+from ichd.errors import ConfigError, InputError, ModelError
 from ichd.training.config import CnnTrainConfig
 from ichd.training.distributed import DistInfo
 from ichd.utils.logging import get_logger
@@ -189,6 +189,7 @@ def make_loaders(cfg: CnnTrainConfig, cache: Any, train_df: Any, val_df: Any | N
     from ichd.data.augment import train_augmentation
     from ichd.data.datasets import SliceDataset
     from ichd.data.sampling import training_sampler
+    from ichd.training import variants
     from ichd.training.distributed import SINGLE, EvalShardSampler, ShardSampler, per_rank_batch
 
     dist = dist or SINGLE
@@ -196,7 +197,8 @@ def make_loaders(cfg: CnnTrainConfig, cache: Any, train_df: Any, val_df: Any | N
     windows = list(cache.config.windows.values())
     transform = train_augmentation(cfg.augment, seed=seed, windows=windows) if cfg.augment_enabled else None
     init_worker = functools.partial(_init_worker, cfg.augment, rank=dist.rank)
-    train_ds = SliceDataset(cache, list(train_df.index), labels=train_df, transform=transform)
+    masks = variants.training_masks(cfg, int(cache.image_size), list(train_df.index))  # RADnet's mask loss
+    train_ds = SliceDataset(cache, list(train_df.index), labels=train_df, transform=transform, masks=masks)
     generator = torch.Generator().manual_seed(seed)
     workers = cfg.data.num_workers
     common: dict[str, Any] = {"num_workers": workers, "pin_memory": torch.cuda.is_available()}
@@ -274,8 +276,11 @@ def train_cnn(cfg: CnnTrainConfig, fold: int | str, *, out: str | Path | None = 
     with distributed_session(cfg.device) as (dist, device), contextlib.ExitStack() as stack:
 
         def lock() -> None:
+            from ichd.utils.files import remove_stale_temps
+
             fold_dir.mkdir(parents=True, exist_ok=True)
             stack.enter_context(fold_lock(fold_dir))
+            remove_stale_temps(fold_dir)  # a killed run's half-written checkpoint (never read: not renamed)
 
         run_on_main(lock)  # rank 0 locks; when it cannot, every rank stops
         return _train_fold(cfg, fold, out_root, restart=restart, dist=dist, device=device)
@@ -286,12 +291,12 @@ def _train_fold(cfg: CnnTrainConfig, fold: int | str, out_root: Path, *, restart
     import torch
 
     from ichd.config import config_to_dict, save_config
-    from ichd.data.folds import patient_folds, split_fold
+    from ichd.data.folds import split_fold
     from ichd.evaluation.metrics import CumulativeMetrics
     from ichd.models import create_model
     from ichd.models.checkpoint import read_checkpoint, save_checkpoint
+    from ichd.training import variants
     from ichd.training.distributed import SINGLE, barrier, run_on_main
-    from ichd.training.losses import WeightedBCEWithLogits
     from ichd.training.trainer import Callback, Trainer, seed_everything
     from ichd.utils.device import resolve_device
     from ichd.utils.files import atomic_write_text
@@ -307,7 +312,7 @@ def _train_fold(cfg: CnnTrainConfig, fold: int | str, out_root: Path, *, restart
     seed_everything(cfg.seed, deterministic=cfg.deterministic)
 
     cache, labels = load_training_table(cfg)  # every rank reads the cache: it must exist on every node
-    folds = patient_folds(labels, cfg.data.folds, cfg.data.fold_seed)
+    folds = variants.training_folds(cfg, labels)  # data.folds_file, or computed
     if main:
         write_folds_csv(out_root, folds)
     if fold == FOLD_ALL:
@@ -324,8 +329,10 @@ def _train_fold(cfg: CnnTrainConfig, fold: int | str, out_root: Path, *, restart
         model_kwargs["dropout"] = float(cfg.model.dropout)
     pretrained = cfg.model.pretrained and cfg.model.weights is None
     model = create_model(cfg.model.name, pretrained=pretrained, weights=cfg.model.weights, **model_kwargs)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr_per_epoch[0],
-                                 weight_decay=cfg.optim.weight_decay)
+    variants.freeze_parameters(model, cfg.model.freeze)
+    if cfg.targets == "any":
+        variants.init_any_only_head(model, train_df)
+    optimizer = variants.make_optimizer(cfg, model)
     train_loader, val_loader, generator, train_ds = make_loaders(cfg, cache, train_df, val_df, cfg.seed, dist)
     reseed = []
     if cfg.augment_enabled and cfg.data.num_workers == 0:
@@ -364,13 +371,15 @@ def _train_fold(cfg: CnnTrainConfig, fold: int | str, out_root: Path, *, restart
             doc["oof"] = _jsonable(oof)
         atomic_write_text(fold_dir / "metrics.json", json.dumps(doc, indent=2))
 
-    trainer = Trainer(model, WeightedBCEWithLogits(), optimizer, lr_per_epoch=cfg.optim.lr_per_epoch,
+    trainer = Trainer(model, variants.training_loss(cfg), optimizer, lr_per_epoch=cfg.optim.lr_per_epoch,
                       device=device, metrics_factory=CumulativeMetrics, grad_accum=cfg.optim.grad_accum,
                       amp=cfg.optim.amp, channels_last=cfg.optim.channels_last, seed=cfg.seed,
                       deterministic=cfg.deterministic, loader_generator=generator, reseed_fns=reseed,
                       scan_ids=dict(zip(labels.index.astype(str), labels["scan_id"].astype(str))),
                       callbacks=[_Checkpointer()], desc=f"fold {fold}", distributed=dist,
-                      sync_batchnorm=device.type == "cuda")
+                      sync_batchnorm=device.type == "cuda", max_steps=cfg.optim.max_steps,
+                      image_sizes=variants.train_image_sizes(cfg, int(cache.image_size)),
+                      aux_loss=variants.mask_aux_loss(cfg, model))
 
     resumed_from = 0
     last = fold_dir / "last.pt"
@@ -379,8 +388,12 @@ def _train_fold(cfg: CnnTrainConfig, fold: int | str, out_root: Path, *, restart
         """Rank 0 reads last.pt (and the earlier wall time); under torchrun every rank gets the same copy."""
         if restart or not last.is_file():
             return None
-        raw = read_checkpoint(last)
-        if raw.get("fingerprint") != fingerprint:
+        try:
+            raw = read_checkpoint(last)  # written atomically; damage after the fact fails here, never loads
+        except ModelError as e:
+            raise ModelError(f"fold {fold}: cannot resume: {e.message}",
+                             hint="train this fold from scratch with --restart (or restore the file)") from e
+        if not variants.same_fingerprint(raw.get("fingerprint"), fingerprint):
             raise ConfigError(f"{last} belongs to a run with a different configuration",
                               hint="use another --out folder, or --restart to start this fold again")
         # last.pt is written at the end of an epoch; metrics.json also counts the final validation and OOF
@@ -410,7 +423,8 @@ def _train_fold(cfg: CnnTrainConfig, fold: int | str, out_root: Path, *, restart
     oof_csv = None
     oof_metrics = None
     if val_loader is not None:
-        val_metrics, preds = trainer.validate(val_loader)  # under torchrun: every rank's shard, gathered
+        val_metrics, preds = trainer.validate(  # under torchrun: every rank's shard, gathered
+            val_loader, views=variants.oof_views(cfg, int(cache.image_size)))
         oof_metrics = val_metrics
         frame = predictions_frame(val_df, preds.probs, fold)
         if list(frame["slice_id"]) != [str(s) for s in preds.meta.get("slice_id", frame["slice_id"])]:

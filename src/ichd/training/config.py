@@ -22,6 +22,7 @@ class ModelConfig:
     pretrained: bool = True  # offline ImageNet weights (only models that ship them)
     weights: str | None = None  # user-supplied backbone weights file instead (e.g. ResNeXt-101 32x8d)
     dropout: float | None = None  # None = the model's default
+    freeze: list[str] = field(default_factory=list)  # parameter-name prefixes kept fixed (e.g. "backbone.features.0.")
 
 
 @dataclass
@@ -43,6 +44,11 @@ class DataConfig:
     positive_fraction: float = 0.5  # share of "any"-positive slices drawn when balanced_sampling is on
     source_share: dict[str, float] | None = None  # share of each epoch's draws per source (normalised)
     epoch_samples: int | None = None  # slices drawn per training epoch (default: the training set size)
+    #: patient_id,fold CSV to take the folds from (e.g. benchmarks/results/cnn_multi_256/folds.csv, the default
+    #: model's split) instead of computing them; its fold numbers must be 0..folds-1.
+    folds_file: str | None = None
+    #: Mask folders (ichd.data.masks; relative paths as for labels) for mask-supervised models (RADnet).
+    masks: list[str] | None = None
 
     @property
     def label_files(self) -> list[str]:
@@ -60,6 +66,12 @@ class OptimConfig:
     weight_decay: float = 0.0
     amp: bool = False  # mixed precision: float16 autocast on CUDA, bfloat16 on CPU
     channels_last: bool = True
+    optimizer: Literal["adam", "sgd"] = "adam"
+    momentum: float = 0.9  # SGD only
+    #: Progressive resizing: training image side per epoch (same length as lr_per_epoch; the last must be the
+    #: cache's size, at which the model is validated and used). None: the cache's size throughout.
+    image_size_per_epoch: list[int] | None = None
+    max_steps: int | None = None  # stop after this many optimizer steps in all (quick checks); None = no cap
 
     @property
     def epochs(self) -> int:
@@ -83,6 +95,11 @@ class CnnTrainConfig:
     deterministic: bool = True
     out: str = "runs/cnn_ctich"
     scan_rule: Literal["max"] = "max"  # scan score = max over slices (for the scan-level validation AUC)
+    #: "all": the six labels (the RSNA weighted loss); "any": a binary hemorrhage model (LRCN), the subtype outputs
+    #: fixed at the training prevalence (ichd.training.variants.init_any_only_head).
+    targets: Literal["all", "any"] = "all"
+    tta: bool = False  # out-of-fold predictions averaged over the test-time views (ichd.inference.tta)
+    mask_loss_weight: float = 0.5  # weight of the auxiliary mask loss (models with segmentation heads + data.masks)
 
     def __post_init__(self) -> None:
         if not self.optim.lr_per_epoch or any(lr <= 0 for lr in self.optim.lr_per_epoch):
@@ -104,6 +121,16 @@ class CnnTrainConfig:
                 not self.data.source_share or any(v < 0 for v in self.data.source_share.values())
                 or sum(self.data.source_share.values()) <= 0):
             raise ConfigError("data.source_share must map source names to non-negative shares with a positive sum")
+        sizes = self.optim.image_size_per_epoch
+        if sizes is not None and (len(sizes) != self.optim.epochs or any(v < 32 or v % 32 for v in sizes)):
+            raise ConfigError(f"optim.image_size_per_epoch must give one size per epoch ({self.optim.epochs}), each "
+                              f"a multiple of 32 and >= 32, got {sizes}")
+        if self.optim.max_steps is not None and self.optim.max_steps < 1:
+            raise ConfigError(f"optim.max_steps must be >= 1 (or null), got {self.optim.max_steps}")
+        if not 0.0 <= self.optim.momentum < 1.0:
+            raise ConfigError(f"optim.momentum must be in [0, 1), got {self.optim.momentum}")
+        if self.mask_loss_weight < 0:
+            raise ConfigError(f"mask_loss_weight must be >= 0, got {self.mask_loss_weight}")
         if self.data.epoch_samples is not None and self.data.epoch_samples < self.optim.batch_size:
             raise ConfigError(f"data.epoch_samples ({self.data.epoch_samples}) must be at least one batch "
                               f"({self.optim.batch_size})")

@@ -32,6 +32,7 @@ from ichd.errors import ConfigError, InputError
 from ichd.models.feature_selection import WEIGHT_METHODS, FeatureSelector, SelectorConfig
 from ichd.models.scan_rules import RADNET_MIN_RUN, SCAN_RULES, scan_probabilities
 from ichd.models.sequence import SeqModelConfig
+from ichd.training.variants import ANY_ONLY_WEIGHTS, any_only_probs
 from ichd.utils.logging import get_logger
 
 log = get_logger(__name__)
@@ -51,6 +52,7 @@ class SeqOptimConfig:
     #: the model of the epoch with the lowest inner-validation loss is kept.
     val_fraction: float = 0.0
     patience: int = 3  # epochs without improvement before stopping (with val_fraction > 0)
+    max_steps: int | None = None  # stop each model after this many optimizer steps (quick checks); None = no cap
 
 
 @dataclass
@@ -84,6 +86,9 @@ class SeqTrainConfig:
     device: str = "auto"
     threads: int | None = None
     save_checkpoints: bool = True
+    #: "all": the six labels; "any": a binary model (LRCN), trained on "any" alone, its subtype outputs replaced by
+    #: the training prevalence (as ichd.training.variants does for the CNN).
+    targets: Literal["all", "any"] = "all"
 
     def __post_init__(self) -> None:
         o = self.optim
@@ -96,6 +101,8 @@ class SeqTrainConfig:
             raise ConfigError(f"scan_rule must be one of {SCAN_RULES}, got {self.scan_rule!r}")
         if self.min_run < 1:
             raise ConfigError(f"min_run must be >= 1, got {self.min_run}")
+        if o.max_steps is not None and o.max_steps < 1:
+            raise ConfigError(f"optim.max_steps must be >= 1 (or null), got {o.max_steps}")
 
 
 def load_seq_config(path: str | Path, overrides: dict[str, Any] | None = None) -> SeqTrainConfig:
@@ -191,8 +198,10 @@ def _batches(data: ScanBatchData, idx: np.ndarray, batch: int, use_features: boo
 
 
 def fit_sequence_model(data: ScanBatchData, feature_dim: int, model_cfg: SeqModelConfig, optim: SeqOptimConfig,
-                       seed: int, device: Any, *, desc: str = "seq") -> tuple[Any, dict[str, Any]]:
-    """Train one :class:`~ichd.models.sequence.SequenceModel` on ``data`` (with labels).
+                       seed: int, device: Any, *, desc: str = "seq",
+                       loss_weights: tuple[float, ...] | None = None) -> tuple[Any, dict[str, Any]]:
+    """Train one :class:`~ichd.models.sequence.SequenceModel` on ``data`` (with labels); ``loss_weights``
+    replaces the RSNA class weights (e.g. "any" alone for a binary model).
 
     Returns ``(model in eval mode, info)``; ``info`` holds the epochs run, the kept epoch and the inner
     validation losses when early stopping is on (``optim.val_fraction > 0``).
@@ -212,17 +221,21 @@ def fit_sequence_model(data: ScanBatchData, feature_dim: int, model_cfg: SeqMode
     train_idx, val_idx = inner_split(data, optim.val_fraction, seed)
     model = SequenceModel(feature_dim, model_cfg).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=optim.lr, weight_decay=optim.weight_decay)
-    loss_fn = WeightedBCEWithLogits().to(device)
+    loss_fn = (WeightedBCEWithLogits() if loss_weights is None else WeightedBCEWithLogits(loss_weights)).to(device)
     use_f = model_cfg.use_features
     steps = optim.epochs * ((len(train_idx) + optim.batch_scans - 1) // optim.batch_scans)
     bar = progress_bar(desc=desc, total=steps, unit="step")
     best_loss, best_epoch, best_state, val_losses = float("inf"), optim.epochs, None, []
     epoch = 0
+    n_steps = 0
     try:
         for epoch in range(1, optim.epochs + 1):
             model.train()
             for feats, probs, lengths, target in _batches(data, rng.permutation(train_idx), optim.batch_scans,
                                                           use_f, device):
+                if optim.max_steps is not None and n_steps >= optim.max_steps:
+                    break
+                n_steps += 1
                 logits = model(feats, probs, lengths)
                 mask = (torch.arange(logits.shape[1])[None, :] < lengths[:, None]).to(device)
                 loss = loss_fn(logits[mask], target[mask])
@@ -248,6 +261,8 @@ def fit_sequence_model(data: ScanBatchData, feature_dim: int, model_cfg: SeqMode
                     best_loss, best_epoch, best_state = val, epoch, copy.deepcopy(model.state_dict())
                 elif epoch - best_epoch >= optim.patience:
                     break
+            if optim.max_steps is not None and n_steps >= optim.max_steps:
+                break
     finally:
         bar.close()
     if best_state is not None:
@@ -311,7 +326,8 @@ def _train_predict(cfg: SeqTrainConfig, table: Any, labels: np.ndarray, train_gr
     test = _scan_data(table, test_groups, feats, None) if test_groups else None
     models, preds, infos = [], None, []
     for seed in cfg.optim.seeds:
-        model, info = fit_sequence_model(train, dim, cfg.model, cfg.optim, seed, device, desc=f"{tag} seed {seed}")
+        model, info = fit_sequence_model(train, dim, cfg.model, cfg.optim, seed, device, desc=f"{tag} seed {seed}",
+                                         loss_weights=ANY_ONLY_WEIGHTS if cfg.targets == "any" else None)
         models.append(model)
         infos.append({"seed": seed, **info})
         if test is not None:
@@ -319,6 +335,9 @@ def _train_predict(cfg: SeqTrainConfig, table: Any, labels: np.ndarray, train_gr
             preds = p if preds is None else [a + b for a, b in zip(preds, p)]
     if preds is not None:
         preds = [p / len(cfg.optim.seeds) for p in preds]
+        if cfg.targets == "any":  # a binary model: the subtypes at the training prevalence
+            prevalence = np.clip(np.nanmean(labels[train_rows], axis=0), 1e-4, 1 - 1e-4)
+            preds = [any_only_probs(p, np.nan_to_num(prevalence, nan=1e-4)) for p in preds]
     return selector, models, preds, infos
 
 

@@ -77,11 +77,18 @@ class Predictions:
     seconds: float = 0.0
 
 
+#: Batch keys that are training inputs besides image and target (segmentation masks), not pass-through metadata.
+AUX_KEYS = ("mask", "has_mask")
+
+#: A test-time view: a function from an image batch (B, C, H, W) to the transformed batch.
+View = Callable[[torch.Tensor], torch.Tensor]
+
+
 def split_batch(batch: Any) -> tuple[torch.Tensor, torch.Tensor | None, dict[str, list[Any]]]:
-    """``(image, target or None, metadata lists)`` of a dict or tuple batch."""
+    """``(image, target or None, metadata lists)`` of a dict or tuple batch (masks are not metadata)."""
     if isinstance(batch, dict):
         meta = {k: (v.tolist() if isinstance(v, torch.Tensor) else list(v)) for k, v in batch.items()
-                if k not in ("image", "target")}
+                if k not in ("image", "target", *AUX_KEYS)}
         return batch["image"], batch.get("target"), meta
     if isinstance(batch, (list, tuple)):
         return batch[0], (batch[1] if len(batch) > 1 else None), {}
@@ -116,6 +123,12 @@ class Trainer:
             (:class:`ichd.training.distributed.ShardSampler`).
         sync_batchnorm: under DDP, replace BatchNorm by SyncBatchNorm (batch statistics over the global batch,
             as in one process; torch supports it on GPUs only).
+        max_steps: stop training after this many optimizer steps in all (the remaining epochs are skipped; the
+            last epoch run counts as the final one). ``None``: no cap.
+        image_sizes: progressive resizing: the training image side of each epoch (one per learning rate);
+            batches are resized (antialiased bilinear) when their side differs. Prediction keeps the input size.
+        aux_loss: ``aux_loss(model, batch) -> scalar`` added to the training loss of every batch (e.g. a mask loss
+            on outputs the model keeps from its forward pass); ``batch`` is the raw dict batch.
     """
 
     def __init__(self, model: nn.Module, loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
@@ -125,7 +138,9 @@ class Trainer:
                  loader_generator: torch.Generator | None = None,
                  reseed_fns: Iterable[Callable[[int], None]] = (), scan_ids: dict[str, str] | None = None,
                  callbacks: Iterable[Callback] = (), log_every: int = 10, desc: str = "train",
-                 distributed: DistInfo | None = None, sync_batchnorm: bool = False) -> None:
+                 distributed: DistInfo | None = None, sync_batchnorm: bool = False, max_steps: int | None = None,
+                 image_sizes: Sequence[int] | None = None,
+                 aux_loss: Callable[[nn.Module, Any], torch.Tensor] | None = None) -> None:
         self.device = device
         self.channels_last = channels_last
         self.dist = distributed or dist_utils.SINGLE
@@ -158,6 +173,11 @@ class Trainer:
         self.epoch = 0  # next epoch to run
         self.step = 0  # optimizer steps so far
         self.history: list[dict[str, float]] = []
+        self.max_steps = max_steps
+        if image_sizes is not None and len(image_sizes) != len(self.lr_per_epoch):
+            raise ValueError(f"image_sizes has {len(image_sizes)} entries for {len(self.lr_per_epoch)} epochs")
+        self.image_sizes = None if image_sizes is None else [int(v) for v in image_sizes]
+        self.aux_loss = aux_loss
         use_scaler = amp and device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
 
@@ -192,6 +212,21 @@ class Trainer:
         dtype = torch.float16 if self.device.type == "cuda" else torch.bfloat16
         return torch.autocast(device_type=self.device.type, dtype=dtype)
 
+    @property
+    def budget_spent(self) -> bool:
+        """Whether :attr:`max_steps` optimizer steps have been taken."""
+        return self.max_steps is not None and self.step >= self.max_steps
+
+    def _resize(self, x: torch.Tensor, epoch: int) -> torch.Tensor:
+        """The batch at epoch ``epoch``'s training size (progressive resizing), else unchanged."""
+        if self.image_sizes is None or x.shape[-1] == self.image_sizes[epoch] == x.shape[-2]:
+            return x
+        from torch.nn import functional as F
+
+        size = self.image_sizes[epoch]
+        x = x.float() / 255.0 if x.dtype == torch.uint8 else x
+        return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+
     def _to_device(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(self.device, non_blocking=True)
         if self.channels_last and x.ndim == 4:
@@ -224,10 +259,12 @@ class Trainer:
         pending = 0
         try:
             for i, batch in enumerate(loader):
+                if self.budget_spent:
+                    break
                 x, y, _ = split_batch(batch)
                 if y is None:
                     raise IchdError("training batches must carry targets")
-                x, y = self._to_device(x), y.to(self.device, non_blocking=True).float()
+                x, y = self._to_device(self._resize(x, epoch)), y.to(self.device, non_blocking=True).float()
                 # Under DDP, gradients are averaged over ranks only in the backward pass before an optimizer step.
                 steps_now = pending + 1 == self.grad_accum or total is None or i + 1 == total
                 sync = self._ddp.no_sync() if (self._ddp is not None and not steps_now) else contextlib.nullcontext()
@@ -235,6 +272,8 @@ class Trainer:
                     with self._autocast():
                         logits = module(x)
                     loss = self.loss_fn(logits.float(), y)
+                    if self.aux_loss is not None:
+                        loss = loss + self.aux_loss(self.model, batch)
                     if not torch.isfinite(loss):
                         raise IchdError(f"{self.desc}: loss became {loss.item()} at epoch {epoch + 1}, "
                                         f"batch {i + 1}", hint="lower the learning rate or disable amp")
@@ -273,8 +312,9 @@ class Trainer:
                 "train/seconds": seconds, "train/n": float(n_seen), "lr": lr}
 
     @torch.no_grad()
-    def predict(self, loader: Iterable[Any], *, desc: str = "predict") -> Predictions:
-        """Sigmoid probabilities over ``loader`` in eval mode, with targets and metadata when present."""
+    def predict(self, loader: Iterable[Any], *, desc: str = "predict", views: Sequence[View] = ()) -> Predictions:
+        """Sigmoid probabilities over ``loader`` in eval mode, with targets and metadata when present. With
+        ``views`` (test-time augmentation) each batch is predicted once per view and the probabilities averaged."""
         self.model.eval()
         probs: list[np.ndarray] = []
         targets: list[np.ndarray] = []
@@ -285,9 +325,13 @@ class Trainer:
         try:
             for batch in loader:
                 x, y, m = split_batch(batch)
-                with self._autocast():
-                    logits = self.model(self._to_device(x))
-                probs.append(torch.sigmoid(logits.float()).cpu().numpy())
+                p_sum = None
+                for view in views or (None,):
+                    with self._autocast():
+                        logits = self.model(self._to_device(x if view is None else view(x)))
+                    p = torch.sigmoid(logits.float())
+                    p_sum = p if p_sum is None else p_sum + p
+                probs.append((p_sum / max(len(views), 1)).cpu().numpy())
                 if y is not None:
                     targets.append(y.float().cpu().numpy())
                 for k, v in m.items():
@@ -299,12 +343,12 @@ class Trainer:
         t = np.concatenate(targets) if targets and len(targets) == len(probs) else None
         return Predictions(probs=p.astype(np.float32), targets=t, meta=meta, seconds=time.perf_counter() - t0)
 
-    def validate(self, loader: Iterable[Any]) -> tuple[dict[str, float], Predictions]:
-        """Predict ``loader`` and compute ``val/...`` metrics (with scan-level metrics when batches carry
-        ``scan_id``). Under DDP a loader sharded with :class:`EvalShardSampler` is predicted in parts and gathered
-        (every rank gets all predictions in loader order); an unsharded loader is predicted whole on every
-        rank."""
-        preds = self.predict(loader, desc="validate")
+    def validate(self, loader: Iterable[Any], *, views: Sequence[View] = ()) -> tuple[dict[str, float], Predictions]:
+        """Predict ``loader`` (averaged over test-time ``views`` when given) and compute ``val/...`` metrics (with
+        scan-level metrics when batches carry ``scan_id``). Under DDP a loader sharded with
+        :class:`EvalShardSampler` is predicted in parts and gathered (every rank gets all predictions in loader
+        order); an unsharded loader is predicted whole on every rank."""
+        preds = self.predict(loader, desc="validate", views=views)
         if self.dist.enabled and isinstance(getattr(loader, "sampler", None), EvalShardSampler):
             preds = _gather_predictions(preds)
         metrics: dict[str, float] = {"val/seconds": preds.seconds}
@@ -329,12 +373,17 @@ class Trainer:
         while self.epoch < self.epochs:
             epoch = self.epoch
             metrics = {"epoch": float(epoch + 1), **self.train_epoch(train_loader, epoch)}
-            last = epoch + 1 == self.epochs
+            stop = self.budget_spent and epoch + 1 < self.epochs
+            if stop:
+                log.info("%s: max_steps=%d reached in epoch %d; the remaining epochs are skipped", self.desc,
+                         self.max_steps, epoch + 1)
+                metrics["stopped_at_max_steps"] = 1.0
+            last = epoch + 1 == self.epochs or stop
             due = (epoch + 1) % val_every == 0 or last
             if val_loader is not None and due and not (last and skip_last_validation):
                 val_metrics, _ = self.validate(val_loader)
                 metrics.update(val_metrics)
-            self.epoch = epoch + 1
+            self.epoch = self.epochs if stop else epoch + 1
             self.history.append(metrics)
             log.info("%s epoch %d/%d: %s", self.desc, epoch + 1, self.epochs, _summary(metrics))
             for cb in self.callbacks:
