@@ -145,8 +145,12 @@ def check_decoders(examples: Mapping[str, str]) -> None:
             continue
         try:
             available = get_decoder(uid).is_available
-        except NotImplementedError:
-            available = False
+        except NotImplementedError:  # known to pydicom (or to a package that extends its UIDs, e.g. pynetdicom's
+            # JPEG XL) but no decoder exists for it at all: no package to install
+            example = f" (e.g. {examples[ts]})" if examples[ts] else ""
+            raise InputError(f"transfer syntax {uid.name} ({ts}){example} is not supported: no decoder exists "
+                             "for it", hint="convert the files to an uncompressed or JPEG/JPEG-LS/JPEG 2000/RLE "
+                                            "syntax") from None
         if not available:
             package = DECODER_PACKAGES.get(ts, "python-gdcm")
             example = f" (e.g. {examples[ts]})" if examples[ts] else ""

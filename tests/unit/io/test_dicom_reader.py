@@ -451,3 +451,20 @@ def test_crashed_worker_process_is_a_clear_error(tmp_path: Path, monkeypatch: py
     monkeypatch.setattr(decode, "decode_to_hu", lambda job, out=None: os._exit(1))
     with pytest.raises(InputError, match="decoding worker process died"):
         read_ct(tmp_path, workers=2)
+
+
+def test_a_known_syntax_without_any_decoder_is_an_input_error_whatever_was_imported(tmp_path: Path) -> None:
+    """pynetdicom teaches pydicom newer UIDs (JPEG XL): the error must not depend on whether it was imported."""
+    import pynetdicom  # noqa: F401 - registers the JPEG XL transfer syntaxes with pydicom
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import UID
+
+    jpeg_xl = UID("1.2.840.10008.1.2.4.110")
+    datasets = make_ct_series(3)
+    for ds in datasets:
+        ds.file_meta.TransferSyntaxUID = jpeg_xl
+        ds.PixelData = encapsulate([b"\xff\x0a" + bytes(100)])
+        ds["PixelData"].VR = "OB"
+    write_series(tmp_path, datasets)
+    with pytest.raises(InputError, match="is not supported: no decoder exists"):
+        read_ct(tmp_path, workers=1)
