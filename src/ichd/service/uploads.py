@@ -4,8 +4,10 @@ A zip is refused (:class:`UploadRejected`, HTTP 400 or 413, with a message namin
 absolute path or a ``..`` component, is a symbolic link or another non-regular file, is encrypted, or appears
 twice; when it has more entries than ``max_files``; when it would unpack to more than ``max_unpacked_bytes``; or
 when an entry (or the archive) expands more than ``max_ratio`` times (a zip bomb). While unpacking, an entry that
-yields more bytes than its header declares is refused too. Nested archives are not unpacked (the CT reader
-ignores ``.zip`` members).
+yields more bytes than its header declares is refused too, and so is a damaged archive (an unreadable central
+directory, an entry that cannot be inflated or fails its CRC), an entry whose path collides with another's (``a``
+and ``a/b.dcm``) and a name too long for the file system. Nested archives are not unpacked (the CT reader ignores
+``.zip`` members).
 
 Multipart file names are reduced to a safe base name (no folders, no ``..``, no control characters); duplicates
 get a numeric prefix. Every file written here is flushed to disk (``fsync``) before the study is acknowledged.
@@ -13,16 +15,20 @@ get a numeric prefix. Every file written here is flushed to disk (``fsync``) bef
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import shutil
 import stat
+import struct
 import zipfile
+import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from ichd.errors import describe_exception
 from ichd.service.config import RATIO_MIN_BYTES
 from ichd.service.errors import UploadRejected
 
@@ -134,7 +140,7 @@ def check_zip(archive: zipfile.ZipFile, limits: ZipLimits, *, archive_bytes: int
                              f"{limits.max_ratio:g}): refused as a possible zip bomb", status=413,
                              hint="CT files compress a few times at most; upload the files themselves")
     if not files:
-        raise UploadRejected("the zip holds no files", hint="zip the folder that holds the DICOM or NIfTI files")
+        raise UploadRejected("the zip archive holds no files", hint="zip the folder that holds the DICOM or NIfTI files")
     return files
 
 
@@ -142,8 +148,11 @@ def extract_zip(zip_path: Path, dest: Path, limits: ZipLimits) -> tuple[int, int
     """Check (:func:`check_zip`) and unpack ``zip_path`` into ``dest``; returns (files, bytes) written."""
     try:
         archive = zipfile.ZipFile(zip_path)
-    except (zipfile.BadZipFile, OSError) as e:
-        raise UploadRejected(f"the upload is not a readable zip archive ({e})",
+    # what a damaged central directory raises (as in ichd.io.sources.zip_sources): BadZipFile, a name flagged
+    # UTF-8 that is not (UnicodeDecodeError, a ValueError), an unknown "version needed" (NotImplementedError),
+    # short records (EOFError, struct.error)
+    except (zipfile.BadZipFile, OSError, ValueError, NotImplementedError, EOFError, struct.error) as e:
+        raise UploadRejected(f"the upload is not a readable zip archive ({describe_exception(e)})",
                              hint="send a .zip of the study folder, or the files themselves as multipart/form-data"
                              ) from e
     n_files = n_bytes = 0
@@ -153,9 +162,9 @@ def extract_zip(zip_path: Path, dest: Path, limits: ZipLimits) -> tuple[int, int
             target = dest / rel
             if not target.resolve().is_relative_to(root):  # belt and braces: safe_member_path already refused
                 raise UploadRejected(f"zip entry {info.filename!r} points outside the archive")
-            target.parent.mkdir(parents=True, exist_ok=True)
             written = 0
             try:
+                target.parent.mkdir(parents=True, exist_ok=True)
                 with archive.open(info) as src, open(target, "xb") as out:
                     while chunk := src.read(CHUNK):
                         written += len(chunk)
@@ -165,11 +174,17 @@ def extract_zip(zip_path: Path, dest: Path, limits: ZipLimits) -> tuple[int, int
                                                  hint="the archive is damaged or crafted; create it again")
                         out.write(chunk)
                     fsync_file(out)
-            except FileExistsError as e:
+            except (FileExistsError, NotADirectoryError, IsADirectoryError) as e:  # "a" and "a/b.dcm", or twice
                 raise UploadRejected(f"zip entry {info.filename!r} collides with another entry's path",
                                      hint="create the archive again with each file once") from e
-            except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, EOFError, ValueError) as e:
-                raise UploadRejected(f"zip entry {info.filename!r} cannot be unpacked ({e})",
+            except OSError as e:
+                if e.errno != errno.ENAMETOOLONG:
+                    raise
+                raise UploadRejected(f"zip entry {info.filename[:200]!r} has a name too long to unpack",
+                                     hint="zip the study with shorter file and folder names") from e
+            except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, EOFError, ValueError, zlib.error,
+                    struct.error) as e:  # zlib.error: a damaged deflate stream
+                raise UploadRejected(f"zip entry {info.filename!r} cannot be unpacked ({describe_exception(e)})",
                                      hint="check the archive is complete and uses deflate or no compression") from e
             n_files += 1
             n_bytes += written

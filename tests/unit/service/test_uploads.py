@@ -105,6 +105,30 @@ def test_other_bad_zips_are_refused(client, data, h):
     _nothing_kept(client, data, h)
 
 
+def _patched(data: bytes, marker: bytes, offset: int, value: bytes) -> bytes:
+    """``data`` with ``value`` written ``offset`` bytes after the first ``marker``."""
+    at = data.index(marker) + offset
+    return data[:at] + value + data[at + len(value):]
+
+
+def test_damaged_zips_are_refused_not_internal_errors(client, data, h):
+    """Archives that once answered 500: a central directory zipfile cannot read, a damaged deflate stream, an entry
+    that is a file and a folder at once, a name longer than the file system allows."""
+    good = _zip([("study/\u00e9.dcm", _dicom())], zipfile.ZIP_STORED)  # a UTF-8 name (flag bit 11)
+    cd = good.index(b"PK\x01\x02")
+    not_utf8 = good[:cd] + good[cd:].replace("\u00e9".encode(), b"\xf9\xf9")  # flagged UTF-8, is not
+    too_new = _patched(_zip([("a.dcm", _dicom())]), b"PK\x01\x02", 6, (255).to_bytes(2, "little"))
+    deflated = _zip([("a.dcm", bytes(range(256)) * 200)])
+    inflate_error = _patched(deflated, b"a.dcm", 25, bytes(20))  # into the deflate stream after the local header
+    for body, status, words in ((not_utf8, 400, "not a readable zip archive (UnicodeDecodeError"),
+                                (too_new, 400, "not a readable zip archive (NotImplementedError"),
+                                (inflate_error, 400, "cannot be unpacked"),
+                                (_zip([("a", b"1"), ("a/b.dcm", b"2")]), 400, "collides"),
+                                (_zip([("x" * 300 + ".dcm", b"1")]), 400, "name too long")):
+        _refused(client.post("/v1/studies", content=body, headers={**h.AUTH, **ZIP}), status, words)
+    _nothing_kept(client, data, h)
+
+
 def test_upload_size_limit(client, data, h):
     too_big = _zip([("r.dcm", os.urandom(450_000))], zipfile.ZIP_STORED)
     _refused(client.post("/v1/studies", content=too_big, headers={**h.AUTH, **ZIP}), 413, "the limit is")
