@@ -73,6 +73,8 @@ def register(app: typer.Typer) -> None:
         typer.echo(f"cache {summary.out}: wrote {summary.written} series ({summary.slices_written} slices), "
                    f"skipped {summary.skipped_inputs} input(s) already cached; now {summary.total_series} series, "
                    f"{summary.total_slices} slices; {summary.seconds:.1f} s")
+        for where, msg in summary.empty:
+            typer.secho(f"warning: skipped {where}: {msg}", err=True, fg="yellow")
         if summary.failed:
             for where, msg in summary.failed:
                 typer.secho(f"failed: {where}: {msg}", err=True, fg="red")

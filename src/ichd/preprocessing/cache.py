@@ -131,8 +131,8 @@ class CacheInput:
             finally:
                 close_zip_handles()
             if not result.series:
-                raise InputError(f"no readable CT slice left in series {self.series} of {self.path}",
-                                 hint="read the folder with ichd ingest to see why each file was skipped")
+                raise NoReadableSlice(f"no readable CT slice left in series {self.series} of {self.path}",
+                                      hint="read the folder with ichd ingest to see why each file was skipped")
             extra = dicom.skipped_warnings(result.skipped)
             for series in result.series:
                 series.warnings.extend(extra)
@@ -279,6 +279,14 @@ def _init_worker() -> None:
     torch.set_num_threads(1)
 
 
+class NoReadableSlice(InputError):
+    """One DICOM series of a folder with several decoded to nothing (every file of it was skipped).
+
+    Like :func:`ichd.io.read_ct`, which skips such files with a warning when other series remain, the build records
+    the series as done and empty, warns, and goes on: the command does not fail for it (``BuildSummary.empty``).
+    """
+
+
 @dataclass
 class BuildSummary:
     """What :func:`build_cache` did."""
@@ -288,6 +296,8 @@ class BuildSummary:
     skipped_inputs: int = 0
     slices_written: int = 0
     failed: list[tuple[str, str]] = field(default_factory=list)
+    #: series of multi-series folders with no readable slice (recorded as done, nothing cached)
+    empty: list[tuple[str, str]] = field(default_factory=list)
     seconds: float = 0.0
     total_series: int = 0
     total_slices: int = 0
@@ -503,6 +513,12 @@ def build_cache(inputs: Iterable[str | os.PathLike[str] | CacheInput], out: str 
 
     def fail(item: CacheInput, err: BaseException) -> None:
         msg = err.message if isinstance(err, IchdError) else f"{type(err).__name__}: {err}"
+        if isinstance(err, NoReadableSlice):
+            log.warning("skipped %s: %s", item.where, msg)
+            writer.add(item.key, [], [])  # done: a rerun does not try it again
+            summary.empty.append((item.where, msg))
+            bar.update(1)
+            return
         log.error("failed to preprocess %s: %s", item.where, msg)
         summary.failed.append((item.where, msg))
         bar.update(1)
