@@ -29,6 +29,7 @@ def _need(path: Path) -> Path:
     return path
 
 
+@pytest.mark.filterwarnings("error::UserWarning")  # e.g. highdicom on a single-component PatientName
 def test_cq500_single_slice_dicom_outputs_reference_the_source(data_root: Path, test_bundle: Path, tmp_path: Path,
                                                                capsys):
     import pydicom

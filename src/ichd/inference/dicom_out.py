@@ -108,6 +108,11 @@ def _reference_for(ctx: DicomContext) -> Any:
     for kw in _PATIENT_STUDY_KEYWORDS:
         value = getattr(src, kw, "") if src is not None else ""
         setattr(ds, kw, value if value is not None else "")
+    name = str(ds.PatientName)
+    if name and "^" not in name and "=" not in name:
+        # a single-component name is the family name; DICOM's trailing caret says so explicitly (highdicom
+        # otherwise warns, on every result, that "CQ500-CT-1" is unlikely to be a person name)
+        ds.PatientName = name + "^"
     return ds
 
 
