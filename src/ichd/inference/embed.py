@@ -180,28 +180,11 @@ class EmbeddingTable:
 
 def read_fold_assignment(path: str | Path) -> dict[str, int]:
     """patient_id -> fold from a CSV with ``patient_id`` and ``fold`` columns (the CNN run's ``folds.csv``, or
-    any ichd predictions CSV such as its ``oof.csv``). A patient in two folds is an :class:`InputError`."""
-    import pandas as pd
+    any ichd predictions CSV such as its ``oof.csv``); read and checked by
+    :func:`ichd.data.folds.read_patient_folds` (a patient in two folds is an :class:`InputError`)."""
+    from ichd.data.folds import read_patient_folds
 
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"fold assignment {str(path)!r} not found",
-                         hint="pass the CNN run's folds.csv (written by `ichd train cnn`)")
-    try:
-        df = pd.read_csv(path, dtype={"patient_id": str})
-    except (OSError, ValueError) as e:
-        raise InputError(f"cannot read fold assignment {str(path)!r}: {e}") from e
-    if not {"patient_id", "fold"} <= set(df.columns):
-        raise InputError(f"{str(path)!r} needs columns patient_id and fold, has {list(df.columns)}")
-    pairs = df[["patient_id", "fold"]].drop_duplicates()
-    if pairs["patient_id"].duplicated().any():
-        bad = pairs.loc[pairs["patient_id"].duplicated(), "patient_id"].iloc[0]
-        raise InputError(f"{str(path)!r}: a patient appears in more than one fold (row of {bad!r})",
-                         hint="folds must split by patient")
-    try:
-        return {str(p): int(f) for p, f in zip(pairs["patient_id"], pairs["fold"])}
-    except ValueError as e:
-        raise InputError(f"{str(path)!r}: fold values must be integers ({e})") from e
+    return {str(p): int(f) for p, f in read_patient_folds(path).items()}
 
 
 def run_checkpoints(run_dir: str | Path, folds: Mapping[str, int], name: str = "final.pt") -> dict[int, Path]:
