@@ -608,17 +608,12 @@ def _(d: Path) -> Path:
 
 @case("fuzz_zip_bad_crc", "warning", "a zip of 4 slices, one member's data damaged (BadZipFile: bad CRC)")
 def _(d: Path) -> Path:
-    good(d / "src")
-    files = sorted((d / "src").iterdir())
-    with zipfile.ZipFile(d / "s.zip", "w", zipfile.ZIP_STORED) as zf:
-        for f in files:
-            zf.write(f, f"series/{f.name}")
-    shutil.rmtree(d / "src")
-    data = bytearray((d / "s.zip").read_bytes())
+    p = _zip_of_good_slices(d)
+    data = bytearray(p.read_bytes())
     first = data.index(b"PK\x03\x04", 10)  # the second member's local header
     data[first - 200] ^= 0xFF  # a byte of the first member's pixel data
-    (d / "s.zip").write_bytes(bytes(data))
-    return d / "s.zip"
+    p.write_bytes(bytes(data))
+    return p
 
 
 def _zip_of_good_slices(d: Path, name: str = "s.zip", member_names: list[str] | None = None) -> Path:
