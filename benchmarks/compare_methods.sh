@@ -26,6 +26,7 @@ DATA=${ICHD_DATA:-../shared/data}
 OUT=${OUT:-runs/compare}
 JOBS=${JOBS:-2}
 PROFILE=${PROFILE:-cpu}
+FOLDS=${FOLDS:-}   # e.g. FOLDS=0: train only these CV folds (comma-separated; default all)
 # Cheapest first, so the table fills early (estimates above).
 DEFAULT_ORDER="lrcn_pca_logreg lrcn_pca_rf progressive_custom_cnn default_lite0 radnet_densenet_bilstm
 progressive_resnet18 burduja_effnet_b4 danilov_seresnext50_tta progressive_resnet50 jpg_vs_dicom_rsna_dicom
@@ -33,7 +34,7 @@ jpg_vs_dicom_ctich_jpg lrcn_vgg19_bilstm burduja_resnext101"
 EXPERIMENTS=${EXPERIMENTS:-$DEFAULT_ORDER}
 export NO_ALBUMENTATIONS_UPDATE=1
 mkdir -p "$OUT"
-echo "[compare] $(date -u +%FT%TZ) profile=$PROFILE jobs=$JOBS out=$OUT host=$(hostname) cpus=$(nproc)"
+echo "[compare] $(date -u +%FT%TZ) profile=$PROFILE folds=${FOLDS:-all} jobs=$JOBS out=$OUT host=$(hostname) cpus=$(nproc)"
 
 # The caches the rows read (the same slices; the cpu profile uses 128 px only; `ichd preprocess` skips what is
 # already cached).
@@ -47,6 +48,7 @@ done
 
 profile_args=()
 if [[ "$PROFILE" != "none" ]]; then profile_args=(--profile "$PROFILE"); fi
+if [[ -n "$FOLDS" ]]; then profile_args+=(--folds "$FOLDS"); fi
 run_one() {
   local name=$1
   local start; start=$(date +%s)

@@ -17,7 +17,7 @@ from ichd.constants import LABELS
 CTICH_PATIENTS = [50, 62, 64, 85]  # 50 and 85 with hemorrhage; 50 has two masked hu-slices slices
 RSNA_SERIES = ["ID_6254afb327", "ID_9d97cf289b"]  # one with hemorrhage, one without
 EXPERIMENTS_DIR = Path(__file__).resolve().parents[2] / "configs" / "experiments"
-#: Experiments with a sequence stage (it needs every CNN fold).
+#: Experiments with a sequence stage (it needs every CNN fold, or exactly one).
 SEQUENCE_EXPERIMENTS = {"default_lite0", "lrcn_vgg19_bilstm", "radnet_densenet_bilstm"}
 #: Every experiment file (ResNeXt-101 included: ~15 s, ~1.4 GB of checkpoints written to the temporary folder).
 NAMES = sorted(p.stem for p in EXPERIMENTS_DIR.glob("*.yaml"))
@@ -105,6 +105,39 @@ def test_experiment_runs_two_steps(name: str, tiny_cache: Path, tmp_path: Path) 
         assert "Table 1" in (out / "clinical_table.md").read_text()
         assert summary["settings"]["tta"] is True
     shutil.rmtree(out)  # checkpoints of the big networks: up to 1.4 GB (kept when an assertion above fails)
+
+
+def test_sequence_stage_on_one_cnn_fold(tiny_cache: Path, tmp_path: Path) -> None:
+    """--folds 0 of an experiment with a sequence stage: fold 0's CNN embeds every scan, the sequence model
+    trains on fold 1's scans and predicts fold 0's only."""
+    from ichd.experiments.config import load_experiment
+    from ichd.experiments.runner import RunOptions, run_experiment
+
+    exp = load_experiment(EXPERIMENTS_DIR / "default_lite0.yaml", overrides=tiny_overrides("default_lite0", tiny_cache))
+    out = tmp_path / "one_fold"
+    summary = run_experiment(exp, RunOptions(folds=[0], max_steps=2, out=out))
+
+    assert set(summary["stages"]) == {"cnn", "seq"}
+    assert not (out / "cnn" / "fold1").exists()
+    folds = pd.read_csv(out / "cnn" / "folds.csv", dtype={"patient_id": str}).set_index("patient_id")["fold"]
+    seq_scans = pd.read_csv(out / "seq" / "oof_scans.csv", dtype={"patient_id": str})
+    cnn_oof = pd.read_csv(out / "cnn" / "oof.csv", dtype={"patient_id": str})
+    assert set(seq_scans["scan_id"]) == set(cnn_oof["scan_id"])  # fold 0's scans, tested out of sample
+    assert set(seq_scans["patient_id"].map(folds)) == {0}
+    meta = json.loads((out / "seq" / "metrics.json").read_text())
+    assert meta["folds"] == [0]
+    assert any("sequence stage on one CNN fold" in n for n in summary["notes"])
+
+    # The comparison re-evaluated on fold 0's patients (the test set of runs that trained different folds)
+    from ichd.errors import InputError
+    from ichd.experiments.compare import write_comparison
+
+    table = write_comparison([out], tmp_path / "cmp.md", folds=[0]).read_text()
+    assert "evaluated on the patients of fold(s) 0 only" in table and table.count("| default_lite0 |") == 2
+    for stage in ("cnn", "seq"):
+        assert (tmp_path / "cmp_eval" / "one_fold" / stage / "eval" / "metrics.json").is_file()
+    with pytest.raises(InputError, match="no predictions for"):
+        write_comparison([out], tmp_path / "cmp1.md", folds=[1])
 
 
 def test_cli_run_with_a_weights_file(tiny_cache: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

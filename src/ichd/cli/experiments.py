@@ -110,11 +110,14 @@ def compare_cmd(
     runs: Annotated[list[Path], typer.Argument(help="Run folders of `ichd experiments run` (each holds "
                                                     "summary.json).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Markdown file to write.")],
+    folds: Annotated[str | None, typer.Option("--folds", help="Re-evaluate every run on the patients of these "
+                                              "folds only (e.g. 0), so runs that trained different folds share "
+                                              "one test set; the evaluations go to OUT_STEM_eval/RUN/.")] = None,
 ) -> None:
     """One Markdown table over experiment runs, with each paper's own published numbers in a separate column."""
     from ichd.experiments.compare import write_comparison
 
-    path = write_comparison(list(runs), out)
+    path = write_comparison(list(runs), out, folds=_parse_folds(folds))
     typer.echo(f"wrote {path}")
 
 

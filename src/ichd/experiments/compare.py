@@ -29,6 +29,67 @@ def load_summary(path: str | Path) -> dict[str, Any]:
         raise InputError(f"cannot read {p}: {e}") from e
 
 
+def _run_file(run_dir: Path, summary: dict[str, Any], recorded: str) -> Path:
+    """A file the summary names by its path at run time, found in ``run_dir`` (a run folder may have been
+    copied elsewhere, e.g. into benchmarks/results)."""
+    rec, root = Path(recorded), Path(summary.get("out") or "")
+    try:
+        return run_dir / rec.relative_to(root)
+    except ValueError:
+        return rec
+
+
+def _stage_folds_csv(run_dir: Path, stage: str) -> Path:
+    return run_dir / ("baseline" if stage == "baseline" else "cnn") / "folds.csv"
+
+
+def restrict_to_folds(run_dir: str | Path, folds: list[int], eval_root: str | Path, *, sensitivity: float = 0.95,
+                      n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """The run's summary with every stage re-evaluated on the patients of ``folds`` only (the common test set
+    of runs that trained different folds): its out-of-fold predictions of those patients, evaluated by
+    ``ichd evaluate`` into ``eval_root/<stage>``. Costs, parameters and settings stay as run. A stage that has
+    no prediction for some patient of ``folds`` is an :class:`InputError` (its run did not test that fold)."""
+    import pandas as pd
+
+    from ichd.data.folds import read_patient_folds
+    from ichd.evaluation.report import evaluate_files
+    from ichd.experiments.summary import evaluation_summary
+    from ichd.training.cnn import resolve_labels_path
+    from ichd.utils.files import atomic_write_text
+
+    run_dir = Path(run_dir)
+    summary = load_summary(run_dir)
+    labels = [resolve_labels_path(f) for f in summary.get("settings", {}).get("labels") or []]
+    if not labels:
+        raise InputError(f"{run_dir}/summary.json names no label files", hint="re-run the experiment")
+    stages: dict[str, Any] = {}
+    for stage, m in summary.get("stages", {}).items():
+        assignment = read_patient_folds(_stage_folds_csv(run_dir, stage))
+        keep = {str(p) for p, f in assignment.items() if int(f) in folds}
+        out = Path(eval_root) / stage
+        out.mkdir(parents=True, exist_ok=True)
+        frames = {}
+        for key in ("oof_csv", "oof_scans_csv"):
+            if not m.get(key):
+                continue
+            df = pd.read_csv(_run_file(run_dir, summary, m[key]), dtype={"slice_id": str, "scan_id": str,
+                                                                        "patient_id": str})
+            frames[key] = df[df["patient_id"].isin(keep)]
+        missing = keep - set(frames["oof_csv"]["patient_id"])
+        have_folds = sorted({int(assignment[p]) for p in frames["oof_csv"]["patient_id"].unique()})
+        if missing:
+            raise InputError(f"{summary['name']} / {stage}: no predictions for {len(missing)} patient(s) of folds "
+                             f"{folds} (the run tested folds {sorted(set(m.get('folds') or have_folds))})",
+                             hint="compare on folds every run tested (--folds)")
+        paths = {k: atomic_write_text(out / f"{k[:-4]}.csv", df.to_csv(index=False, float_format="%.6g"))
+                 for k, df in frames.items()}
+        evaluate_files(paths["oof_csv"], labels if len(labels) > 1 else labels[0], out / "eval",
+                       partial_scans=True, scan_predictions=paths.get("oof_scans_csv"), sensitivity=sensitivity,
+                       n_boot=n_boot, seed=seed, overwrite=True, plots=False)
+        stages[stage] = {**m, **evaluation_summary(out / "eval"), "evaluated_folds": folds}
+    return {**summary, "stages": stages, "evaluated_folds": folds}
+
+
 def _num(v: Any, digits: int = 3) -> str:
     return "n/a" if v is None else f"{v:.{digits}f}"
 
@@ -108,8 +169,8 @@ HEADER = ["experiment", "stage", "method (paper)", "initial weights", "what ran"
           "paper's own published numbers (their data, not comparable)"]
 
 
-def comparison_markdown(summaries: list[dict[str, Any]]) -> str:
-    """The whole table with its legend."""
+def comparison_markdown(summaries: list[dict[str, Any]], *, folds: list[int] | None = None) -> str:
+    """The whole table with its legend (``folds``: the rows were re-evaluated on those folds' patients)."""
     def line(cells: list[str]) -> str:
         return "| " + " | ".join(c.replace("|", "/") for c in cells) + " |\n"
 
@@ -126,13 +187,36 @@ def comparison_markdown(summaries: list[dict[str, Any]]) -> str:
         "validation (fit + predict) per slice, infer ms/slice = embedding the slices with the fold CNNs. The "
         "published column quotes each paper on its own data and protocol; it is never a like-for-like "
         "comparison.\n")
+    if folds is not None:
+        counts = _eval_counts(summaries)
+        legend += (f"\nEvery row is evaluated on the patients of fold(s) {', '.join(map(str, folds))} only "
+                   f"(`ichd experiments compare --folds {','.join(map(str, folds))}`): the test set all the runs "
+                   f"share{counts}. Training costs and 'what ran' are the whole run's.\n")
     return text + legend
 
 
-def write_comparison(run_dirs: list[str | Path], out: str | Path) -> Path:
-    """Write :func:`comparison_markdown` of the runs' summaries to ``out``."""
+def _eval_counts(summaries: list[dict[str, Any]]) -> str:
+    """' (N scans, P with hemorrhage; S slices)' of the first row's evaluation, when known."""
+    for s in summaries:
+        for m in s.get("stages", {}).values():
+            sc, sl = m.get("scan_any") or {}, m.get("slice_any") or {}
+            if sc.get("n"):
+                return f" ({sc['n']} scans, {sc.get('n_positive')} with hemorrhage; {sl.get('n')} slices)"
+    return ""
+
+
+def write_comparison(run_dirs: list[str | Path], out: str | Path, *, folds: list[int] | None = None) -> Path:
+    """Write :func:`comparison_markdown` of the runs' summaries to ``out``. With ``folds``, every run is
+    re-evaluated on those folds' patients only (:func:`restrict_to_folds`; evaluations in
+    ``<out stem>_eval/<run name>/``), so that runs which trained different folds share one test set."""
     from ichd.utils.files import atomic_write_text
 
     if not run_dirs:
         raise InputError("no experiment runs given")
-    return atomic_write_text(out, comparison_markdown([load_summary(d) for d in run_dirs]))
+    out = Path(out)
+    if folds is None:
+        summaries = [load_summary(d) for d in run_dirs]
+    else:
+        root = out.with_name(f"{out.stem}_eval")
+        summaries = [restrict_to_folds(d, folds, root / Path(d).name) for d in run_dirs]
+    return atomic_write_text(out, comparison_markdown(summaries, folds=folds))

@@ -13,8 +13,9 @@ Output layout (``OUT``, default ``runs/experiments/NAME``)::
     OUT/clinical_table.md      Danilov et al.'s per-subtype table (experiments with evaluation.clinical_table)
     OUT/summary.json           the comparison row(s): metrics with CIs, parameters, ms per slice, settings
 
-A sequence stage needs every CNN fold (its cross-validation trains on the other folds' out-of-fold embeddings);
-with ``--folds`` naming only some, it is skipped and the summary says so.
+A sequence stage needs every CNN fold (its cross-validation trains on the other folds' out-of-fold embeddings),
+or exactly one (``--folds K``: fold K's CNN embeds every scan, the sequence model trains on the other folds' scans
+and is tested on fold K's; the summary says so); with several but not all folds it is skipped.
 """
 
 from __future__ import annotations
@@ -86,9 +87,15 @@ def run_experiment(exp: ExperimentConfig, opts: RunOptions | None = None) -> dic
         if seq_cfg is not None:
             if sorted(folds) == list(range(cnn_cfg.data.folds)):
                 stages["seq"] = _run_seq(seq_cfg, cnn_cfg, stage_dir, out, exp.evaluation)
+            elif len(folds) == 1:
+                stages["seq"] = _run_seq(seq_cfg, cnn_cfg, stage_dir, out, exp.evaluation, only_fold=folds[0])
+                notes.append(f"sequence stage on one CNN fold: fold {folds[0]}'s CNN embedded every scan; the "
+                             f"sequence model trained on the other folds' scans (the CNN's own training patients, "
+                             f"so in-sample embeddings, as in a single train/validation split) and was tested on "
+                             f"fold {folds[0]}'s scans only (out-of-sample for both stages)")
             else:
-                notes.append(f"sequence stage skipped: it needs all {cnn_cfg.data.folds} CNN folds, this run "
-                             f"trained folds {folds}")
+                notes.append(f"sequence stage skipped: it needs all {cnn_cfg.data.folds} CNN folds or exactly one, "
+                             f"this run trained folds {folds}")
     if exp.evaluation.clinical_table:
         from ichd.experiments.clinical import write_clinical_table
 
@@ -199,20 +206,27 @@ def _mask_paths(cfg: CnnTrainConfig) -> list[Path]:
 
 
 def _run_seq(seq_cfg: SeqTrainConfig, cnn_cfg: CnnTrainConfig, cnn_dir: Path, out: Path,
-             ev: EvaluationConfig) -> dict[str, Any]:
+             ev: EvaluationConfig, only_fold: int | None = None) -> dict[str, Any]:
+    """The sequence stage on the CNN folds' embeddings. Every CNN fold ran: out-of-fold embeddings and the
+    sequence model's cross-validation on the same folds. ``only_fold=k`` (only CNN fold k ran): fold k's CNN
+    embeds every scan (each scan keeps its patient's fold) and only sequence fold k is trained and tested."""
     from ichd.inference.embed import embed_cache, read_fold_assignment, run_checkpoints
     from ichd.training.seq import train_seq
 
     t0 = time.perf_counter()
     assignment = read_fold_assignment(cnn_dir / "folds.csv")
-    table = embed_cache(cnn_cfg.data.cache, run_checkpoints(cnn_dir, assignment), patient_folds=assignment,
-                        device=cnn_cfg.device)
+    if only_fold is None:
+        checkpoints = run_checkpoints(cnn_dir, assignment)
+    else:
+        checkpoint = run_checkpoints(cnn_dir, {"": only_fold})[only_fold]
+        checkpoints = dict.fromkeys(sorted(set(assignment.values())), checkpoint)
+    table = embed_cache(cnn_cfg.data.cache, checkpoints, patient_folds=assignment, device=cnn_cfg.device)
     embed_seconds = time.perf_counter() - t0
     emb_path = table.save(out / "embed" / "oof.npz")
     seq_cfg.embeddings = str(emb_path)
     seq_cfg.out = str(out / "seq")
     seq_cfg.labels = cnn_cfg.data.labels
-    seq_cfg.folds = None
+    seq_cfg.folds = None if only_fold is None else [only_fold]
     seq_cfg.final = False
     seq_cfg.cnn_checkpoint = ""
     ts = time.perf_counter()
