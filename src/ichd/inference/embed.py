@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -213,7 +213,7 @@ def _check_preprocessing(cache: Any, ckpt: Any) -> None:
 
 def embed_cache(cache_dir: str | Path, checkpoints: Mapping[int, str | Path], *,
                 patient_folds: Mapping[str, int] | None = None, batch_size: int = 32,
-                device: str | None = None) -> EmbeddingTable:
+                device: str | None = None, scan_ids: Collection[str] | None = None) -> EmbeddingTable:
     """Embed every slice of the cache at ``cache_dir``.
 
     Args:
@@ -222,6 +222,7 @@ def embed_cache(cache_dir: str | Path, checkpoints: Mapping[int, str | Path], *,
             and every fold used needs a checkpoint.
         batch_size: slices per forward pass.
         device: "auto"/None, "cpu", "cuda[:N]".
+        scan_ids: embed only these scans of the cache (None: every scan); an id the cache lacks is an error.
     """
     from ichd.models.checkpoint import load_checkpoint
     from ichd.preprocessing.cache import open_cache
@@ -237,6 +238,12 @@ def embed_cache(cache_dir: str | Path, checkpoints: Mapping[int, str | Path], *,
     if not oof and set(checkpoints) != {NO_FOLD}:
         raise InputError("several fold checkpoints need the patient -> fold assignment (OOF mode)")
     scans = sorted(cache.scan_ids)
+    if scan_ids is not None:
+        unknown = sorted(set(scan_ids) - set(scans))
+        if unknown:
+            raise InputError(f"{len(unknown)} scan(s) are not in cache {str(cache_dir)!r}, e.g. {unknown[0]!r}",
+                             hint="name scans of this cache (its manifest lists them)")
+        scans = sorted(set(scan_ids))
     if not scans:
         raise InputError(f"cache {str(cache_dir)!r} holds no scans", hint="build it with `ichd preprocess`")
     scan_fold: dict[str, int] = {}

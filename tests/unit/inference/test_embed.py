@@ -104,3 +104,14 @@ def test_errors(cache_dir, cnn_run, tmp_path):
         read_fold_assignment(bad)
     with pytest.raises(InputError, match=r"\(z, 3, S, S\)"):
         embed_slices(object(), np.zeros((2, 64, 64)))
+
+
+def test_scan_subset(cache_dir, cnn_run):
+    ckpt = {NO_FOLD: cnn_run / "fold0" / "final.pt"}
+    table = embed_cache(cache_dir, ckpt, device="cpu", scan_ids=["ctich-051", "ctich-049"])
+    assert sorted(set(table.scan_id)) == ["ctich-049", "ctich-051"] and len(table) == 3 + 4
+    full = embed_cache(cache_dir, ckpt, device="cpu")
+    rows = np.isin(full.scan_id, ["ctich-049", "ctich-051"])
+    np.testing.assert_allclose(table.probs, full.probs[rows], rtol=1e-5, atol=1e-6)
+    with pytest.raises(InputError, match="not in cache"):
+        embed_cache(cache_dir, ckpt, device="cpu", scan_ids=["ctich-049", "nope"])
