@@ -133,6 +133,26 @@ def settings_text(s: dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
+def command_text(summary: dict[str, Any]) -> str:
+    """The ``ichd experiments run`` command that reproduces the run (its profile, folds, step cap and ``--set``
+    overrides as recorded in the summary; ``--out`` left to the default)."""
+    import shlex
+
+    s = summary.get("settings", {})
+    parts = ["ichd", "experiments", "run", str(summary["name"])]
+    if s.get("profile"):
+        parts += ["--profile", str(s["profile"])]
+    folds = s.get("folds") or []
+    if folds and len(folds) != s.get("n_folds"):
+        parts += ["--folds", ",".join(map(str, folds))]
+    if s.get("max_steps"):
+        parts += ["--max-steps", str(s["max_steps"])]
+    for key, value in (s.get("overrides") or {}).items():
+        text = json.dumps(value) if isinstance(value, (list, dict, bool)) else str(value)
+        parts += ["--set", f"{key}={text}"]
+    return "`" + shlex.join(parts) + "`"
+
+
 def _published_text(published: list[dict[str, Any]]) -> str:
     return "; ".join(f"{p['metric']} {p['value']} ({p['where']}{', ' + p['data'] if p.get('data') else ''})"
                      for p in published) or "—"
@@ -157,7 +177,7 @@ def table_rows(summaries: Iterable[dict[str, Any]]) -> list[list[str]]:
                 _with_ci(sl.get("auc"), sl.get("auc_ci95")), _with_ci(sc.get("auc"), sc.get("auc_ci95")),
                 f"{_num(at05.get('accuracy'))} / {_num(at05.get('sensitivity'))} / {_num(at05.get('specificity'))}",
                 f"{_num(scan_op.get('specificity'))} (sens {_num(scan_op.get('sensitivity'))})",
-                _count(m.get("parameters")), _num(cost_train, 1), _num(cost_infer, 1),
+                _count(m.get("parameters")), _num(cost_train, 1), _num(cost_infer, 1), command_text(s),
                 _published_text(s.get("published", [])),
             ])
     return rows
@@ -165,7 +185,7 @@ def table_rows(summaries: Iterable[dict[str, Any]]) -> list[list[str]]:
 
 HEADER = ["experiment", "stage", "method (paper)", "initial weights", "what ran", "weighted log loss [95% CI]",
           "slice AUC any [95% CI]", "scan AUC any [95% CI]", "slice acc / sens / spec any @0.5",
-          "scan spec any @ sens ≥ 0.95", "params", "train ms/slice", "infer ms/slice",
+          "scan spec any @ sens ≥ 0.95", "params", "train ms/slice", "infer ms/slice", "command",
           "paper's own published numbers (their data, not comparable)"]
 
 

@@ -134,8 +134,13 @@ def test_comparison_table(tmp_path: Path) -> None:
     row = lines[2]
     for part in ("progressive_custom_cnn", "slice CNN", "64 → 128 px", "4 ep × 1280 slices", "any only†",
                  "0.2100 [0.2000, 0.3000]", "0.800 [0.700, 0.900]", "0.750", "0.850 / 0.500 / 0.900",
-                 "0.400 (sens 0.950)", "4.48M", "49.2", "accuracy 65.91 % (section 5.2, RSNA JPG)"):
+                 "0.400 (sens 0.950)", "4.48M", "49.2", "`ichd experiments run progressive_custom_cnn --profile cpu`",
+                 "accuracy 65.91 % (section 5.2, RSNA JPG)"):
         assert part in row, part
+    one_fold = _summary("radnet_densenet_bilstm", "cnn")
+    one_fold["settings"].update(folds=[0], overrides={"cnn.model.pretrained": True, "cnn.optim.lr_per_epoch": [3e-4]})
+    assert ("`ichd experiments run radnet_densenet_bilstm --profile cpu --folds 0 --set cnn.model.pretrained=true "
+            "--set 'cnn.optim.lr_per_epoch=[0.0003]'`") in comparison_markdown([one_fold])
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     (run_dir / "summary.json").write_text(json.dumps(_summary("x", "seq", seq_train_predict_ms_per_slice=1.5,
