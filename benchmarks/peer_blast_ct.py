@@ -18,7 +18,8 @@ first K of each by a seeded shuffle).
 ``report``: the scan score is the hemorrhage volume IPH + EAH + IVH (oedema is not hemorrhage). Against the scans'
 "any" label: AUC with a patient-bootstrap 95 % interval; sensitivity/specificity at a volume threshold chosen
 on the *other* folds' scans (the default model's patient folds, ``benchmarks/results/cnn_multi_256/folds.csv``,
-Youden's J) and applied to each fold's scans; minutes per scan. ichd's default-model OOF scan "any" (max over
+Youden's J) and applied to each fold's scans; the median minutes per scan for each torch thread count; the same per
+source when the scans span both (CT-ICH's HU is rebuilt from JPG windows, rsna-series' is the scanner's). ichd's default-model OOF scan "any" (max over
 slices, ``benchmarks/results/cnn_multi_256/oof.csv``) on the same scans stands beside it, with thresholds chosen
 the same way.
 """
@@ -197,20 +198,38 @@ def cmd_report(args: argparse.Namespace) -> int:
         "scans": len(df), "positive": int(y.sum()), "by_source": df.groupby("source").size().to_dict(),
         "scan_ids": df["scan_id"].tolist(), "models": sorted({m for ms in df["models"] for m in ms}),
         "minutes_per_scan_median": float(df["minutes_total"].median()),
+        # the torch thread count changes the time ~2x: the median per thread count, with its number of scans
+        "minutes_per_scan_median_by_threads": {
+            str(t): {"median": float(g["minutes_total"].median()), "scans": len(g)}
+            for t, g in df.groupby("threads")},
         "blast_ct": _summary(y, df["hemorrhage_ml"].to_numpy(float), fold, patients),
         "ichd_default_oof": _summary(y, df["ichd_any"].to_numpy(float), fold, patients),
+        "by_source_summary": {},
     }
+    for source, g in df.groupby("source"):  # CT-ICH's HU is rebuilt from JPG windows; rsna-series is scanner DICOM
+        gy = g["any"].to_numpy(int)
+        if len(g) < len(df) and 0 < gy.sum() < len(gy):  # a part of the scans, and an AUC needs both classes
+            gf, gp = g["fold"].to_numpy(), g["patient_id"].to_numpy()
+            result["by_source_summary"][source] = {
+                "scans": len(g), "positive": int(gy.sum()),
+                "blast_ct": _summary(gy, g["hemorrhage_ml"].to_numpy(float), gf, gp),
+                "ichd_default_oof": _summary(gy, g["ichd_any"].to_numpy(float), gf, gp)}
     (args.out / "report.json").write_text(json.dumps(result, indent=2))
     header = ("| system | scans (positive) | scan any-AUC [95 % CI] | sensitivity / specificity at the fold "
               "threshold | minutes per scan |")
     lines = [header, "|---|---|---|---|---|"]
     blast_name = "BLAST-CT v1 (" + "+".join(result["models"]) + "), IPH+EAH+IVH ml"
-    for name, key, minutes in ((blast_name, "blast_ct", f"{result['minutes_per_scan_median']:.1f}"),
-                               ("ichd default model (OOF, max slice p(any))", "ichd_default_oof", "see Predict")):
-        r = result[key]
-        lines.append(f"| {name} | {result['scans']} ({result['positive']}) | {r['auc']:.3f} "
-                     f"[{r['auc_ci'][0]:.3f}, {r['auc_ci'][1]:.3f}] | {r['sensitivity']:.2f} / "
-                     f"{r['specificity']:.2f} | {minutes} |")
+    blast_minutes = "; ".join(f"{v['median']:.1f} ({t} thread{'s' if t != '1' else ''}, {v['scans']} scans)"
+                              for t, v in result["minutes_per_scan_median_by_threads"].items())
+    groups = [("all", result)] + list(result["by_source_summary"].items())
+    for label, part in groups:
+        for name, key, minutes in ((blast_name, "blast_ct", blast_minutes),
+                                   ("ichd default model (OOF, max slice p(any))", "ichd_default_oof", "see Predict")):
+            r = part[key]
+            scans = f"{part['scans']} ({part['positive']})" + ("" if label == "all" else f" {label}")
+            lines.append(f"| {name} | {scans} | {r['auc']:.3f} "
+                         f"[{r['auc_ci'][0]:.3f}, {r['auc_ci'][1]:.3f}] | {r['sensitivity']:.2f} / "
+                         f"{r['specificity']:.2f} | {minutes if label == 'all' else ''} |")
     table = "\n".join(lines)
     (args.out / "report.md").write_text(table + "\n")
     print(table)
