@@ -18,10 +18,10 @@ first K of each by a seeded shuffle).
 ``report``: the scan score is the hemorrhage volume IPH + EAH + IVH (oedema is not hemorrhage). Against the scans'
 "any" label: AUC with a patient-bootstrap 95 % interval; sensitivity/specificity at a volume threshold chosen
 on the *other* folds' scans (the default model's patient folds, ``benchmarks/results/cnn_multi_256/folds.csv``,
-Youden's J) and applied to each fold's scans; the median minutes per scan for each torch thread count; the same per
-source when the scans span both (CT-ICH's HU is rebuilt from JPG windows, rsna-series' is the scanner's). ichd's default-model OOF scan "any" (max over
-slices, ``benchmarks/results/cnn_multi_256/oof.csv``) on the same scans stands beside it, with thresholds chosen
-the same way.
+Youden's J) and applied to each fold's scans; the median minutes per scan for each torch thread count. ichd's
+default-model OOF scan "any" (max over slices, ``benchmarks/results/cnn_multi_256/oof.csv``) on the same scans
+stands beside it, with thresholds chosen the same way. When the scans span both sources, the same again per source
+(CT-ICH's HU is rebuilt from JPG windows, rsna-series' is the scanner's).
 """
 
 from __future__ import annotations
@@ -180,6 +180,14 @@ def _summary(y: np.ndarray, score: np.ndarray, folds: np.ndarray, patients: np.n
             "specificity": ops["specificity"], "tp": tp, "fp": fp, "tn": tn, "fn": fn}
 
 
+def _part(df: pd.DataFrame) -> dict[str, Any]:
+    """Scan count, positives and both systems' summaries on the scans of ``df``."""
+    y, patients, fold = df["any"].to_numpy(int), df["patient_id"].to_numpy(), df["fold"].to_numpy()
+    return {"scans": len(df), "positive": int(y.sum()),
+            "blast_ct": _summary(y, df["hemorrhage_ml"].to_numpy(float), fold, patients),
+            "ichd_default_oof": _summary(y, df["ichd_any"].to_numpy(float), fold, patients)}
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     records = [json.loads(p.read_text()) for p in sorted((args.out / "scans").glob("*.json"))]
     if not records:
@@ -193,27 +201,19 @@ def cmd_report(args: argparse.Namespace) -> int:
     oof = pd.read_csv(OOF)
     ichd_scan = oof.groupby("scan_id")["any"].max()
     df["ichd_any"] = df["scan_id"].map(ichd_scan)
-    y, patients, fold = df["any"].to_numpy(int), df["patient_id"].to_numpy(), df["fold"].to_numpy()
     result: dict[str, Any] = {
-        "scans": len(df), "positive": int(y.sum()), "by_source": df.groupby("source").size().to_dict(),
+        **_part(df), "by_source": df.groupby("source").size().to_dict(),
         "scan_ids": df["scan_id"].tolist(), "models": sorted({m for ms in df["models"] for m in ms}),
         "minutes_per_scan_median": float(df["minutes_total"].median()),
         # the torch thread count changes the time ~2x: the median per thread count, with its number of scans
         "minutes_per_scan_median_by_threads": {
             str(t): {"median": float(g["minutes_total"].median()), "scans": len(g)}
             for t, g in df.groupby("threads")},
-        "blast_ct": _summary(y, df["hemorrhage_ml"].to_numpy(float), fold, patients),
-        "ichd_default_oof": _summary(y, df["ichd_any"].to_numpy(float), fold, patients),
-        "by_source_summary": {},
+        # CT-ICH's HU is rebuilt from JPG windows, rsna-series' is the scanner's: only when the scans span both, and
+        # only a source with both classes (an AUC needs them)
+        "by_source_summary": {source: _part(g) for source, g in df.groupby("source")
+                              if len(g) < len(df) and 0 < g["any"].sum() < len(g)},
     }
-    for source, g in df.groupby("source"):  # CT-ICH's HU is rebuilt from JPG windows; rsna-series is scanner DICOM
-        gy = g["any"].to_numpy(int)
-        if len(g) < len(df) and 0 < gy.sum() < len(gy):  # a part of the scans, and an AUC needs both classes
-            gf, gp = g["fold"].to_numpy(), g["patient_id"].to_numpy()
-            result["by_source_summary"][source] = {
-                "scans": len(g), "positive": int(gy.sum()),
-                "blast_ct": _summary(gy, g["hemorrhage_ml"].to_numpy(float), gf, gp),
-                "ichd_default_oof": _summary(gy, g["ichd_any"].to_numpy(float), gf, gp)}
     (args.out / "report.json").write_text(json.dumps(result, indent=2))
     header = ("| system | scans (positive) | scan any-AUC [95 % CI] | sensitivity / specificity at the fold "
               "threshold | minutes per scan |")
