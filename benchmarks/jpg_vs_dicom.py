@@ -128,8 +128,8 @@ def main(argv: list[str] | None = None) -> int:
              "| --- | --- | --- | --- | --- |"]
     for r in rows:
         for where, m in ((f"{', '.join(r['trained_on'])} (out-of-fold)", r["own"]),
-                         (f"{r['other_source']} (fold model(s) {r['other']['fold_models']}; none of its "
-                          f"patients in training)", r["other"])):
+                         ((f"{r['other_source']} (fold model(s) {r['other']['fold_models']}; none of its "
+                           f"patients in training)"), r["other"])):
             wll = m.get("weighted_log_loss")
             lines.append(f"| {r['run']} | {where} | {'n/a' if wll is None else f'{wll:.4f}'} | "
                          f"{_cell(m, 'slice')} | {_cell(m, 'scan')} |")
