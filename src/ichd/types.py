@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from ichd.calls import call_dict
 from ichd.constants import LABELS
 
 
@@ -105,4 +106,6 @@ class Prediction:
 
     @property
     def scan_positive(self) -> dict[str, bool]:
-        return {lab: bool(self.scan_probs[i] >= self.thresholds[lab]) for i, lab in enumerate(self.labels)}
+        """Scan-level calls per label (:func:`ichd.calls.call_dict`: ``p >= threshold``, and a subtype only when
+        ``any`` is positive)."""
+        return call_dict(self.scan_probs, self.thresholds, self.labels)

@@ -16,6 +16,20 @@ LABELS: CT-ICH labels.csv, RSNA stage_2_train.csv, rsna-series labels.csv or an 
 (one per data source) are read as one table, and --source picks one source's slices. Slices with missing labels
 are left out of every metric (the report says how many).
 
+Choosing a model on few positive series: with a `fold` column the report gives per-fold AUCs (mean, SD, min, max
+over folds, positives per fold) beside the pooled OOF AUC; with several label files, results per source (AUC with a
+patient-bootstrap interval within each source); with scan ids, the scan any-AUC of every scan rule (max,
+consecutive, topk_mean, smoothed_max, and the model's own scan output when given). --repeat adds further CV
+repeats of the same model (other fold seeds): per-repeat pooled AUC, mean +- SD across repeats and the per-fold
+AUCs over all repeats x folds; all other numbers come from PREDICTIONS (the first repeat) alone. An ichd CSV with
+a `calibrated` column (e.g. "temperature") is reported as calibrated.
+
+Operating points (slice and scan level, each chosen on its own predictions): 0.5, Youden, sensitivity >=
+--sensitivity, and "policy": "any" at --sensitivity, subtypes at specificity >= --subtype-specificity; policy is
+what a model bundle ships (its slice-level points serve single-slice input, `ichd predict --independent`). At every
+point a subtype is called only when "any" is (subtype consistency); the report gives the extra subtype rate:
+the fraction of scans called with a subtype their labels lack.
+
 Writes OUT/metrics.json, OUT/thresholds.json, OUT/report.md, OUT/report.html (self-contained) and OUT/plots/.
 """
 
@@ -49,7 +63,15 @@ def evaluate_command(
     thresholds_labels: Annotated[Path | None, typer.Option(
         "--thresholds-labels", help="Labels for the --thresholds-from predictions (default: LABELS).")] = None,
     sensitivity: Annotated[float, typer.Option(
-        "--sensitivity", help="Target sensitivity of the fixed-sensitivity operating point.")] = 0.95,
+        "--sensitivity", help="Target sensitivity of the fixed-sensitivity operating point (and of \"any\" in the "
+        "policy point).")] = 0.95,
+    subtype_specificity: Annotated[float, typer.Option(
+        "--subtype-specificity", help="Specificity at which the policy point sets each subtype's threshold "
+        "(\"any\" stays at --sensitivity); 0 puts the subtypes at their Youden point instead.")] = 0.9,
+    repeat: Annotated[list[Path] | None, typer.Option(
+        "--repeat", metavar="FILE", help="OOF predictions of another cross-validation repeat of the same model "
+        "(same slices, another fold seed); repeatable. Adds per-repeat pooled AUCs, their mean +- SD and the "
+        "per-fold AUCs over all repeats x folds; every other number comes from PREDICTIONS.")] = None,
     bootstrap: Annotated[int, typer.Option(
         "--bootstrap", help="Bootstrap replicates for the 95% intervals (resampling patients); 0 turns "
         "intervals off.")] = 1000,
@@ -73,7 +95,8 @@ def evaluate_command(
                                thresholds_from=thresholds_from,
                                thresholds_labels=thresholds_labels, sensitivity=sensitivity, n_boot=bootstrap,
                                seed=seed, n_bins=bins, readers=readers, overwrite=overwrite,
-                               plots=not no_plots)
+                               plots=not no_plots, subtype_specificity=subtype_specificity,
+                               repeats=list(repeat or []))
     m = ev.metrics
     w = m["rsna_weighted_log_loss"]
     ci = w.get("overall_ci95")
@@ -84,6 +107,19 @@ def evaluate_command(
             continue
         aucs = ", ".join(f"{lab} {_fmt(e['auc'])}" for lab, e in m[level]["classes"].items())
         typer.echo(f"{level} AUC: {aucs}")
+        spread = ((m.get("fold_spread") or {}).get(level) or {}).get("any")
+        if spread and spread["n"]:
+            sd = "" if spread["sd"] is None else f" +- {spread['sd']:.3f}"
+            typer.echo(f"{level} any-AUC over {spread['n']} folds: {_fmt(spread['mean'])}{sd} "
+                       f"(min {_fmt(spread['min'])}, max {_fmt(spread['max'])})")
+    if m["scan"] is not None:
+        extra = m["scan"]["extra_subtype"]["policy"]
+        typer.echo(f"scans with a subtype their labels lack (policy point): {extra['n_with_extra']} of "
+                   f"{extra['n']}")
+    if m.get("repeats"):
+        across = m["repeats"]["across_repeats"]["slice"]["any"]
+        sd = "" if across["sd"] is None else f" +- {across['sd']:.3f}"
+        typer.echo(f"slice any-AUC over {m['repeats']['n_repeats']} CV repeats: {_fmt(across['mean'])}{sd}")
     for note in m["notes"]:
         typer.echo(f"note: {note}")
     typer.echo(f"report: {paths['report_html']}")

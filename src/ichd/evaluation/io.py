@@ -65,12 +65,15 @@ class PredictionSet:
             carries one (predict JSON), else ``None``.
         source: the path read.
         fmt: ``"ichd-csv"``, ``"predict-json"`` or ``"rsna-csv"``.
+        calibrated: how the probabilities were calibrated when the file says so (an ichd CSV's optional
+            ``calibrated`` column, e.g. ``temperature``), else ``None``.
     """
 
     slices: pd.DataFrame
     scans: pd.DataFrame | None
     source: str
     fmt: str
+    calibrated: str | None = None
 
 
 def check_probabilities(df: pd.DataFrame, source: str, *, where: pd.Series | None = None) -> None:
@@ -146,7 +149,29 @@ def _read_ichd_csv(df: pd.DataFrame, source: str) -> PredictionSet:
         out[col] = _optional_id(df, col).to_numpy()
     if "slice_index" in df.columns:
         out["slice_index"] = pd.to_numeric(df["slice_index"], errors="coerce").to_numpy()
-    return PredictionSet(out, None, source, "ichd-csv")
+    if "source" in df.columns:
+        out["source"] = _optional_id(df, "source").to_numpy()
+    return PredictionSet(out, None, source, "ichd-csv", calibrated=_calibration_of(df, source))
+
+
+#: Values of a ``calibrated`` column that mean "not calibrated".
+_NOT_CALIBRATED = {"", "0", "false", "no", "none", "nan"}
+
+
+def _calibration_of(df: pd.DataFrame, source: str) -> str | None:
+    """What an ichd CSV's optional ``calibrated`` column says: ``None`` (absent / false everywhere), the method
+    name (``true``/``1`` read as ``yes``); an error when rows disagree."""
+    if "calibrated" not in df.columns:
+        return None
+    values = {str(v).strip().lower() for v in df["calibrated"].fillna("")}
+    methods = values - _NOT_CALIBRATED
+    if not methods:
+        return None
+    if len(methods) > 1 or values & _NOT_CALIBRATED:
+        raise InputError(f"{source}: the 'calibrated' column differs between rows ({', '.join(sorted(values))})",
+                         hint="calibrate every fold the same way, or leave the column out")
+    method = methods.pop()
+    return "yes" if method in ("1", "true", "yes") else method
 
 
 def _read_rsna_csv(df: pd.DataFrame, source: str) -> PredictionSet:
@@ -342,7 +367,8 @@ class EvalData:
     ``y``/``p`` are ``(n_slices, 6)``; ``scan_ids``/``patient_ids`` are per slice (``None`` when unknown).
     ``y_scan``/``p_scan`` are per scan in the order of ``scans`` (``None`` without scan ids);
     ``scan_patients`` gives each scan's patient. ``scan_score_source`` says where ``p_scan`` came from.
-    ``group_kind`` is what the bootstrap resamples ("patient", "scan" or "slice").
+    ``group_kind`` is what the bootstrap resamples ("patient", "scan" or "slice"). ``folds``, ``slice_index`` and
+    ``sources`` are per slice when the inputs say (else ``None``).
     """
 
     slice_ids: np.ndarray
@@ -358,6 +384,12 @@ class EvalData:
     scan_score_source: str | None = None
     folds: np.ndarray | None = None
     notes: list[str] = field(default_factory=list)
+    #: per slice: position in its scan (inferior -> superior) when known, for order-dependent scan rules
+    slice_index: np.ndarray | None = None
+    #: per slice: the data source (label file's folder, or the predictions' ``source`` column) when known
+    sources: np.ndarray | None = None
+    #: how the predictions were calibrated when their file says so (:attr:`PredictionSet.calibrated`)
+    calibrated: str | None = None
 
     @property
     def has_scans(self) -> bool:
@@ -417,7 +449,9 @@ def align(preds: PredictionSet, labels: pd.DataFrame, *, labels_source: str = "l
     y = lab[list(LABELS)].to_numpy(np.float64)
     p = pred[list(LABELS)].to_numpy(np.float64)
     folds = pred["fold"].to_numpy(object) if "fold" in pred.columns and pred["fold"].notna().any() else None
-    data_kwargs: dict[str, Any] = {"slice_ids": pred.index.to_numpy(object), "y": y, "p": p, "folds": folds}
+    data_kwargs: dict[str, Any] = {"slice_ids": pred.index.to_numpy(object), "y": y, "p": p, "folds": folds,
+                                   "slice_index": _slice_order(pred, lab), "calibrated": preds.calibrated,
+                                   "sources": _slice_sources(pred, lab, preds.source, labels_source)}
     if not has_scan.any():
         notes.append("No scan membership in the inputs (give --scans slice_id,scan_id[,patient_id]): only "
                      "slice-level metrics are reported, and the bootstrap resamples slices, so its intervals "
@@ -460,6 +494,24 @@ def align(preds: PredictionSet, labels: pd.DataFrame, *, labels_source: str = "l
                      "output); scan label = 1 when any slice of the scan is positive.")
     return EvalData(scan_ids=scan_arr, patient_ids=pat_arr, group_kind=group_kind, scans=scans, y_scan=y_scan,
                     p_scan=p_scan, scan_patients=scan_pat, scan_score_source=source, notes=notes, **data_kwargs)
+
+
+def _slice_order(pred: pd.DataFrame, lab: pd.DataFrame) -> np.ndarray | None:
+    """Per-slice ``slice_index`` from the predictions, else the labels; ``None`` unless known for every slice."""
+    for df in (pred, lab):
+        if "slice_index" in df.columns:
+            v = pd.to_numeric(df["slice_index"], errors="coerce")
+            if v.notna().all():
+                return v.to_numpy(np.float64)
+    return None
+
+
+def _slice_sources(pred: pd.DataFrame, lab: pd.DataFrame, pred_source: str, lab_source: str) -> np.ndarray | None:
+    """Per-slice data source: the labels' ``source`` column (several label files), else the predictions'; they
+    must agree where both say. ``None`` unless known for every slice."""
+    merged = _merge_ids(_optional_id(lab, "source"), _optional_id(pred, "source"), "source", lab_source,
+                        pred_source)
+    return merged.astype(str).to_numpy(object) if merged.notna().all() else None
 
 
 def _scan_rows(scan_arr: np.ndarray, y: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

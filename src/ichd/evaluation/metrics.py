@@ -196,11 +196,42 @@ def threshold_metrics(y_true: Any, y_prob: Any, threshold: float) -> dict[str, f
     A ``nan`` threshold gives ``nan`` metrics (and zero counts are not reported as if they were measured).
     """
     if not np.isfinite(threshold):
+        return call_metrics(y_true, np.zeros(np.shape(y_true), dtype=bool), threshold)
+    y, p = _known_pairs(y_true, y_prob)
+    return call_metrics(y, p >= threshold, threshold)
+
+
+def call_metrics(y_true: Any, called: Any, threshold: float) -> dict[str, float]:
+    """Like :func:`threshold_metrics` but from the calls themselves (boolean, one per row), e.g. the subtype calls
+    gated by ``any`` (:func:`ichd.calls.calls`); ``threshold`` is only recorded. A ``nan`` threshold gives ``nan``
+    metrics. Rows with a ``NaN`` label are dropped."""
+    if not np.isfinite(threshold):
         return {**{k: math.nan for k in THRESHOLD_METRICS}, "tp": math.nan, "fp": math.nan, "tn": math.nan,
                 "fn": math.nan, "threshold": math.nan}
-    tp, fp, tn, fn = confusion_counts(y_true, y_prob, threshold)
+    y, c = _known_pairs(y_true, np.asarray(called, dtype=np.float64))
+    c = c > 0.5
+    tp, fp = int(np.sum(c & y)), int(np.sum(c & ~y))
+    fn, tn = int(np.sum(~c & y)), int(np.sum(~c & ~y))
     return {**metrics_from_counts(tp, fp, tn, fn), "tp": tp, "fp": fp, "tn": tn, "fn": fn,
             "threshold": float(threshold)}
+
+
+def extra_subtype_rate(y_true: Any, called: Any, labels: Sequence[str] = LABELS) -> dict[str, float]:
+    """How often a case (scan or slice) gets a subtype called that its labels do not have.
+
+    ``y_true`` (n, C) labels and ``called`` (n, C) boolean calls, columns in ``labels`` order; every column but
+    ``any`` is a subtype. A subtype whose label is missing (``NaN``) never counts as extra. Returns
+    ``{"rate", "n_with_extra", "n", "n_called_subtypes", "n_extra_subtypes"}`` (``rate`` ``nan`` for no rows).
+    """
+    y = _as_float_array(y_true)
+    c = np.asarray(called, dtype=bool)
+    _check_pair(y, c.astype(np.float64))
+    sub = [i for i, lab in enumerate(labels) if lab != "any"]
+    extra = c[:, sub] & (y[:, sub] == 0)  # NaN == 0 is False
+    rows = extra.any(axis=1)
+    n = int(y.shape[0])
+    return {"rate": float(rows.mean()) if n else math.nan, "n_with_extra": int(rows.sum()), "n": n,
+            "n_called_subtypes": int(c[:, sub].sum()), "n_extra_subtypes": int(extra.sum())}
 
 
 def class_summary(y_true: Any, y_prob: Any, *, eps: float = EPS) -> dict[str, float]:
@@ -226,7 +257,7 @@ def class_summary(y_true: Any, y_prob: Any, *, eps: float = EPS) -> dict[str, fl
 # ----------------------------------------------------------------------------------------------------------
 
 #: Threshold selection methods understood by :func:`choose_threshold`.
-THRESHOLD_METHODS: tuple[str, ...] = ("fixed", "youden", "sensitivity")
+THRESHOLD_METHODS: tuple[str, ...] = ("fixed", "youden", "sensitivity", "specificity")
 
 
 def choose_threshold(y_true: Any, y_prob: Any, method: str = "sensitivity", target: float = 0.95) -> float:
@@ -238,6 +269,10 @@ def choose_threshold(y_true: Any, y_prob: Any, method: str = "sensitivity", targ
           scores; ties go to the highest such threshold. ``nan`` unless both classes occur.
         * ``"sensitivity"``: the highest threshold whose sensitivity is at least ``target`` (i.e. the
           ``ceil(target * n_pos)``-th highest positive score). ``nan`` without positives.
+        * ``"specificity"``: the lowest threshold whose specificity is at least ``target``: the lowest score of
+          the data above the ``(m+1)``-th highest negative score, ``m = floor((1 - target) * n_neg)`` false
+          positives allowed (just above that negative score when no case scores higher). ``nan`` without
+          negatives.
 
     Apply the result unchanged to other data (test set) to get an honest operating point.
     """
@@ -255,6 +290,17 @@ def choose_threshold(y_true: Any, y_prob: Any, method: str = "sensitivity", targ
             return math.nan
         k = max(1, math.ceil(target * n_pos - 1e-9))
         return float(np.sort(p[y])[::-1][k - 1])
+    if method == "specificity":
+        if not 0.0 < target <= 1.0:
+            raise ValueError(f"target specificity must be in (0, 1], got {target}")
+        if n_neg == 0:
+            return math.nan
+        m = math.floor((1.0 - target) * n_neg + 1e-9)
+        if m >= n_neg:
+            return float(p.min())
+        bound = float(np.sort(p[~y])[::-1][m])  # the highest negative score that must not be called
+        above = p[p > bound]
+        return float(above.min()) if above.size else float(np.nextafter(bound, np.inf))
     if n_pos == 0 or n_neg == 0:
         return math.nan
     order = np.argsort(-p, kind="mergesort")

@@ -33,6 +33,8 @@ from typing import Any
 import numpy as np
 
 from ichd import __version__
+from ichd.calls import CALL_RULE
+from ichd.calls import calls as make_calls
 from ichd.constants import LABEL_ABBREVIATIONS, LABEL_WEIGHTS, LABELS
 from ichd.errors import InputError
 from ichd.evaluation import bootstrap as bs
@@ -42,11 +44,12 @@ from ichd.evaluation.metrics import (
     EPS,
     THRESHOLD_METRICS,
     binary_log_loss,
+    call_metrics,
     choose_thresholds,
     class_summary,
+    extra_subtype_rate,
     metrics_from_counts,
     roc_auc,
-    threshold_metrics,
     weighted_log_loss,
 )
 from ichd.evaluation.readers import (
@@ -62,8 +65,12 @@ from ichd.utils.logging import get_logger
 
 log = get_logger(__name__)
 
-#: Operating points, in report order: fixed 0.5, Youden-optimal, fixed sensitivity.
-OPERATING_POINTS: tuple[str, ...] = ("0.5", "youden", "sensitivity")
+#: Operating points, in report order: fixed 0.5, Youden-optimal, fixed sensitivity, and the shipped ``policy``
+#: ("any" at the fixed sensitivity, each subtype at the stated specificity, or at its Youden point when none is
+#: stated). At every one the subtype calls are gated by "any" (:mod:`ichd.calls`).
+OPERATING_POINTS: tuple[str, ...] = ("0.5", "youden", "sensitivity", "policy")
+#: Specificity of the subtype thresholds of the ``policy`` operating point (``--subtype-specificity``).
+DEFAULT_SUBTYPE_SPECIFICITY = 0.9
 #: Operating point used for the model's calls in the reader comparison.
 READER_OPERATING_POINT = "youden"
 THRESHOLDS_KIND = "ichd-thresholds"
@@ -87,9 +94,21 @@ class Thresholds:
     sensitivity_target: float
     chosen_on: str
     same_data: bool = False
+    #: specificity of the ``policy`` subtype thresholds; ``None``: they are the Youden points
+    subtype_specificity: float | None = DEFAULT_SUBTYPE_SPECIFICITY
+
+    def policy(self) -> dict[str, Any]:
+        """How the ``policy`` thresholds were chosen (recorded in thresholds.json and bundle manifests)."""
+        subtypes = ("youden" if self.subtype_specificity is None
+                    else f"specificity >= {self.subtype_specificity:g}")
+        return {"any": f"sensitivity >= {self.sensitivity_target:g}", "subtypes": subtypes,
+                "sensitivity_target": self.sensitivity_target, "subtype_specificity": self.subtype_specificity,
+                "levels": "slice thresholds on slice-level predictions, scan thresholds on scan-level ones",
+                "call_rule": CALL_RULE}
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": THRESHOLDS_KIND, "version": 1, "sensitivity_target": self.sensitivity_target,
+                "subtype_specificity": self.subtype_specificity, "policy": self.policy(),
                 "chosen_on": self.chosen_on, "slice": _jsonable(self.slice), "scan": _jsonable(self.scan)}
 
     @classmethod
@@ -102,6 +121,9 @@ class Thresholds:
             if not isinstance(block, dict):
                 raise InputError(f"{source}: '{name}' must be an object of operating points")
             out = {}
+            if "policy" not in block and isinstance(block.get("sensitivity"), dict) \
+                    and isinstance(block.get("youden"), dict):  # written before the policy point existed
+                block = {**block, "policy": _policy_point(block["sensitivity"], block["youden"])}
             for op in OPERATING_POINTS:
                 vals = block.get(op)
                 if not isinstance(vals, dict) or any(lab not in vals for lab in LABELS):
@@ -111,24 +133,50 @@ class Thresholds:
             return out
 
         scan = d.get("scan")
+        spec = d.get("subtype_specificity")  # absent in files written before the policy point: Youden subtypes
         return cls(slice=level(d.get("slice"), "slice"), scan=None if scan is None else level(scan, "scan"),
                    sensitivity_target=float(d.get("sensitivity_target", math.nan)),
-                   chosen_on=str(d.get("chosen_on", source)))
+                   chosen_on=str(d.get("chosen_on", source)),
+                   subtype_specificity=None if spec is None else float(spec))
 
 
-def _level_thresholds(y: np.ndarray, p: np.ndarray, sensitivity: float) -> dict[str, dict[str, float]]:
-    return {
+def _policy_point(any_point: Mapping[str, float], subtype_point: Mapping[str, float]) -> dict[str, float]:
+    return {lab: any_point[lab] if lab == "any" else subtype_point[lab] for lab in LABELS}
+
+
+def _level_thresholds(y: np.ndarray, p: np.ndarray, sensitivity: float,
+                      subtype_specificity: float | None) -> dict[str, dict[str, float]]:
+    out = {
         "0.5": {lab: 0.5 for lab in LABELS},
         "youden": choose_thresholds(y, p, method="youden"),
         "sensitivity": choose_thresholds(y, p, method="sensitivity", target=sensitivity),
     }
+    subtype = (out["youden"] if subtype_specificity is None
+               else choose_thresholds(y, p, method="specificity", target=subtype_specificity))
+    out["policy"] = _policy_point(out["sensitivity"], subtype)
+    return out
 
 
-def choose_operating_thresholds(data: EvalData, *, sensitivity: float = 0.95, chosen_on: str = "",
-                                same_data: bool = False) -> Thresholds:
-    """Pick the Youden and fixed-sensitivity thresholds of every label on ``data`` (slice and scan level)."""
-    scan = _level_thresholds(data.y_scan, data.p_scan, sensitivity) if data.has_scans else None
-    return Thresholds(_level_thresholds(data.y, data.p, sensitivity), scan, sensitivity, chosen_on, same_data)
+def check_subtype_specificity(value: float | None) -> float | None:
+    """``--subtype-specificity``: a target in (0, 1), or ``None``/0 for "subtypes at their Youden point"."""
+    if value is None or value == 0:
+        return None
+    if not 0.0 < value < 1.0:
+        raise InputError(f"--subtype-specificity must be in (0, 1) (0 turns it off), got {value}")
+    return float(value)
+
+
+def choose_operating_thresholds(data: EvalData, *, sensitivity: float = 0.95,
+                                subtype_specificity: float | None = DEFAULT_SUBTYPE_SPECIFICITY,
+                                chosen_on: str = "", same_data: bool = False) -> Thresholds:
+    """Pick every operating point of :data:`OPERATING_POINTS` for every label on ``data``, at slice level (on the
+    slice predictions) and scan level (on the scan scores): the slice-level ``policy`` points are what single-slice
+    input (``ichd predict --independent``) uses, the scan-level ones what whole scans use."""
+    subtype_specificity = check_subtype_specificity(subtype_specificity)
+    scan = (_level_thresholds(data.y_scan, data.p_scan, sensitivity, subtype_specificity)
+            if data.has_scans else None)
+    return Thresholds(_level_thresholds(data.y, data.p, sensitivity, subtype_specificity), scan, sensitivity,
+                      chosen_on, same_data, subtype_specificity)
 
 
 def read_thresholds(path: str | Path) -> Thresholds:
@@ -165,17 +213,22 @@ def _jsonable(x: Any) -> Any:
 
 def _level_metrics(y: np.ndarray, p: np.ndarray, thresholds: Mapping[str, Mapping[str, float]],
                    n_bins: int) -> dict[str, Any]:
+    """Per-label metrics at one level; the calls at each operating point follow :mod:`ichd.calls` (a subtype
+    only when "any" is called), and ``extra_subtype`` gives, per operating point, how many cases get a subtype
+    called that their labels lack."""
     wll, per = weighted_log_loss(y, p, per_class=True)
+    called = {op: make_calls(p, thresholds[op]) for op in OPERATING_POINTS}
     classes: dict[str, Any] = {}
     for c, lab in enumerate(LABELS):
         entry: dict[str, Any] = class_summary(y[:, c], p[:, c])
         entry["ece"] = expected_calibration_error(y[:, c], p[:, c], n_bins)
         entry["reliability"] = reliability_curve(y[:, c], p[:, c], n_bins).to_dict()
-        entry["operating_points"] = {op: threshold_metrics(y[:, c], p[:, c], thresholds[op][lab])
+        entry["operating_points"] = {op: call_metrics(y[:, c], called[op][:, c], thresholds[op][lab])
                                      for op in OPERATING_POINTS}
         classes[lab] = entry
     return {"n": int(y.shape[0]), "weighted_log_loss": wll,
-            "log_loss_per_class": dict(zip(LABELS, per.tolist())), "classes": classes}
+            "log_loss_per_class": dict(zip(LABELS, per.tolist())), "classes": classes,
+            "extra_subtype": {op: extra_subtype_rate(y, called[op]) for op in OPERATING_POINTS}}
 
 
 class _WeightedLevel:
@@ -187,8 +240,8 @@ class _WeightedLevel:
     The results equal those of :mod:`ichd.evaluation.metrics` on the resampled rows (tested).
     """
 
-    def __init__(self, y: np.ndarray, p: np.ndarray, thresholds: Mapping[str, Mapping[str, float]], n_bins: int,
-                 prefix: str) -> None:
+    def __init__(self, y: np.ndarray, p: np.ndarray, thresholds: Mapping[str, Mapping[str, float]] | None,
+                 n_bins: int, prefix: str) -> None:
         self.prefix = prefix
         self.n_bins = n_bins
         self.y = np.ascontiguousarray(y.T > 0.5)  # (C, n)
@@ -202,12 +255,16 @@ class _WeightedLevel:
             self.starts.append(np.flatnonzero(np.r_[True, ps[1:] != ps[:-1]]))
         self.bins = [np.clip(np.floor(pc * n_bins).astype(np.int64), 0, n_bins - 1) for pc in self.p]
         # per operating point and class: row indices of true positives, false positives and false negatives
+        # (calls gated as in ichd.calls); per operating point: rows that get a subtype their labels lack
         self.cells: dict[str, list[tuple[np.ndarray, np.ndarray, np.ndarray] | None]] = {}
-        for op in OPERATING_POINTS:
+        self.extra: dict[str, np.ndarray] = {}
+        for op in OPERATING_POINTS if thresholds is not None else ():
             self.cells[op] = []
-            for pc, yc, lab in zip(self.p, self.y, LABELS):
+            called_all = make_calls(p, thresholds[op]).T
+            sub = [i for i, lab in enumerate(LABELS) if lab != "any"]
+            self.extra[op] = (called_all[sub] & ~self.y[sub]).any(axis=0).astype(np.float64)
+            for called, yc, lab in zip(called_all, self.y, LABELS):
                 t = thresholds[op][lab]
-                called = pc >= t
                 self.cells[op].append((np.flatnonzero(called & yc), np.flatnonzero(called & ~yc),
                                        np.flatnonzero(~called & yc)) if math.isfinite(t) else None)
 
@@ -243,7 +300,7 @@ class _WeightedLevel:
             gap = np.abs(np.bincount(self.bins[c], weights=w * yc, minlength=self.n_bins)
                          - np.bincount(self.bins[c], weights=w * self.p[c], minlength=self.n_bins))
             out[f"{key}/ece"] = float(gap.sum() / count.sum()) if count.sum() > 0 else math.nan
-            for op in OPERATING_POINTS:
+            for op in self.cells:
                 cells = self.cells[op][c]
                 if cells is None:
                     m = {name: math.nan for name in THRESHOLD_METRICS}
@@ -252,6 +309,8 @@ class _WeightedLevel:
                     m = metrics_from_counts(tp, fp, float(total - tp - fp - fn), fn)
                 for name in THRESHOLD_METRICS:
                     out[f"{key}/{op}/{name}"] = m[name]
+        for op, rows in self.extra.items():
+            out[f"{self.prefix}/{op}/extra_subtype_rate"] = float(rows @ w / total) if total > 0 else math.nan
         return out
 
 
@@ -262,6 +321,10 @@ def _attach_intervals(level: dict[str, Any], intervals: Mapping[str, bs.Interval
     iv = ci("weighted_log_loss")
     if iv is not None:
         level["weighted_log_loss_ci95"] = iv.to_list()
+    for op, e in level.get("extra_subtype", {}).items():
+        iv = ci(f"{op}/extra_subtype_rate")
+        if iv is not None:
+            e["rate_ci95"] = iv.to_list()
     for lab, entry in level["classes"].items():
         entry["ci95"], entry["bootstrap_valid"] = {}, {}
         for name in ("auc", "average_precision", "log_loss", "ece"):
@@ -298,6 +361,8 @@ def evaluate(
     readers: ReaderStudy | None = None,
     inputs: Mapping[str, Any] | None = None,
     plots: bool = True,
+    subtype_specificity: float | None = DEFAULT_SUBTYPE_SPECIFICITY,
+    repeats: Sequence[tuple[str, EvalData]] = (),
 ) -> Evaluation:
     """Compute every metric of ``data`` (see the module docstring).
 
@@ -311,13 +376,18 @@ def evaluate(
         readers: a reader study to compare with at scan level (needs scan membership).
         inputs: facts about the inputs recorded in ``metrics.json`` (paths, formats).
         plots: also draw the figures.
+        subtype_specificity: specificity of the subtype thresholds of the ``policy`` operating point (when choosing
+            thresholds here); ``None``: the subtypes' Youden points.
+        repeats: further cross-validation repeats of the same model (``(name, data)`` on the same slices, other
+            fold seeds); the main metrics stay those of ``data`` (the first repeat), ``metrics["repeats"]`` adds
+            per-repeat pooled AUCs, their spread across repeats and the per-fold spread over all repeats x folds.
     """
     if not 0.0 < sensitivity <= 1.0:
         raise InputError(f"--sensitivity must be in (0, 1], got {sensitivity}")
     notes = list(data.notes)
     if thresholds is None:
         thresholds = choose_operating_thresholds(data, sensitivity=sensitivity, chosen_on="the evaluated data",
-                                                 same_data=True)
+                                                 same_data=True, subtype_specificity=subtype_specificity)
     if thresholds.same_data:
         notes.append("The Youden and fixed-sensitivity thresholds were chosen on the evaluated data itself, so "
                      "their sensitivity/specificity are optimistic; choose them on validation data with "
@@ -354,7 +424,20 @@ def evaluate(
     }
     wll, per = weighted_log_loss(data.y, data.p, per_class=True)
     metrics["rsna_weighted_log_loss"] = {"overall": wll, "per_class": dict(zip(LABELS, per.tolist()))}
-    metrics["per_fold"] = _per_fold(data)
+    fold_aucs = _fold_aucs(data)
+    metrics["per_fold"] = _per_fold(data, fold_aucs)
+    metrics["fold_spread"] = _fold_spread(fold_aucs)
+    metrics["calibrated"] = data.calibrated
+    if data.calibrated is not None:
+        notes.append(f"The predictions file says its probabilities were calibrated ({data.calibrated}), e.g. each "
+                     "fold model by a temperature fitted on its own training part, so the pooled OOF metrics do "
+                     "not mix differently scaled fold models.")
+    elif data.folds is not None and len(set(map(str, data.folds))) > 1:
+        notes.append("The pooled OOF AUC mixes how well each fold model ranks with how far apart their scales "
+                     "are (the predictions are not marked as calibrated); read it beside the per-fold AUCs.")
+    metrics["scan_rules"] = _scan_rule_table(data)
+    metrics["repeats"] = (_repeat_summary(data, repeats, str((inputs or {}).get("predictions", "PREDICTIONS")))
+                          if repeats else None)
 
     if n_boot > 0:
         metrics["bootstrap"] = _run_bootstrap(data, thresholds, n_boot, seed, n_bins, metrics)
@@ -363,6 +446,7 @@ def evaluate(
     else:
         metrics["bootstrap"] = None
         notes.append("Bootstrap turned off (--bootstrap 0): no confidence intervals.")
+    metrics["per_source"] = _per_source(data, n_boot, seed, n_bins)
 
     if readers is not None:
         if not data.has_scans:
@@ -380,30 +464,110 @@ def evaluate(
     return evaluation
 
 
-def _per_fold(data: EvalData) -> dict[str, dict[str, float]] | None:
-    """Slice-level weighted log loss and ``any`` AUC per cross-validation fold (when the predictions say)."""
+def _spread(values: Sequence[float]) -> dict[str, Any]:
+    """Mean, SD (n - 1), min and max of the defined values; ``n`` counts them (``n_undefined`` the others)."""
+    v = np.asarray([x for x in values if x is not None and math.isfinite(x)], dtype=np.float64)
+    n = int(v.size)
+    return {"mean": float(v.mean()) if n else math.nan, "sd": float(v.std(ddof=1)) if n > 1 else math.nan,
+            "min": float(v.min()) if n else math.nan, "max": float(v.max()) if n else math.nan, "n": n,
+            "n_undefined": len(values) - n}
+
+
+def _fold_labels(values: np.ndarray) -> list[str]:
+    return sorted({str(f) for f in values}, key=lambda v: (len(v), v))
+
+
+def _scan_folds(data: EvalData) -> np.ndarray | None:
+    """Each scan's fold (that of its first slice; folds split patients, so all its slices share it)."""
+    if data.folds is None or not data.has_scans or data.scan_ids is None:
+        return None
+    first: dict[str, str] = {}
+    for scan, fold in zip(data.scan_ids, data.folds):
+        first.setdefault(str(scan), str(fold))
+    return np.asarray([first[str(s)] for s in data.scans], dtype=object)  # type: ignore[union-attr]
+
+
+def _fold_aucs(data: EvalData) -> dict[str, Any] | None:
+    """Per fold (the predictions' ``fold`` column) and label: AUC and positives, at slice and scan level."""
     if data.folds is None:
         return None
     folds = np.asarray([str(f) for f in data.folds], dtype=object)
-    out = {}
-    for f in sorted(set(folds), key=lambda v: (len(v), v)):
-        rows = folds == f
-        out[f] = {"n_slices": int(rows.sum()), "weighted_log_loss": weighted_log_loss(data.y[rows], data.p[rows]),
-                  "auc_any": roc_auc(data.y[rows, 0], data.p[rows, 0])}
+    names = _fold_labels(folds)
+    scan_folds = _scan_folds(data)
+    out: dict[str, Any] = {"folds": names}
+    levels = [("slice", folds, data.y, data.p)]
+    if scan_folds is not None:
+        levels.append(("scan", scan_folds, data.y_scan, data.p_scan))
+    for level, fl, y, p in levels:
+        out[level] = {lab: {"auc": [roc_auc(y[fl == f, c], p[fl == f, c]) for f in names],
+                            "n_positive": [int(np.sum(y[fl == f, c] > 0.5)) for f in names],
+                            "n": [int(np.sum(fl == f)) for f in names]}
+                      for c, lab in enumerate(LABELS)}
+    out.setdefault("scan", None)
     return out
 
 
-def _run_bootstrap(data: EvalData, thresholds: Thresholds, n_boot: int, seed: int, n_bins: int,
-                   metrics: dict[str, Any]) -> dict[str, Any]:
+def _per_fold(data: EvalData, aucs: Mapping[str, Any] | None) -> dict[str, dict[str, Any]] | None:
+    """Per cross-validation fold: slices, scans, weighted log loss, and per level and label AUC and positives."""
+    if data.folds is None or aucs is None:
+        return None
+    folds = np.asarray([str(f) for f in data.folds], dtype=object)
+    out = {}
+    for k, f in enumerate(aucs["folds"]):
+        rows = folds == f
+        entry: dict[str, Any] = {
+            "n_slices": int(rows.sum()), "weighted_log_loss": weighted_log_loss(data.y[rows], data.p[rows]),
+            "auc_any": roc_auc(data.y[rows, 0], data.p[rows, 0])}
+        for level in ("slice", "scan"):
+            if aucs[level] is None:
+                continue
+            if level == "scan":
+                entry["n_scans"] = aucs["scan"]["any"]["n"][k]
+            entry[level] = {lab: {"auc": aucs[level][lab]["auc"][k], "n_positive": aucs[level][lab]["n_positive"][k]}
+                            for lab in LABELS}
+        out[f] = entry
+    return out
+
+
+def _fold_spread(aucs: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """Mean, SD, min and max over folds of every label's AUC, per level."""
+    if aucs is None:
+        return None
+    return {level: None if aucs[level] is None else {lab: _spread(aucs[level][lab]["auc"]) for lab in LABELS}
+            for level in ("slice", "scan")}
+
+
+def _subset(data: EvalData, rows: np.ndarray) -> EvalData:
+    """The slices ``rows`` (boolean) of ``data`` and the scans they belong to (whole scans expected)."""
+    def take(a: np.ndarray | None) -> np.ndarray | None:
+        return None if a is None else a[rows]
+
+    sub = EvalData(slice_ids=data.slice_ids[rows], y=data.y[rows], p=data.p[rows], scan_ids=take(data.scan_ids),
+                   patient_ids=data.patient_ids[rows], group_kind=data.group_kind, folds=take(data.folds),
+                   slice_index=take(data.slice_index), sources=take(data.sources), calibrated=data.calibrated,
+                   scan_score_source=data.scan_score_source)
+    if data.has_scans and data.scan_ids is not None:
+        keep = np.isin(np.asarray(data.scans, dtype=str), np.asarray(data.scan_ids[rows], dtype=str))
+        sub.scans = data.scans[keep]  # type: ignore[index]
+        sub.y_scan, sub.p_scan = data.y_scan[keep], data.p_scan[keep]  # type: ignore[index]
+        sub.scan_patients = data.scan_patients[keep]  # type: ignore[index]
+    return sub
+
+
+def _bootstrap_intervals(data: EvalData, thresholds: Thresholds | None, n_boot: int, seed: int,
+                         n_bins: int) -> tuple[dict[str, bs.Interval], bs.GroupIndex]:
+    """Patient-bootstrap intervals of every slice- and scan-level statistic (:class:`_WeightedLevel`); slice and
+    scan levels use the same draws of patients. ``thresholds`` None: threshold-free statistics only."""
     slice_groups = bs.GroupIndex(data.patient_ids)
     scan_groups = bs.GroupIndex(data.scan_patients) if data.has_scans else None
     if scan_groups is not None and list(scan_groups.names) != list(slice_groups.names):
         raise AssertionError("scan and slice patient groups differ")  # align() guarantees this
 
-    slice_level = _WeightedLevel(data.y, data.p, thresholds.slice, n_bins, "slice")
+    slice_level = _WeightedLevel(data.y, data.p, None if thresholds is None else thresholds.slice, n_bins, "slice")
     scan_level = None
     if scan_groups is not None and data.y_scan is not None and data.p_scan is not None:
-        scan_level = _WeightedLevel(data.y_scan, data.p_scan, thresholds.scan, n_bins, "scan")
+        scan_level = _WeightedLevel(data.y_scan, data.p_scan, None if thresholds is None else thresholds.scan,
+                                    n_bins, "scan")
 
     def statistic(draw: np.ndarray) -> dict[str, float]:
         out = slice_level.statistic(slice_groups.row_weights(draw))
@@ -411,8 +575,13 @@ def _run_bootstrap(data: EvalData, thresholds: Thresholds, n_boot: int, seed: in
             out.update(scan_level.statistic(scan_groups.row_weights(draw)))
         return out
 
-    log.info("bootstrap: %d replicates over %d %s groups", n_boot, slice_groups.n_groups, data.group_kind)
-    intervals = bs.bootstrap(statistic, slice_groups.n_groups, n_boot=n_boot, seed=seed, desc="bootstrap")
+    return bs.bootstrap(statistic, slice_groups.n_groups, n_boot=n_boot, seed=seed, desc="bootstrap"), slice_groups
+
+
+def _run_bootstrap(data: EvalData, thresholds: Thresholds, n_boot: int, seed: int, n_bins: int,
+                   metrics: dict[str, Any]) -> dict[str, Any]:
+    log.info("bootstrap: %d replicates over %d %s groups", n_boot, len(set(data.patient_ids)), data.group_kind)
+    intervals, slice_groups = _bootstrap_intervals(data, thresholds, n_boot, seed, n_bins)
     _attach_intervals(metrics["slice"], intervals, "slice")
     if metrics["scan"] is not None:
         _attach_intervals(metrics["scan"], intervals, "scan")
@@ -420,6 +589,107 @@ def _run_bootstrap(data: EvalData, thresholds: Thresholds, n_boot: int, seed: in
     return {"n_boot": n_boot, "seed": seed, "confidence": bs.DEFAULT_CONFIDENCE, "unit": data.group_kind,
             "n_groups": slice_groups.n_groups, "method": "percentile",
             "min_valid_auc_replicates": min(auc_valid.values()) if auc_valid else None}
+
+
+def _per_source(data: EvalData, n_boot: int, seed: int, n_bins: int) -> dict[str, Any] | None:
+    """Per data source (when the slices come from several): counts, weighted log loss, per level and label AUC
+    with a patient-bootstrap interval within the source, and the spread of the AUCs over folds."""
+    if data.sources is None or len(set(data.sources)) < 2:
+        return None
+    out: dict[str, Any] = {}
+    for name in sorted({str(x) for x in data.sources}):
+        sub = _subset(data, np.asarray([str(x) == name for x in data.sources]))
+        intervals = (_bootstrap_intervals(sub, None, n_boot, seed, n_bins)[0]
+                     if n_boot > 0 and len(set(sub.patient_ids)) > 1 else {})
+        entry: dict[str, Any] = {
+            "counts": {"slices": int(sub.y.shape[0]), "scans": len(sub.scans) if sub.has_scans else None,
+                       "patients": len(set(sub.patient_ids)) if sub.group_kind == "patient" else None},
+            "weighted_log_loss": weighted_log_loss(sub.y, sub.p)}
+        for level, y, p in (("slice", sub.y, sub.p), ("scan", sub.y_scan, sub.p_scan)):
+            if y is None or p is None:
+                entry[level] = None
+                continue
+            entry[level] = {}
+            for c, lab in enumerate(LABELS):
+                iv = intervals.get(f"{level}/{lab}/auc")
+                entry[level][lab] = {"auc": roc_auc(y[:, c], p[:, c]), "n_positive": int(np.sum(y[:, c] > 0.5)),
+                                     "n": int(y.shape[0]), "auc_ci95": None if iv is None else iv.to_list()}
+        entry["fold_spread"] = _fold_spread(_fold_aucs(sub))
+        out[name] = entry
+    return out
+
+
+def _scans_in_order(data: EvalData) -> list[np.ndarray]:
+    """Row indices of each scan of ``data.scans``, in slice order (``slice_index``, else as given)."""
+    assert data.scan_ids is not None and data.scans is not None
+    key = np.asarray(data.scan_ids, dtype=str)
+    order = np.lexsort((data.slice_index if data.slice_index is not None else np.arange(len(key)), key))
+    sorted_keys = key[order]
+    starts = np.flatnonzero(np.r_[True, sorted_keys[1:] != sorted_keys[:-1]])
+    groups = dict(zip(sorted_keys[starts], np.split(order, starts[1:])))
+    return [groups[str(s)] for s in data.scans]
+
+
+def _scan_rule_table(data: EvalData) -> dict[str, Any] | None:
+    """Scan-level AUC per label of every rule of :data:`ichd.models.scan_rules.SCAN_RULES` over the slice
+    predictions (and of the model's own scan output when the predictions carry one), with the spread of the
+    ``any`` AUC over folds: the evidence for choosing a model's scan rule."""
+    from ichd.models.scan_rules import ORDERED_RULES, SCAN_RULES, scan_probabilities
+
+    if not data.has_scans or data.y_scan is None:
+        return None
+    groups = _scans_in_order(data)
+    scan_folds = _scan_folds(data)
+    rules: dict[str, Any] = {}
+    skipped: dict[str, str] = {}
+    scores: dict[str, np.ndarray] = {}
+    if data.scan_score_source == "model scan output" and data.p_scan is not None:
+        scores["model scan output"] = data.p_scan
+    for rule in SCAN_RULES:
+        if rule in ORDERED_RULES and data.slice_index is None:
+            skipped[rule] = "needs the slice order (a slice_index column in the predictions or labels)"
+            continue
+        scores[rule] = np.stack([scan_probabilities(data.p[rows], rule) for rows in groups])
+    for name, ps in scores.items():
+        entry: dict[str, Any] = {"auc": {lab: roc_auc(data.y_scan[:, c], ps[:, c]) for c, lab in enumerate(LABELS)}}
+        if scan_folds is not None:
+            entry["any_fold_spread"] = _spread([roc_auc(data.y_scan[scan_folds == f, 0], ps[scan_folds == f, 0])
+                                                for f in _fold_labels(scan_folds)])
+        rules[name] = entry
+    return {"rules": rules, "skipped": skipped, "ordered_by": "slice_index" if data.slice_index is not None
+            else None, "scan_score": data.scan_score_source}
+
+
+def _repeat_summary(data: EvalData, repeats: Sequence[tuple[str, EvalData]], main_name: str) -> dict[str, Any]:
+    """Repeated cross-validation: per repeat the pooled AUCs and the per-fold spread; across repeats the spread of
+    the pooled AUCs; over all repeats x folds the spread of the per-fold AUCs."""
+    runs = [(main_name, data), *repeats]
+    per_repeat = []
+    pooled: dict[str, dict[str, list[float]]] = {"slice": {lab: [] for lab in LABELS},
+                                                 "scan": {lab: [] for lab in LABELS}}
+    folds: dict[str, dict[str, list[float]]] = {"slice": {lab: [] for lab in LABELS},
+                                                "scan": {lab: [] for lab in LABELS}}
+    for name, d in runs:
+        aucs = _fold_aucs(d)
+        entry: dict[str, Any] = {"predictions": name, "n_folds": None if aucs is None else len(aucs["folds"])}
+        for level, y, p in (("slice", d.y, d.p), ("scan", d.y_scan, d.p_scan)):
+            if y is None or p is None:
+                entry[level] = None
+                continue
+            entry[level] = {lab: roc_auc(y[:, c], p[:, c]) for c, lab in enumerate(LABELS)}
+            for lab in LABELS:
+                pooled[level][lab].append(entry[level][lab])
+                if aucs is not None and aucs[level] is not None:
+                    folds[level][lab] += aucs[level][lab]["auc"]
+        entry["fold_spread"] = _fold_spread(aucs)
+        per_repeat.append(entry)
+    has_scan = data.has_scans
+    return {"n_repeats": len(runs), "main": "the first predictions file (PREDICTIONS)",
+            "per_repeat": per_repeat,
+            "across_repeats": {lv: ({lab: _spread(pooled[lv][lab]) for lab in LABELS}
+                                    if lv == "slice" or has_scan else None) for lv in ("slice", "scan")},
+            "all_folds": {lv: ({lab: _spread(folds[lv][lab]) for lab in LABELS}
+                               if any(folds[lv][lab] for lab in LABELS) else None) for lv in ("slice", "scan")}}
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -456,10 +726,12 @@ def _compare_readers(data: EvalData, study: ReaderStudy, thresholds: Thresholds,
     y, p = y_all[:, label_idx], p_all[:, label_idx]
     assert thresholds.scan is not None
     per_label: dict[str, Any] = {}
+    all_calls = make_calls(p_all, thresholds.scan[READER_OPERATING_POINT])  # subtypes gated by "any"
     for k, lab in enumerate(sub.labels):
         calls = sub.label_calls(lab)
         t = thresholds.scan[READER_OPERATING_POINT][lab]
-        model_calls = (p[:, k] >= t).astype(float) if math.isfinite(t) else np.full(len(cases), np.nan)
+        model_calls = (all_calls[:, label_idx[k]].astype(float) if math.isfinite(t)
+                       else np.full(len(cases), np.nan))
         raters = np.column_stack([calls, model_calls])
         names = [*sub.readers, "model"]
         per_label[lab] = {
@@ -549,8 +821,13 @@ def _level_blocks(level: str, m: dict[str, Any], thresholds: dict[str, Any], has
     blocks.append(("table", (["label", "positive", "negative", "prevalence", "AUC", "average precision",
                               "log loss", "ECE"], rows)))
     target = thresholds["sensitivity_target"]
+    policy = thresholds.get("policy") or {}
     titles = {"0.5": "threshold 0.5", "youden": "Youden-optimal threshold",
-              "sensitivity": f"threshold for sensitivity >= {_f(target, 2)}"}
+              "sensitivity": f"threshold for sensitivity >= {_f(target, 2)}",
+              "policy": (f"policy (the shipped rule): any at {policy.get('any', 'sensitivity')}, subtypes at "
+                         f"{policy.get('subtypes', 'youden')}")}
+    blocks.append(("p", ("Calls at every operating point: a label is positive when p >= its threshold, a subtype "
+                        "only when \"any\" is positive too (subtype consistency).")))
     for op in OPERATING_POINTS:
         blocks.append(("h3", f"Operating point: {titles[op]}"))
         rows = []
@@ -562,6 +839,110 @@ def _level_blocks(level: str, m: dict[str, Any], thresholds: dict[str, Any], has
                                       ("tp", "fp", "tn", "fn"))])
         blocks.append(("table", (["label", "threshold", "accuracy", "sensitivity", "specificity",
                                   "precision", "NPV", "F1", "TP / FP / TN / FN"], rows)))
+    if m.get("extra_subtype"):
+        unit = f"{level}s"
+        blocks.append(("h3", "Extra subtypes"))
+        blocks.append(("p", f"Fraction of {unit} that get a subtype called that their labels do not have (calls "
+                            "gated by \"any\")." + ci_note))
+        rows = [[op, _ci(e["rate"], e.get("rate_ci95")), f"{e['n_with_extra']} / {e['n']}",
+                 f"{e['n_extra_subtypes']} / {e['n_called_subtypes']}"]
+                for op, e in m["extra_subtype"].items()]
+        blocks.append(("table", (["operating point", "extra subtype rate", f"{unit} with an extra subtype",
+                                  "extra / called subtypes"], rows)))
+    return blocks
+
+
+def _spread_text(e: Mapping[str, Any] | None) -> list[str]:
+    """[mean ± SD, min, max] cells of a :func:`_spread` entry."""
+    if not e or not e.get("n"):
+        return ["n/a", "n/a", "n/a"]
+    sd = "" if e.get("sd") is None else f" ± {e['sd']:.3f}"
+    return [_f(e["mean"]) + sd, _f(e["min"]), _f(e["max"])]
+
+
+def _cv_blocks(m: dict[str, Any]) -> list[Block]:
+    """Per-fold AUC spread, per-source results, scan rules and repeated CV: what a model is chosen on."""
+    blocks: list[Block] = []
+    levels = [lv for lv in ("slice", "scan") if m[lv] is not None]
+    spread = m.get("fold_spread")
+    if spread and m.get("per_fold"):
+        folds = list(m["per_fold"])
+        blocks.append(("h2", "Per-fold AUC"))
+        blocks.append(("p", (f"Pooled out-of-fold AUC beside the AUC of each of the {len(folds)} folds "
+                             "(mean ± SD over the folds where it is defined, min, max) and the positives per fold "
+                             f"(folds {', '.join(folds)}). With few positive series per fold, the per-fold spread "
+                             "and the pooled value together say how well the model ranks.")))
+        rows = []
+        for lv in levels:
+            if spread.get(lv) is None:
+                continue
+            for lab in LABELS:
+                e = spread[lv][lab]
+                pos = "/".join(str(m["per_fold"][f].get(lv, {}).get(lab, {}).get("n_positive", "?")) for f in folds)
+                rows.append([lv, lab, _f(m[lv]["classes"][lab]["auc"]), *_spread_text(e),
+                             f"{e['n']} of {e['n'] + e['n_undefined']}", pos])
+        blocks.append(("table", (["level", "label", "pooled AUC", "fold AUC mean ± SD", "min", "max",
+                                  "folds with an AUC", "positives per fold"], rows)))
+    per_source = m.get("per_source")
+    if per_source:
+        blocks.append(("h2", "Per source"))
+        blocks.append(("p", ("Each data source's slices and scans on their own: AUC with a 95 % patient-bootstrap "
+                             "interval within the source, and the spread of the any-AUC over folds.")))
+        rows = []
+        for name, e in per_source.items():
+            c = e["counts"]
+            for lv in levels:
+                if e.get(lv) is None:
+                    continue
+                a = e[lv]["any"]
+                fs = (e.get("fold_spread") or {}).get(lv) or {}
+                rows.append([name, lv, str(c.get(f"{lv}s") or "n/a"), str(c.get("patients") or "n/a"),
+                             str(a["n_positive"]), _ci(a["auc"], a.get("auc_ci95")),
+                             *_spread_text(fs.get("any")),
+                             ", ".join(f"{LABEL_ABBREVIATIONS[lab]} {_f(e[lv][lab]['auc'])}"
+                                       for lab in LABELS if lab != "any")])
+        blocks.append(("table", (["source", "level", "n", "patients", "positive", "any AUC", "fold any-AUC mean ± SD",
+                                  "min", "max", "subtype AUCs"], rows)))
+    rules = m.get("scan_rules")
+    if rules:
+        blocks.append(("h2", "Scan rules"))
+        blocks.append(("p", (f"Scan-level AUC of each scan rule over the slice predictions (slices ordered by "
+                             f"{rules['ordered_by'] or 'their order in the file'}); the report's scan metrics use: "
+                             f"{rules['scan_score']}. Choose a model's rule on out-of-fold predictions.")))
+        rows = []
+        for name, e in rules["rules"].items():
+            rows.append([name, *[_f(e["auc"][lab]) for lab in LABELS],
+                         *_spread_text(e.get("any_fold_spread"))[:1]])
+        blocks.append(("table", (["rule", *[f"AUC {LABEL_ABBREVIATIONS[lab]}" for lab in LABELS],
+                                  "fold any-AUC mean ± SD"], rows)))
+        if rules["skipped"]:
+            blocks.append(("ul", [f"`{k}` not computed: {v}" for k, v in rules["skipped"].items()]))
+    rep = m.get("repeats")
+    if rep:
+        blocks.append(("h2", "Repeated cross-validation"))
+        blocks.append(("p", (f"{rep['n_repeats']} repeats of the cross-validation (different fold seeds) of the same "
+                             f"model. The other sections use {rep['main']}. Pooled any-AUC per repeat, their mean ± "
+                             "SD across repeats, and the per-fold AUCs over all repeats x folds.")))
+        rows = []
+        for k, r in enumerate(rep["per_repeat"], start=1):
+            row = [str(k), f"`{r['predictions']}`", str(r["n_folds"] or "n/a")]
+            for lv in levels:
+                row += [_f((r.get(lv) or {}).get("any")), _spread_text(((r.get("fold_spread") or {}).get(lv) or {})
+                                                                       .get("any"))[0]]
+            rows.append(row)
+        header = ["repeat", "predictions", "folds"]
+        for lv in levels:
+            header += [f"{lv} pooled any-AUC", f"{lv} fold any-AUC mean ± SD"]
+        blocks.append(("table", (header, rows)))
+        rows = []
+        for lv in levels:
+            for lab in LABELS:
+                across = (rep["across_repeats"].get(lv) or {}).get(lab)
+                allf = (rep["all_folds"].get(lv) or {}).get(lab)
+                rows.append([lv, lab, *_spread_text(across)[:1], *_spread_text(allf),
+                             str(allf["n"]) if allf else "n/a"])
+        blocks.append(("table", (["level", "label", "pooled AUC mean ± SD across repeats",
+                                  "fold AUC mean ± SD (all repeats x folds)", "min", "max", "folds"], rows)))
     return blocks
 
 
@@ -604,6 +985,12 @@ def report_blocks(ev: Evaluation, image_names: Mapping[str, str]) -> list[Block]
         facts.append("**slice level only**: no scan membership in the inputs (give `--scans`)")
     t = m["thresholds"]
     facts.append(f"operating thresholds chosen on: {t['chosen_on']}")
+    if t.get("policy"):
+        facts.append(f"operating policy: any at {t['policy']['any']}, subtypes at {t['policy']['subtypes']} "
+                     "(slice and scan level each on their own predictions); a subtype is called only when "
+                     "\"any\" is")
+    facts.append("calibrated: " + (f"yes ({m['calibrated']}, as the predictions file says)" if m.get("calibrated")
+                                   else "no (the predictions file does not say so)"))
     b = m["bootstrap"]
     if b:
         facts.append(f"95 % intervals: percentile bootstrap, {b['n_boot']} replicates, seed {b['seed']}, "
@@ -633,6 +1020,7 @@ def report_blocks(ev: Evaluation, image_names: Mapping[str, str]) -> list[Block]
 
     has_ci = bool(b)
     blocks += _summary_blocks(m)
+    blocks += _cv_blocks(m)
     blocks += _level_blocks("slice", m["slice"], t, has_ci)
     for name in ("slice_roc_pr", "slice_confusion", "slice_confusion_youden", "slice_reliability"):
         if name in image_names:
@@ -802,6 +1190,8 @@ def evaluate_files(
     readers: str | Path | None = None,
     overwrite: bool = False,
     plots: bool = True,
+    subtype_specificity: float | None = DEFAULT_SUBTYPE_SPECIFICITY,
+    repeats: Sequence[str | Path] = (),
 ) -> tuple[Evaluation, dict[str, Path]]:
     """Read the inputs, :func:`evaluate` them and :func:`write_report` into ``out`` (what ``ichd evaluate`` runs).
 
@@ -813,6 +1203,10 @@ def evaluate_files(
     figures (metrics and tables only). ``labels`` may be several files (one per data source); ``source`` then
     restricts the evaluation to one source's slices. Slices with missing labels, and predictions of slices of
     other sources, are left out (the report's notes say how many).
+
+    ``repeats`` are OOF predictions of further cross-validation repeats of the same model (other fold seeds),
+    on the same slices as ``predictions``; they add the "Repeated cross-validation" section, and every other
+    metric stays that of ``predictions``. ``subtype_specificity``: see :func:`choose_operating_thresholds`.
     """
     from ichd.evaluation.io import (
         align,
@@ -830,6 +1224,11 @@ def evaluate_files(
         raise InputError(f"--bootstrap must be >= 0, got {n_boot}")
     if not 0.0 < sensitivity <= 1.0:
         raise InputError(f"--sensitivity must be in (0, 1], got {sensitivity}")
+    subtype_specificity = check_subtype_specificity(subtype_specificity)
+    for path in repeats:
+        if not Path(path).exists():
+            raise InputError(f"--repeat {path} does not exist",
+                             hint="give the OOF predictions file of another cross-validation repeat")
     if thresholds_from is not None and not Path(thresholds_from).exists():
         raise InputError(f"--thresholds-from {thresholds_from} does not exist",
                          hint="give validation predictions or a thresholds.json written by ichd evaluate")
@@ -864,18 +1263,34 @@ def evaluate_files(
             if data.has_scans and not val.has_scans:
                 raise InputError(f"{tpath}: the validation predictions have no scan membership, but the evaluated "
                                  "ones do", hint="give scan ids in both (or one --scans map covering both)")
-            thresholds = choose_operating_thresholds(val, sensitivity=sensitivity, chosen_on=str(tpath))
+            thresholds = choose_operating_thresholds(val, sensitivity=sensitivity, chosen_on=str(tpath),
+                                                     subtype_specificity=subtype_specificity)
             shared = len(set(val.slice_ids) & set(data.slice_ids))
             if shared:
                 data.notes.append(f"{shared} slice(s) of the threshold-selection data {tpath} are also in the "
                                   "evaluated data: the operating points are partly optimistic.")
+    repeat_data = []
+    for path in repeats:
+        rep = read_predictions(path)
+        if rep.scans is None and scan_table is not None:
+            rep.scans = scan_table
+        rep.slices = rep.slices[~rep.slices.index.isin(left_out)]
+        rd = align(rep, label_table, labels_source=labels_text, scan_map=scan_map, partial_scans=partial_scans)
+        if set(map(str, rd.slice_ids)) != set(map(str, data.slice_ids)):
+            only = len(set(map(str, rd.slice_ids)) ^ set(map(str, data.slice_ids)))
+            raise InputError(f"--repeat {path}: its slices differ from those of {predictions} ({only} slice(s) in "
+                             "one file only)", hint="every repeat must predict the same slices (a CV repeat of "
+                             "the same data with another fold seed)")
+        repeat_data.append((str(path), rd))
     study = read_reader_study(readers) if readers is not None else None
     inputs = {"predictions": str(predictions), "predictions_format": preds.fmt, "labels": labels_text,
+              "repeats": [str(p) for p in repeats],
               "source": source,
               "scans": None if scans is None else str(scans),
               "scan_predictions": None if scan_predictions is None else str(scan_predictions),
               "thresholds_from": None if thresholds_from is None else str(thresholds_from),
               "readers": None if readers is None else str(readers)}
     ev = evaluate(data, thresholds=thresholds, sensitivity=sensitivity, n_boot=n_boot, seed=seed, n_bins=n_bins,
-                  readers=study, inputs=inputs, plots=plots)
+                  readers=study, inputs=inputs, plots=plots, subtype_specificity=subtype_specificity,
+                  repeats=repeat_data)
     return ev, write_report(ev, out, overwrite=overwrite)

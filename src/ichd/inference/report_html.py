@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from ichd import __version__
+from ichd.calls import gated_subtypes
 from ichd.constants import LABEL_ABBREVIATIONS, LABELS
 from ichd.inference.evidence import SliceEvidence
 from ichd.types import Prediction
@@ -125,8 +126,11 @@ def _fmt_p(p: float) -> str:
 def _scan_table(pred: Prediction) -> str:
     rows = []
     positive = pred.scan_positive
+    gated = set(gated_subtypes(pred.scan_probs, pred.thresholds, pred.labels))
     for j, lab in enumerate(pred.labels):
-        call = '<span class="pos">POSITIVE</span>' if positive[lab] else '<span class="neg">negative</span>'
+        call = ('<span class="pos">POSITIVE</span>' if positive[lab]
+                else '<span class="neg">negative ("any" negative)</span>' if lab in gated
+                else '<span class="neg">negative</span>')
         peak = int(np.argmax(pred.slice_probs[:, j]))
         rows.append(f"<tr><td>{html.escape(lab)} ({_abbrev(lab)})</td><td class=num>{_fmt_p(pred.scan_probs[j])}</td>"
                     f"<td class=num>{_fmt_p(pred.thresholds[lab])}</td><td>{call}</td><td class=num>{peak}</td></tr>")
@@ -199,8 +203,10 @@ def render_html(pred: Prediction, evidence: Sequence[SliceEvidence], *, model_in
                       if pos_labels else " — no single subtype above its threshold"))
     else:
         verdict = '<span class="neg">No hemorrhage above the operating threshold</span>'
-    if pos_labels and not positive["any"]:
-        verdict += f" (but subtypes above threshold: {', '.join(html.escape(lab) for lab in pos_labels)})"
+    gated = gated_subtypes(pred.scan_probs, pred.thresholds, pred.labels)
+    if gated:
+        verdict += (f" (the probability of {', '.join(html.escape(lab) for lab in gated)} reaches its threshold, "
+                    "but a subtype is called only when \"any\" is positive)")
     curves = _png_data_uri(curves_png(pred, [e.index for e in evidence]))
     figures = []
     for ev in evidence:

@@ -8,10 +8,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ichd.calls import calls
 from ichd.constants import LABELS
 from ichd.errors import InputError
 from ichd.evaluation.io import EvalData
-from ichd.evaluation.metrics import scan_aggregate, threshold_metrics, weighted_log_loss
+from ichd.evaluation.metrics import (
+    call_metrics,
+    extra_subtype_rate,
+    scan_aggregate,
+    threshold_metrics,
+    weighted_log_loss,
+)
 from ichd.evaluation.readers import ReaderStudy
 from ichd.evaluation.report import (
     choose_operating_thresholds,
@@ -47,7 +54,7 @@ def test_evaluate_metrics_and_intervals() -> None:
     lo, hi = m["rsna_weighted_log_loss"]["overall_ci95"]
     assert lo <= m["rsna_weighted_log_loss"]["overall"] <= hi
     any_slice = m["slice"]["classes"]["any"]
-    assert set(any_slice["operating_points"]) == {"0.5", "youden", "sensitivity"}
+    assert set(any_slice["operating_points"]) == {"0.5", "youden", "sensitivity", "policy"}
     assert any_slice["operating_points"]["sensitivity"]["sensitivity"] >= 0.95
     assert any_slice["bootstrap_valid"]["auc"] <= 40
     assert m["scan"]["n"] == 16 and m["bootstrap"]["unit"] == "patient"
@@ -71,8 +78,11 @@ def test_thresholds_from_validation_are_applied_unchanged() -> None:
         for c, lab in enumerate(LABELS):
             got = ev.metrics[level]["classes"][lab]["operating_points"]["youden"]
             assert got["threshold"] == pytest.approx(t["youden"][lab])
-            assert got["sensitivity"] == pytest.approx(
-                threshold_metrics(y[:, c], p[:, c], t["youden"][lab])["sensitivity"], nan_ok=True)
+            assert got["sensitivity"] == pytest.approx(  # subtype calls gated by "any" (ichd.calls)
+                call_metrics(y[:, c], calls(p, t["youden"])[:, c], t["youden"][lab])["sensitivity"], nan_ok=True)
+            if lab == "any":  # the gate itself is the plain threshold rule
+                assert got["sensitivity"] == pytest.approx(
+                    threshold_metrics(y[:, c], p[:, c], t["youden"][lab])["sensitivity"], nan_ok=True)
     assert ev.metrics["thresholds"]["chosen_on"] == "val.csv"
     assert not any("optimistic" in n for n in ev.metrics["notes"])
 
@@ -140,6 +150,9 @@ def test_weighted_bootstrap_statistic_equals_metrics_on_resampled_rows() -> None
                                                                            nan_ok=True)
             assert fast[f"slice/{lab}/ece"] == pytest.approx(expected_calibration_error(y[:, c], p[:, c]))
             for op in OPERATING_POINTS:
-                ref = threshold_metrics(y[:, c], p[:, c], th[op][lab])
+                ref = call_metrics(y[:, c], calls(p, th[op])[:, c], th[op][lab])
                 for name in ("accuracy", "sensitivity", "specificity", "precision", "npv", "f1"):
                     assert fast[f"slice/{lab}/{op}/{name}"] == pytest.approx(ref[name], nan_ok=True), (lab, op, name)
+        for op in OPERATING_POINTS:
+            assert fast[f"slice/{op}/extra_subtype_rate"] == pytest.approx(
+                extra_subtype_rate(y, calls(p, th[op]))["rate"])
