@@ -10,11 +10,15 @@
 and writes a bundle (:mod:`ichd.models.bundled`): fp16 weights without optimizer state, the sequence checkpoint
 without its embedded copy of the CNN, thresholds, metrics and a generated model card.
 
-Thresholds: scan level, chosen on the OOF predictions: ``any`` at the fixed-sensitivity operating point (0.95 by
-default), every subtype at its Youden-optimal point (with 4-21 positive patients per subtype, a 0.95-sensitivity
-threshold would sit at the lowest positive score and flag most scans). They are picked on the fold models' OOF
-scores and applied to the all-patients fit, which is the usual practice and an approximation (the full fit was
-trained on ~25 % more data).
+Thresholds: chosen on the OOF predictions at the evaluation's ``policy`` operating point (``ichd evaluate``'s
+thresholds.json): ``any`` at the fixed sensitivity (0.95 by default), every subtype at the stated specificity
+(``--subtype-specificity``, 0.9 by default; a 0.95-sensitivity subtype threshold would sit at the lowest positive
+score and flag most scans). The scan-level points become the manifest's ``thresholds``, the slice-level ones (chosen
+on the slice predictions) its ``slice_thresholds``, used for single-slice input (``ichd predict --independent``).
+Evaluations written before the policy point existed give ``any`` at the sensitivity point and the subtypes at their
+Youden points. They are picked on the fold models' OOF scores and applied to the all-patients fit, which is the
+usual practice and an approximation (the full fit was trained on ~25 % more data). At inference a subtype is called
+only when ``any`` is (:mod:`ichd.calls`).
 
 Training data and licences: ``training_sources`` (what the weights were fitted on) selects descriptions from
 :mod:`ichd.data.sources`; the card's "Training data and licence" section, the data-dependent "Known limits", the
@@ -42,9 +46,11 @@ from ichd.data.sources import DataSource, describe_source, weights_licence
 from ichd.errors import InputError, ModelError
 from ichd.models.bundled import BundledModel, write_bundle
 
-#: Operating point of "any" and of the subtypes (names of ``ichd evaluate``'s thresholds.json).
+#: Operating point of "any" and of the subtypes (names of ``ichd evaluate``'s thresholds.json) in evaluations
+#: without a ``policy`` point; with one, :data:`POLICY_OPERATING_POINT` gives every label's threshold.
 ANY_OPERATING_POINT = "sensitivity"
 SUBTYPE_OPERATING_POINT = "youden"
+POLICY_OPERATING_POINT = "policy"
 
 
 @dataclass
@@ -69,19 +75,38 @@ class CvEvaluation:
                              hint="evaluate predictions that carry scan ids")
         return cls(metrics, thresholds, folder)
 
-    def operating_thresholds(self) -> tuple[dict[str, float], dict[str, str]]:
-        """Scan-level thresholds per label and a sentence per label saying how each was chosen."""
-        scan = self.thresholds["scan"]
+    @property
+    def has_policy(self) -> bool:
+        """Whether the evaluation has the ``policy`` operating point (subtypes at a stated specificity)."""
+        return POLICY_OPERATING_POINT in (self.thresholds.get("scan") or {})
+
+    def operation(self, lab: str) -> str:
+        """The thresholds.json operating point that gives label ``lab``'s shipped threshold."""
+        if self.has_policy:
+            return POLICY_OPERATING_POINT
+        return ANY_OPERATING_POINT if lab == "any" else SUBTYPE_OPERATING_POINT
+
+    def operating_thresholds(self, level: str = "scan") -> tuple[dict[str, float], dict[str, str]]:
+        """Thresholds per label at ``level`` ("scan" or "slice") and a sentence per label saying how each was
+        chosen."""
+        block = self.thresholds.get(level) or {}
         target = float(self.thresholds.get("sensitivity_target", 0.95))
+        spec = self.thresholds.get("subtype_specificity")
         out: dict[str, float] = {}
         policy: dict[str, str] = {}
         for lab in LABELS:
-            op = ANY_OPERATING_POINT if lab == "any" else SUBTYPE_OPERATING_POINT
-            t = scan[op][lab]
-            how = (f"scan-level sensitivity {target:.2f} on the cross-validation OOF predictions" if op == "sensitivity"
-                   else "scan-level Youden-optimal point on the cross-validation OOF predictions")
+            op = self.operation(lab)
+            t = (block.get(op) or {}).get(lab)
+            if lab == "any":
+                how = f"{level}-level sensitivity {target:.2f} on the cross-validation OOF predictions"
+            elif op == POLICY_OPERATING_POINT and spec is not None:
+                how = f"{level}-level specificity {float(spec):.2f} on the cross-validation OOF predictions"
+            else:
+                how = f"{level}-level Youden-optimal point on the cross-validation OOF predictions"
+            if lab != "any":
+                how += '; called only when "any" is positive'
             if t is None or not math.isfinite(float(t)):
-                t, how = 0.5, "0.5 (the OOF data had no positive or no negative scans for this label)"
+                t, how = 0.5, f"0.5 (the OOF data had no positive or no negative {level}s for this label)"
             out[lab] = float(t)
             policy[lab] = how
         return out, policy
@@ -102,7 +127,7 @@ class CvEvaluation:
                 entry: dict[str, Any] = {"auc": c.get("auc"), "auc_ci95": (c.get("ci95") or {}).get("auc"),
                                          "n_positive": c.get("n_positive"), "n": c.get("n")}
                 if level == "scan":
-                    op = ANY_OPERATING_POINT if lab == "any" else SUBTYPE_OPERATING_POINT
+                    op = self.operation(lab)
                     m = (c.get("operating_points") or {}).get(op, {})
                     ci = m.get("ci95") or {}
                     entry.update({"operating_point": op, "sensitivity": m.get("sensitivity"),
@@ -298,7 +323,8 @@ def render_model_card(*, name: str, version: str, architecture: dict[str, Any], 
                       thresholds: dict[str, float], policy: dict[str, str], training: dict[str, Any],
                       has_sequence: bool, training_sources: Sequence[TrainingSource] | None = None,
                       per_source: Mapping[str, Mapping[str, Any]] | None = None,
-                      code_license: str | None = None, limits: Sequence[str] = ()) -> str:
+                      code_license: str | None = None, limits: Sequence[str] = (),
+                      slice_thresholds: Mapping[str, float] | None = None) -> str:
     """The model card (Markdown) from the facts of the bundle.
 
     ``training_sources`` (see :func:`resolve_training_sources`) drives the training data, licence and known-limits
@@ -319,6 +345,10 @@ def render_model_card(*, name: str, version: str, architecture: dict[str, Any], 
         f"| {lab} ({LABEL_ABBREVIATIONS[lab]}) | {summary['slice'][lab]['n_positive']} | "
         f"{_fmt(summary['slice'][lab]['auc'], summary['slice'][lab]['auc_ci95'])} |" for lab in LABELS)
     policy_lines = "\n".join(f"- **{lab}**: {thresholds[lab]:.4f} — {policy[lab]}" for lab in LABELS)
+    if slice_thresholds:
+        policy_lines += ("\n\nSingle-slice input (`ichd predict --independent`, each slice its own scan) uses the "
+                         "slice-level points chosen the same way on the slice-level OOF predictions: "
+                         + ", ".join(f"{lab} {slice_thresholds[lab]:.4f}" for lab in LABELS) + ".")
     arch = "\n".join(f"- {k}: {v}" for k, v in architecture.items())
     steps = "\n".join(f"- {k}: {v}" for k, v in training.items())
     weights = weights_licence([s.info for s in training_sources or []])
@@ -402,7 +432,8 @@ def _read_source_evaluations(folders: Mapping[str, str | Path], pooled: CvEvalua
         if evaluated is not None and evaluated != name:
             raise InputError(f"{str(folder)!r} evaluates source {evaluated!r}, not {name!r}")
         scan = ev.thresholds["scan"]
-        mismatched = [f"{op}/{lab}" for op in (ANY_OPERATING_POINT, SUBTYPE_OPERATING_POINT) for lab in LABELS
+        mismatched = [f"{op}/{lab}" for op in (ANY_OPERATING_POINT, SUBTYPE_OPERATING_POINT, POLICY_OPERATING_POINT)
+                      for lab in LABELS
                       if not _same_threshold((scan.get(op) or {}).get(lab), (pooled_scan.get(op) or {}).get(lab))]
         if mismatched:
             raise InputError(f"{str(folder)!r}: its scan thresholds differ from those of {str(pooled.folder)!r} "
@@ -465,6 +496,7 @@ def build_bundle(out_dir: str | Path, *, cnn: str | Path, evaluation: str | Path
 
     ev = CvEvaluation.read(evaluation)
     thresholds, policy = ev.operating_thresholds()
+    slice_thresholds, slice_policy = ev.operating_thresholds("slice")
     summary = ev.summary()
     sources = resolve_training_sources(training_sources)
     per_source = _read_source_evaluations(source_evaluations or {}, ev, sources)
@@ -496,7 +528,8 @@ def build_bundle(out_dir: str | Path, *, cnn: str | Path, evaluation: str | Path
             architecture["sequence stage"] = "none (CNN only)"
         architecture["scan probability"] = f"rule '{scan_rule}' over the slice probabilities"
         card = render_model_card(name=name, version=version, architecture=architecture, summary=summary,
-                                 thresholds=thresholds, policy=policy, training=training or {},
+                                 thresholds=thresholds, policy=policy, slice_thresholds=slice_thresholds,
+                                 training=training or {},
                                  has_sequence=sequence is not None, training_sources=sources,
                                  per_source=per_source, code_license=code, limits=limits)
         extra = {
@@ -507,6 +540,8 @@ def build_bundle(out_dir: str | Path, *, cnn: str | Path, evaluation: str | Path
             "architecture": architecture,
             "scan_rule": scan_rule,
             "threshold_policy": policy,
+            "slice_thresholds": slice_thresholds,
+            "slice_threshold_policy": slice_policy,
             "metrics": summary,
             "training_data": ("; ".join(s.info.summary for s in sources) if sources
                               else "not recorded"),

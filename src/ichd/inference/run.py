@@ -331,6 +331,31 @@ def _demo_for(input_path: str | os.PathLike[str], predictor: Any) -> dict[str, A
     return block
 
 
+def operating_thresholds(predictor: Any, *, independent: bool) -> tuple[dict[str, float], IngestWarning | None]:
+    """The thresholds the calls use, and a note for the result.
+
+    Whole scans use the model's (scan-level) thresholds. With ``independent`` (``--independent``: every slice is
+    its own one-slice scan) a bundle's ``slice_thresholds`` (chosen on slice-level OOF predictions at the same
+    policy, see :mod:`ichd.inference.bundle_build`) are used when the manifest has them; else the scan-level
+    ones, with a note saying so.
+    """
+    from ichd.constants import LABELS
+
+    bundle = getattr(predictor, "bundle", None)
+    scan = dict(predictor.thresholds)
+    if not independent:
+        return scan, None
+    manifest = getattr(bundle, "manifest", None) or {}
+    slice_t = manifest.get("slice_thresholds")
+    if isinstance(slice_t, dict) and all(isinstance(slice_t.get(lab), (int, float)) for lab in LABELS):
+        return {lab: float(slice_t[lab]) for lab in LABELS}, IngestWarning(
+            "slice_operating_point", "each slice is predicted as its own scan (--independent): the calls use the "
+            "model's slice-level thresholds, chosen on slice-level out-of-fold predictions")
+    return scan, IngestWarning(
+        "no_slice_operating_point", "each slice is predicted as its own scan (--independent), but the model has no "
+        "slice-level thresholds: the calls use its scan-level thresholds, which were chosen for whole scans")
+
+
 def _predict_one(predictor: Any, series: CTSeries, folder: str, formats: tuple[str, ...], opts: PredictOptions,
                  stage: Path | None, t_read: float, need_evidence: bool,
                  demo: dict[str, Any] | None = None) -> SeriesResult:
@@ -340,6 +365,9 @@ def _predict_one(predictor: Any, series: CTSeries, folder: str, formats: tuple[s
 
     t0 = time.perf_counter()
     pred = predictor.predict_series(series, tta=opts.tta, gradcam=False)
+    pred.thresholds, note = operating_thresholds(predictor, independent=opts.independent)
+    if note is not None:
+        pred.warnings.append(note)
     evidence: list[SliceEvidence] = []
     if need_evidence:
         t = time.perf_counter()

@@ -84,9 +84,21 @@ def test_build_bundle_with_sequence(tmp_path: Path, cnn_checkpoint: Path, seq_ch
     assert manifest["training_sources"] == [{"source": "ct-ich", "patients": "all"},
                                             {"source": "rsna-series", "patients": "all"}]
     assert b.trained_on("ct-ich", "071") is True and b.trained_on("rsna-series") is True
-    thresholds = json.loads((evaluation_dir / "thresholds.json").read_text())["scan"]
+    doc = json.loads((evaluation_dir / "thresholds.json").read_text())
+    thresholds = doc["scan"]
     assert b.thresholds["any"] == pytest.approx(thresholds["sensitivity"]["any"])
-    assert b.thresholds["subdural"] == pytest.approx(thresholds["youden"]["subdural"])
+    assert doc["subtype_specificity"] == 0.9 and doc["policy"]["subtypes"] == "specificity >= 0.9"
+    for lab in LABELS:  # the policy point: any at the sensitivity target, subtypes at the stated specificity
+        assert b.thresholds[lab] == pytest.approx(thresholds["policy"][lab])
+        assert manifest["slice_thresholds"][lab] == pytest.approx(doc["slice"]["policy"][lab])
+    assert "specificity 0.90" in manifest["threshold_policy"]["subdural"]
+    assert "slice-level sensitivity 0.95" in manifest["slice_threshold_policy"]["any"]
+    # ichd predict --independent (each slice its own scan) calls with the slice-level points
+    from ichd.inference.run import operating_thresholds
+
+    p_bundle = Predictor.load(b.root, device="cpu")
+    assert operating_thresholds(p_bundle, independent=True)[0] == manifest["slice_thresholds"]
+    assert operating_thresholds(p_bundle, independent=False)[0] == b.thresholds
     assert b.aliases == ["default"] and set(b.files) == {"cnn", "sequence"}
     card = b.model_card()
     assert "Not a medical device" in card and "CT-ICH" in card and "| subdural (SDH) |" in card
