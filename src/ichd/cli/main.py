@@ -26,6 +26,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "preprocess",
     "train",
     "train_seq",
+    "train_frozen",
     "embed",
     "evaluate",
     "experiments",

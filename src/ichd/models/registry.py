@@ -16,7 +16,7 @@ from typing import Any
 from ichd.errors import ModelError, did_you_mean
 
 #: Modules whose import registers models (imported lazily, on first use of the registry).
-MODEL_MODULES: tuple[str, ...] = ("ichd.models.backbones", "ichd.models.sequence")
+MODEL_MODULES: tuple[str, ...] = ("ichd.models.backbones", "ichd.models.sequence", "ichd.models.frozen")
 
 
 @dataclass(frozen=True)

@@ -180,6 +180,11 @@ class SequenceModel(nn.Module):
                                             "labels": list(LABELS) if num_classes == len(LABELS) else None,
                                             "feature_dim": self.feature_dim}
 
+    @property
+    def uses_features(self) -> bool:
+        """Whether the model reads the (selected) CNN embeddings (else only the CNN probabilities)."""
+        return bool(self.config.use_features)
+
     def _check(self, features: torch.Tensor | None, probs: torch.Tensor, lengths: torch.Tensor) -> None:
         if probs.ndim != 3 or probs.shape[-1] != self.num_classes:
             raise InputError(f"probs must be (batch, slices, {self.num_classes}), got {tuple(probs.shape)}")
@@ -268,9 +273,14 @@ def sequence_checkpoint_extra(selector: FeatureSelector | None, *, scan_rule: st
 
 @dataclass
 class SequenceBundle:
-    """A loaded sequence checkpoint: model (eval mode), fitted selector (None: probabilities only), scan rule, CNN."""
+    """A loaded sequence checkpoint: model (eval mode), fitted selector (None: probabilities only), scan rule, CNN.
 
-    model: SequenceModel
+    ``model`` is a :class:`SequenceModel` or another second-stage model with the same interface
+    (``forward(features, probs, lengths)``, ``uses_features``, ``num_classes``, ``feature_dim``), e.g. the
+    neighbour-context heads of :mod:`ichd.models.frozen`.
+    """
+
+    model: nn.Module
     selector: FeatureSelector | None
     scan_rule: str = "max"
     min_run: int = RADNET_MIN_RUN
@@ -292,7 +302,7 @@ class SequenceBundle:
             raise InputError(f"CNN probabilities must be (n_slices, {self.model.num_classes}), got {p.shape}")
         device = next(self.model.parameters()).device
         f_t = None
-        if self.model.config.use_features:
+        if self.model.uses_features:
             if features is None or self.selector is None:
                 raise InputError("this sequence model needs the CNN embeddings, got none")
             f = self.selector.transform(features)
@@ -313,12 +323,12 @@ def load_sequence_checkpoint(path: str | Path, *, map_location: str | torch.devi
 
     ckpt = load_checkpoint(path, map_location=map_location)
     extra = ckpt.extra or {}
-    if not isinstance(ckpt.model, SequenceModel) or extra.get("format") != SEQUENCE_EXTRA_FORMAT:
+    if not hasattr(ckpt.model, "uses_features") or extra.get("format") != SEQUENCE_EXTRA_FORMAT:
         raise ModelError(f"{str(path)!r} is not a sequence-model checkpoint (model {ckpt.model_name!r})",
                          hint="pass a checkpoint written by `ichd train seq`")
     state = extra.get("selector")
     selector = None if state is None else FeatureSelector.from_state_dict(state)
-    if ckpt.model.config.use_features and (selector is None or selector.out_features != ckpt.model.feature_dim):
+    if ckpt.model.uses_features and (selector is None or selector.out_features != ckpt.model.feature_dim):
         got = None if selector is None else selector.out_features
         raise ModelError(f"{str(path)!r}: selector gives {got} features but the model "
                          f"expects {ckpt.model.feature_dim}")

@@ -1,0 +1,328 @@
+"""Frozen pretrained encoders with small heads: the model family that learns from little labelled head CT.
+
+With ~100 labelled patients a CPU fine-tune of a slice CNN moves the ImageNet features only a little and leaves
+each fold model calibrated differently; a frozen ImageNet encoder with a small head trained on its cached
+embeddings measured better (docs/results.md, issue 20). This module holds the two parts of such a model:
+
+:class:`FrozenEncoderClassifier` (registry name ``frozen_encoder``, family ``slice``)
+    one or several EfficientNet-Lite trunks with their offline ImageNet weights, frozen (``requires_grad`` off,
+    batch norm always in eval mode), each run at its own input size (the model input, at the largest size, is
+    resized with antialiasing for the smaller ones), pooled (``avg`` or ``avgmax``) at a selectable depth
+    (``head``: the 1280-d head convolution; ``last_stage``: the last MBConv stage, 320/352-d), and concatenated.
+    Its ``classifier`` is a linear head on the slice alone. It is an ordinary slice model: ``forward_features``,
+    ``forward_head``, ``default_cfg`` (input size, ``half`` normalisation, the Grad-CAM layer of its first
+    encoder), so preprocessing, prediction, Grad-CAM and checkpoints use it unchanged.
+
+:class:`ContextHead` (registry names ``seq_context_linear`` and ``seq_context_mlp``, family ``sequence``)
+    a linear or small-MLP head over a slice's (selected, standardised) embedding and the mean embedding of its
+    ``context`` neighbours on each side within the scan. At a scan's ends only the neighbours that exist are
+    averaged; a scan of one slice uses the slice itself as its context. It has the sequence-model interface
+    (``forward(features, probs, lengths) -> (B, T, 6)`` logits), so it travels in a sequence checkpoint with its
+    feature selector and the :class:`~ichd.inference.predictor.Predictor` runs it as the model's second stage.
+
+The heads are trained on cached embeddings by :mod:`ichd.training.frozen`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ichd.constants import LABELS, NUM_CLASSES
+from ichd.errors import ConfigError, InputError, ModelError, did_you_mean
+from ichd.models.registry import register_model
+
+#: Registry names of the encoders a frozen model can use (those with offline ImageNet weights) -> Lite variant.
+FROZEN_ENCODERS: dict[str, int] = {"efficientnet_lite0": 0, "efficientnet_lite1": 1, "efficientnet_lite2": 2}
+#: Where the embedding is taken: after the 1x1 head convolution, or after the last MBConv stage.
+DEPTHS: tuple[str, ...] = ("head", "last_stage")
+#: Global pooling of the feature map: average, or average and max concatenated.
+POOLS: tuple[str, ...] = ("avg", "avgmax")
+#: Head kinds of :class:`ContextHead`.
+HEAD_KINDS: tuple[str, ...] = ("linear", "mlp")
+
+
+@dataclass
+class EncoderSpec:
+    """One frozen encoder: a registry name of :data:`FROZEN_ENCODERS` and its input size (pixels)."""
+
+    name: str = "efficientnet_lite0"
+    input_size: int = 256
+
+    def __post_init__(self) -> None:
+        if self.name not in FROZEN_ENCODERS:
+            raise ConfigError(f"frozen encoder {self.name!r} is unknown; {did_you_mean(self.name, FROZEN_ENCODERS)}",
+                              hint="only encoders with offline ImageNet weights can be frozen")
+        if self.input_size % 32 or self.input_size < 64:
+            raise ConfigError(f"encoder input_size must be a multiple of 32 and >= 64, got {self.input_size}")
+
+
+@dataclass
+class FrozenEncoderConfig:
+    """The frozen part of the model: encoders (concatenated in order), depth and pooling."""
+
+    encoders: list[EncoderSpec] = field(default_factory=lambda: [EncoderSpec()])
+    depth: Literal["head", "last_stage"] = "head"
+    pool: Literal["avg", "avgmax"] = "avg"
+
+    def __post_init__(self) -> None:
+        self.encoders = [e if isinstance(e, EncoderSpec) else EncoderSpec(**e) for e in self.encoders]
+        if not self.encoders:
+            raise ConfigError("a frozen encoder model needs at least one encoder")
+        if self.depth not in DEPTHS:
+            raise ConfigError(f"depth {self.depth!r} is unknown; {did_you_mean(str(self.depth), DEPTHS)}")
+        if self.pool not in POOLS:
+            raise ConfigError(f"pool {self.pool!r} is unknown; {did_you_mean(str(self.pool), POOLS)}")
+
+    @property
+    def input_size(self) -> int:
+        """Model input size: the largest encoder size (smaller encoders get a resized copy)."""
+        return max(e.input_size for e in self.encoders)
+
+    def describe(self) -> str:
+        enc = " + ".join(f"{e.name.replace('efficientnet_', '').title()}@{e.input_size}" for e in self.encoders)
+        return f"{enc} ({self.depth}, {self.pool} pool)"
+
+
+class FrozenEncoderClassifier(nn.Module):
+    """Frozen EfficientNet-Lite encoder(s) + a linear slice head; see the module docstring."""
+
+    def __init__(self, config: FrozenEncoderConfig, *, num_classes: int = NUM_CLASSES, pretrained: bool = False,
+                 dropout: float = 0.0, norm: str = "half") -> None:
+        super().__init__()
+        from ichd.models.efficientnet_lite import EfficientNetLiteFeatures
+        from ichd.preprocessing.normalize import preset
+
+        self.config = config
+        mean, std = preset(norm)
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.encoders = nn.ModuleList()
+        dims = []
+        for spec in config.encoders:
+            variant = FROZEN_ENCODERS[spec.name]
+            trunk = EfficientNetLiteFeatures(f"efficientnet-lite{variant}", image_size=spec.input_size,
+                                             drop_connect_rate=0.0)
+            if pretrained:
+                trunk.load_imagenet()
+            width = trunk.num_features if config.depth == "head" else int(trunk.net._blocks[-1]._bn2.num_features)
+            dims.append(width * (2 if config.pool == "avgmax" else 1))
+            self.encoders.append(trunk)
+        for p in self.encoders.parameters():
+            p.requires_grad_(False)
+        self.encoders.eval()
+        self.num_features = int(sum(dims))
+        self.num_classes = num_classes
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(self.num_features, num_classes)
+        last = len(self.encoders[0].net._blocks) - 1
+        layer = "encoders.0.head_act" if config.depth == "head" else f"encoders.0.net._blocks.{last}"
+        #: Keyword arguments that rebuild this architecture with :func:`ichd.models.create_model`.
+        self.model_kwargs: dict[str, Any] = {"encoders": [asdict(e) for e in config.encoders],
+                                             "depth": config.depth, "pool": config.pool, "dropout": dropout,
+                                             "norm": norm}
+        self.default_cfg: dict[str, Any] = {
+            "name": "frozen_encoder", "family": "slice", "input_size": config.input_size, "norm": norm,
+            "mean": list(mean), "std": list(std), "gradcam_layer": layer, "num_features": self.num_features,
+            "num_classes": num_classes, "labels": list(LABELS) if num_classes == len(LABELS) else None,
+            "pretrained": "imagenet:" + "+".join(e.name for e in config.encoders) if pretrained else None,
+            "encoder": config.describe(),
+        }
+
+    def train(self, mode: bool = True) -> FrozenEncoderClassifier:
+        """Only the head trains: the encoders (and their batch-norm statistics) stay in eval mode."""
+        super().train(mode)
+        self.encoders.eval()
+        return self
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """[0, 1] float (or uint8 0..255) -> the encoders' normalised float input."""
+        if x.dtype == torch.uint8:
+            x = x.float().div_(255.0)
+        if x.ndim != 4 or x.shape[1] != 3:
+            raise InputError(f"slice model expects (B, 3, H, W) input, got shape {tuple(x.shape)}")
+        return (x - self.mean) / self.std
+
+    def encoder_maps(self, index: int, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Feature maps of encoder ``index`` for normalised input ``x`` (resized to the encoder's size):
+        ``{"last_stage": (B, C, h, w), "head": (B, 1280, h, w)}`` (both: one pass serves every depth)."""
+        spec, trunk = self.config.encoders[index], self.encoders[index]
+        if x.shape[-1] != spec.input_size or x.shape[-2] != spec.input_size:
+            x = F.interpolate(x, size=(spec.input_size, spec.input_size), mode="bilinear", align_corners=False,
+                              antialias=True)
+        net = trunk.net
+        x = trunk.stem_act(net._bn0(net._conv_stem(x)))
+        for block in net._blocks:
+            x = block(x, drop_connect_rate=None)
+        return {"last_stage": x, "head": trunk.head_act(net._bn1(net._conv_head(x)))}
+
+    @staticmethod
+    def pool_map(fmap: torch.Tensor, pool: str) -> list[torch.Tensor]:
+        """Global pooling of a (B, C, h, w) map: ``[avg]`` or ``[avg, max]``."""
+        out = [fmap.mean(dim=(2, 3))]
+        if pool == "avgmax":
+            out.append(fmap.amax(dim=(2, 3)))
+        return out
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Embedding (B, num_features): each encoder's pooled map at its own input size, concatenated."""
+        x = self.normalize(x)
+        parts = []
+        for i in range(len(self.encoders)):
+            parts.extend(self.pool_map(self.encoder_maps(i, x)[self.config.depth], self.config.pool))
+        return torch.cat(parts, dim=1)
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        """Logits (B, num_classes) of the linear slice head."""
+        return self.classifier(self.dropout(features))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+@register_model("frozen_encoder", family="slice", pretrained_available=True,
+                description="frozen EfficientNet-Lite encoder(s) (ImageNet, offline) + linear slice head; "
+                            "trained with `ichd train frozen`",
+                source="ImageNet EfficientNet-Lite (Tan & Le 2019) as a frozen feature extractor",
+                defaults={"encoders": None, "depth": "head", "pool": "avg", "dropout": 0.0, "norm": "half"})
+def frozen_encoder(*, pretrained: bool, num_classes: int, weights: str | Path | None,
+                   encoders: list[dict[str, Any]] | None, depth: str, pool: str, dropout: float, norm: str,
+                   input_size: int | None = None) -> FrozenEncoderClassifier:
+    if weights is not None:
+        raise ModelError("frozen_encoder takes its encoders' ImageNet weights (pretrained=True), not a weights file",
+                         hint="load a trained frozen-encoder model from its checkpoint or bundle")
+    specs = [EncoderSpec(**e) for e in encoders] if encoders else [EncoderSpec(input_size=input_size or 256)]
+    cfg = FrozenEncoderConfig(encoders=specs, depth=depth, pool=pool)  # type: ignore[arg-type]
+    return FrozenEncoderClassifier(cfg, num_classes=num_classes, pretrained=pretrained, dropout=dropout, norm=norm)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# heads over a slice and its neighbours
+# ----------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ContextHeadConfig:
+    """A head over a slice and its neighbours.
+
+    Attributes:
+        kind: ``linear`` or ``mlp`` (one hidden layer, ReLU, dropout).
+        context: neighbours on each side whose mean embedding joins the slice's (0 = the slice alone).
+        hidden: hidden units of the MLP.
+        dropout: dropout on the input (both kinds) and the hidden layer (MLP).
+    """
+
+    kind: Literal["linear", "mlp"] = "linear"
+    context: int = 1
+    hidden: int = 256
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.kind not in HEAD_KINDS:
+            raise ConfigError(f"head kind {self.kind!r} is unknown; {did_you_mean(str(self.kind), HEAD_KINDS)}")
+        if self.context < 0 or self.hidden < 1:
+            raise ConfigError(f"head needs context >= 0 and hidden >= 1, got {self.context}, {self.hidden}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
+
+
+def neighbour_mean(x: torch.Tensor, lengths: torch.Tensor, k: int) -> torch.Tensor:
+    """(B, T, F): the mean of each slice's neighbours within ``k`` slices on each side, inside its scan.
+
+    The slice itself is excluded; at the ends of a scan only existing neighbours count; a slice without any
+    neighbour (a one-slice scan) gets its own value. Padding positions (``t >= lengths[b]``) are zero.
+    """
+    b, t, _ = x.shape
+    mask = (torch.arange(t, device=x.device)[None, :] < lengths.to(x.device)[:, None]).to(x.dtype)  # (B, T)
+    xm = x * mask.unsqueeze(-1)
+    zero = torch.zeros(b, 1, x.shape[-1], dtype=x.dtype, device=x.device)
+    csum = torch.cat([zero, xm.cumsum(dim=1)], dim=1)  # (B, T+1, F)
+    ccount = torch.cat([torch.zeros(b, 1, dtype=x.dtype, device=x.device), mask.cumsum(dim=1)], dim=1)
+    idx = torch.arange(t, device=x.device)
+    lo = (idx - k).clamp(min=0)
+    hi = (idx + k + 1).clamp(max=t)
+    total = csum[:, hi] - csum[:, lo] - xm
+    count = (ccount[:, hi] - ccount[:, lo] - mask).unsqueeze(-1)
+    out = torch.where(count > 0, total / count.clamp(min=1), x)
+    return out * mask.unsqueeze(-1)
+
+
+class ContextHead(nn.Module):
+    """Per-slice logits from a slice's features and its neighbours' mean: ``forward(features, probs, lengths)``.
+
+    ``probs`` (the slice model's probabilities) are accepted for the sequence-model interface and not used.
+    """
+
+    def __init__(self, feature_dim: int, config: ContextHeadConfig | None = None,
+                 num_classes: int = NUM_CLASSES) -> None:
+        super().__init__()
+        self.config = cfg = config or ContextHeadConfig()
+        if feature_dim < 1:
+            raise ConfigError(f"a context head needs feature_dim >= 1, got {feature_dim}")
+        self.feature_dim = int(feature_dim)
+        self.num_classes = num_classes
+        in_dim = self.feature_dim * (2 if cfg.context > 0 else 1)
+        self.drop = nn.Dropout(cfg.dropout)
+        if cfg.kind == "linear":
+            self.net: nn.Module = nn.Linear(in_dim, num_classes)
+        else:
+            self.net = nn.Sequential(nn.Linear(in_dim, cfg.hidden), nn.ReLU(), nn.Dropout(cfg.dropout),
+                                     nn.Linear(cfg.hidden, num_classes))
+        name = f"seq_context_{cfg.kind}"
+        self.model_kwargs: dict[str, Any] = {"feature_dim": self.feature_dim,
+                                             **{k: v for k, v in asdict(cfg).items() if k != "kind"}}
+        self.default_cfg: dict[str, Any] = {"name": name, "family": "sequence", "num_classes": num_classes,
+                                            "labels": list(LABELS) if num_classes == len(LABELS) else None,
+                                            "feature_dim": self.feature_dim}
+
+    @property
+    def uses_features(self) -> bool:
+        return True
+
+    def inputs(self, features: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """The head's input (B, T, F or 2F): the features, and their neighbour mean when ``context`` > 0."""
+        if self.config.context == 0:
+            return features
+        return torch.cat([features, neighbour_mean(features, lengths, self.config.context)], dim=-1)
+
+    def forward(self, features: torch.Tensor | None, probs: torch.Tensor | None = None,
+                lengths: torch.Tensor | None = None) -> torch.Tensor:
+        if features is None or features.ndim != 3 or features.shape[-1] != self.feature_dim:
+            got = None if features is None else tuple(features.shape)
+            raise InputError(f"features must be (batch, slices, {self.feature_dim}), got {got}")
+        b, t, _ = features.shape
+        if lengths is None:
+            lengths = torch.full((b,), t, dtype=torch.long)
+        lengths = torch.as_tensor(lengths, dtype=torch.long, device=features.device)
+        if lengths.shape != (b,) or int(lengths.min()) < 1 or int(lengths.max()) > t:
+            raise InputError(f"lengths must be (batch,) in 1..{t}, got {lengths.tolist()}")
+        mask = (torch.arange(t, device=features.device)[None, :] < lengths[:, None]).unsqueeze(-1)
+        logits = self.net(self.drop(self.inputs(features, lengths)))
+        return logits * mask.to(logits.dtype)
+
+
+def _context_builder(kind: str):
+    def build(*, pretrained: bool = False, num_classes: int = NUM_CLASSES, weights: str | Path | None = None,
+              feature_dim: int = 0, **kwargs: Any) -> ContextHead:
+        if pretrained or weights is not None:
+            raise ModelError(f"seq_context_{kind} has no pretrained weights; it is trained by `ichd train frozen`")
+        try:
+            cfg = ContextHeadConfig(kind=kind, **kwargs)  # type: ignore[arg-type]
+        except TypeError as e:
+            raise ModelError(f"bad arguments for seq_context_{kind}: {e}") from e
+        return ContextHead(feature_dim, cfg, num_classes=num_classes)
+
+    return build
+
+
+_HEAD_SOURCE = "frozen-encoder heads (issue 20): a slice plus the mean of its neighbours"
+register_model("seq_context_linear", family="sequence", source=_HEAD_SOURCE,
+               description="linear head over a slice's embedding and its neighbours' mean")(_context_builder("linear"))
+register_model("seq_context_mlp", family="sequence", source=_HEAD_SOURCE,
+               description="one-hidden-layer MLP over a slice's embedding and its neighbours' mean"
+               )(_context_builder("mlp"))
