@@ -95,7 +95,7 @@ def expected_calibration_error(y_true: Any, y_prob: Any, n_bins: int = DEFAULT_B
 #: Search range of a temperature (log-uniform); a fit at a bound is reported as such (``at_bound``).
 TEMPERATURE_BOUNDS: tuple[float, float] = (0.05, 20.0)
 #: Probabilities are clipped to [eps, 1 - eps] before taking logits.
-_LOGIT_EPS = 1e-7
+_LOGIT_EPS = 1e-12
 
 
 def _logits(p: np.ndarray) -> np.ndarray:

@@ -226,3 +226,34 @@ def test_partial_scans_option(tmp_path: Path) -> None:
     # losing one of two positive slices keeps the scan label: allowed
     preds.slices = full.drop(index=["s0-1"])
     assert len(align(preds, lab, partial_scans=True).scans) == 3
+
+
+def test_calibrated_source_and_slice_order_columns(tmp_path: Path) -> None:
+    from ichd.evaluation.report import evaluate_files
+
+    lab = _labels()
+    path = _pred_csv(tmp_path / "p.csv", lab)
+    df = pd.read_csv(path)
+    df["calibrated"] = "temperature"
+    df["source"] = ["x"] * 8 + ["y"] * 4
+    df.to_csv(path, index=False)
+    preds = read_predictions(path)
+    assert preds.calibrated == "temperature"
+    data = align(preds, lab)
+    assert list(data.sources) == ["x"] * 8 + ["y"] * 4 and list(data.slice_index) == [0, 1, 2, 3] * 3
+    df.loc[3, "calibrated"] = "false"
+    df.to_csv(path, index=False)
+    with pytest.raises(InputError, match="calibrated"):
+        read_predictions(path)
+    # evaluate_files: --repeat must predict the same slices
+    lab.reset_index().to_csv(tmp_path / "labels.csv", index=False)
+    main = _pred_csv(tmp_path / "main.csv", lab)
+    rep = _pred_csv(tmp_path / "rep.csv", lab)
+    ev, _ = evaluate_files(main, tmp_path / "labels.csv", tmp_path / "out", n_boot=0, plots=False, repeats=[rep])
+    assert ev.metrics["repeats"]["n_repeats"] == 2 and ev.metrics["inputs"]["repeats"] == [str(rep)]
+    pd.read_csv(rep).iloc[:-1].to_csv(tmp_path / "short.csv", index=False)
+    with pytest.raises(InputError, match="slices differ"):
+        evaluate_files(main, tmp_path / "labels.csv", tmp_path / "out2", n_boot=0, plots=False,
+                       repeats=[tmp_path / "short.csv"], partial_scans=True)
+    with pytest.raises(InputError, match="does not exist"):
+        evaluate_files(main, tmp_path / "labels.csv", tmp_path / "out3", repeats=[tmp_path / "nope.csv"])

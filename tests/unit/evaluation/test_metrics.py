@@ -200,3 +200,39 @@ def test_missing_labels_are_masked_in_metrics() -> None:
     r = ref.compute()
     for key in ("weighted_log_loss", "auc/any", "scan/auc/any", "mean_auc"):
         assert np.isfinite(r[key]) and m[key] == pytest.approx(r[key]), key
+
+
+def test_specificity_threshold() -> None:
+    from ichd.evaluation.metrics import choose_threshold
+
+    y = np.array([0] * 10 + [1] * 3)
+    p = np.array([0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.6, 0.9, 0.5, 0.7, 0.95])
+    t = choose_threshold(y, p, "specificity", 0.9)  # one false positive allowed: above the 2nd-highest negative
+    assert t == pytest.approx(0.7)
+    m = threshold_metrics(y, p, t)
+    assert m["specificity"] >= 0.9 and m["fp"] == 1
+    # the lowest such threshold: one step lower would break the target
+    assert threshold_metrics(y, p, 0.6)["specificity"] < 0.9
+    assert choose_threshold(y, p, "specificity", 1.0) == pytest.approx(0.95)  # above every negative
+    assert choose_threshold(np.zeros(4), [0.1, 0.2, 0.3, 0.4], "specificity", 1.0) > 0.4  # nothing called
+    assert math.isnan(choose_threshold(np.ones(3), [0.1, 0.2, 0.3], "specificity", 0.9))
+    with pytest.raises(ValueError, match="specificity"):
+        choose_threshold(y, p, "specificity", 0.0)
+
+
+def test_call_metrics_and_extra_subtype_rate() -> None:
+    from ichd.evaluation.metrics import call_metrics, extra_subtype_rate
+
+    y = np.array([1, 0, 1, 0])
+    m = call_metrics(y, [True, True, False, False], 0.5)
+    assert (m["tp"], m["fp"], m["tn"], m["fn"]) == (1, 1, 1, 1) and m["threshold"] == 0.5
+    assert math.isnan(call_metrics(y, [True] * 4, float("nan"))["sensitivity"])
+    labels = np.array([[1, 0, 1, 0, 0, 0], [1, 1, 0, 0, 0, 0], [0, 0, 0, 0, 0, 0]], dtype=float)
+    called = np.array([[1, 0, 1, 0, 0, 1],     # SDH extra
+                       [1, 1, 0, 0, 0, 0],     # exact
+                       [1, 0, 0, 0, 0, 0]], dtype=bool)  # "any" false positive, no subtype: not extra
+    r = extra_subtype_rate(labels, called)
+    assert r == {"rate": pytest.approx(1 / 3), "n_with_extra": 1, "n": 3, "n_called_subtypes": 3,
+                 "n_extra_subtypes": 1}
+    labels[0, 5] = np.nan  # a missing label never counts as extra
+    assert extra_subtype_rate(labels, called)["n_with_extra"] == 0

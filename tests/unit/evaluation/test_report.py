@@ -156,3 +156,107 @@ def test_weighted_bootstrap_statistic_equals_metrics_on_resampled_rows() -> None
         for op in OPERATING_POINTS:
             assert fast[f"slice/{op}/extra_subtype_rate"] == pytest.approx(
                 extra_subtype_rate(y, calls(p, th[op]))["rate"])
+
+
+def _cv_data(seed: int) -> EvalData:
+    """_data with 4 folds (by patient), two sources and slice order."""
+    d = _data(seed)
+    scan_no = np.asarray([int(str(s).rsplit("-", 1)[1]) for s in d.scan_ids])
+    d.folds = np.asarray([str((k // 2) % 4) for k in scan_no], dtype=object)  # each fold: 2 positive, 2 negative
+    d.sources = np.asarray(["a" if k < 8 else "b" for k in scan_no], dtype=object)
+    d.slice_index = np.tile(np.arange(10), 16).astype(float)
+    return d
+
+
+def test_per_fold_spread_per_source_and_scan_rules() -> None:
+    from ichd.evaluation.metrics import roc_auc
+    from ichd.models.scan_rules import scan_probabilities
+
+    d = _cv_data(6)
+    m = evaluate(d, n_boot=30, plots=False).metrics
+    f2 = d.folds == "2"
+    assert m["per_fold"]["2"]["slice"]["any"]["auc"] == pytest.approx(roc_auc(d.y[f2, 0], d.p[f2, 0]))
+    assert m["per_fold"]["2"]["slice"]["any"]["n_positive"] == int(d.y[f2, 0].sum())
+    assert m["per_fold"]["2"]["n_scans"] == 4
+    fold_aucs = [m["per_fold"][f]["scan"]["epidural"]["auc"] for f in "0123"]
+    spread = m["fold_spread"]["scan"]["epidural"]
+    defined = [a for a in fold_aucs if a is not None]
+    assert spread["n"] == len(defined) and spread["mean"] == pytest.approx(np.mean(defined))
+    assert spread["min"] == pytest.approx(min(defined)) and spread["max"] == pytest.approx(max(defined))
+    # per source: the source's own AUC, with a patient-bootstrap interval within the source
+    a = d.sources == "a"
+    src = m["per_source"]["a"]
+    assert src["counts"] == {"slices": 80, "scans": 8, "patients": 8}
+    assert src["slice"]["any"]["auc"] == pytest.approx(roc_auc(d.y[a, 0], d.p[a, 0]))
+    lo, hi = src["slice"]["any"]["auc_ci95"]
+    assert lo <= src["slice"]["any"]["auc"] <= hi
+    # scan rules: every rule's scan AUC over the slice predictions
+    rules = m["scan_rules"]["rules"]
+    assert set(rules) == {"max", "consecutive", "topk_mean", "smoothed_max"} and not m["scan_rules"]["skipped"]
+    sm = np.stack([scan_probabilities(d.p[d.scan_ids == s], "smoothed_max") for s in d.scans])
+    assert rules["smoothed_max"]["auc"]["any"] == pytest.approx(roc_auc(d.y_scan[:, 0], sm[:, 0]))
+    assert rules["max"]["auc"]["any"] == pytest.approx(m["scan"]["classes"]["any"]["auc"])
+    # without a slice order the order-dependent rules are skipped, with the reason
+    d.slice_index = None
+    assert set(evaluate(d, n_boot=0, plots=False).metrics["scan_rules"]["skipped"]) == {"consecutive",
+                                                                                       "smoothed_max"}
+
+
+def test_repeats_policy_and_extra_subtypes(tmp_path: Path) -> None:
+    from ichd.evaluation.metrics import roc_auc
+
+    d = _cv_data(7)
+    rep = _cv_data(7)
+    rep.p = np.clip(rep.p + np.random.default_rng(9).normal(0, 0.1, rep.p.shape), 0, 1)
+    rep.folds = np.asarray([str(int(f) % 3) for f in rep.folds], dtype=object)  # other folds (3 of them)
+    ev = evaluate(d, n_boot=20, plots=False, repeats=[("rep.csv", rep)], inputs={"predictions": "main.csv"})
+    r = ev.metrics["repeats"]
+    assert r["n_repeats"] == 2 and [x["predictions"] for x in r["per_repeat"]] == ["main.csv", "rep.csv"]
+    pooled = [roc_auc(d.y[:, 0], d.p[:, 0]), roc_auc(rep.y[:, 0], rep.p[:, 0])]
+    assert r["across_repeats"]["slice"]["any"]["mean"] == pytest.approx(np.mean(pooled))
+    assert r["across_repeats"]["slice"]["any"]["sd"] == pytest.approx(np.std(pooled, ddof=1))
+    assert r["all_folds"]["slice"]["any"]["n"] == 4 + 3
+    assert ev.metrics["slice"]["classes"]["any"]["auc"] == pytest.approx(pooled[0])  # main metrics: the first file
+    # policy: any at the sensitivity point, subtypes at specificity >= 0.9; calls gated by "any"
+    th = ev.thresholds
+    for level, y, p in (("slice", d.y, d.p), ("scan", d.y_scan, d.p_scan)):
+        t = getattr(th, level)
+        assert t["policy"]["any"] == t["sensitivity"]["any"]
+        for c, lab in enumerate(LABELS[1:], start=1):
+            assert threshold_metrics(y[:, c], p[:, c], t["policy"][lab])["specificity"] >= 0.9
+        gated = calls(p, t["policy"])
+        assert not (gated[:, 1:] & ~gated[:, :1]).any()
+        e = ev.metrics[level]["extra_subtype"]["policy"]
+        assert e == {**extra_subtype_rate(y, gated), "rate_ci95": e["rate_ci95"]}
+        assert e["rate_ci95"][0] <= e["rate"] <= e["rate_ci95"][1]
+    paths = write_report(ev, tmp_path / "rep")
+    md = paths["report_md"].read_text()
+    for heading in ("## Per-fold AUC", "## Per source", "## Scan rules", "## Repeated cross-validation",
+                    "### Extra subtypes", "subtypes at specificity >= 0.9"):
+        assert heading in md, heading
+    assert "<h2>Per source</h2>" in paths["report_html"].read_text()
+    doc = json.loads(paths["thresholds"].read_text())
+    assert doc["policy"]["subtypes"] == "specificity >= 0.9" and doc["subtype_specificity"] == 0.9
+    back = read_thresholds(paths["thresholds"])
+    assert back.slice["policy"] == pytest.approx(th.slice["policy"]) and back.subtype_specificity == 0.9
+    # a thresholds.json written before the policy point: policy = any at sensitivity, subtypes at Youden
+    del doc["slice"]["policy"], doc["scan"]["policy"], doc["subtype_specificity"], doc["policy"]
+    (tmp_path / "old.json").write_text(json.dumps(doc))
+    old = read_thresholds(tmp_path / "old.json")
+    assert old.subtype_specificity is None
+    assert old.scan["policy"]["subdural"] == pytest.approx(th.scan["youden"]["subdural"])
+    assert old.scan["policy"]["any"] == pytest.approx(th.scan["sensitivity"]["any"])
+    # subtype specificity off: subtypes at Youden
+    off = choose_operating_thresholds(d, subtype_specificity=0)
+    assert off.slice["policy"]["epidural"] == off.slice["youden"]["epidural"]
+    with pytest.raises(InputError, match="subtype-specificity"):
+        choose_operating_thresholds(d, subtype_specificity=1.5)
+
+
+def test_calibrated_note() -> None:
+    d = _cv_data(8)
+    m = evaluate(d, n_boot=0, plots=False).metrics
+    assert m["calibrated"] is None and any("scales" in n for n in m["notes"])
+    d.calibrated = "temperature"
+    m = evaluate(d, n_boot=0, plots=False).metrics
+    assert m["calibrated"] == "temperature" and any("calibrated (temperature)" in n for n in m["notes"])

@@ -323,3 +323,38 @@ def test_uid_and_orientation_helpers():
     assert orientation_letters([0, 1, 0, 0, 0, -1]) == ("P", "F")
     assert orientation_letters(None) == ("L", "P")
     assert split_frame("1.2.3#4") == ("1.2.3", 4) and split_frame("1.2.3") == ("1.2.3", None)
+
+
+def test_subtype_called_only_with_any_in_json_html_and_sr(tmp_path: Path):
+    import pydicom
+
+    pred = _pred()
+    pred.thresholds = {**pred.thresholds, "any": 0.95}  # any 0.9 < 0.95: SDH 0.8 > 0.5 must not be called
+    assert pred.scan_probs[5] >= 0.5
+    data = prediction_to_dict(pred)
+    assert data["scan_positive"]["subdural"] is False and data["scan_positive"]["any"] is False
+    assert data["scan"]["subdural"] == pytest.approx(0.8, abs=1e-6)  # probabilities unchanged
+    page = render_html(pred, [], model_info={"name": "m", "version": "1", "sha256": "ab" * 32})
+    assert "POSITIVE</span>" not in page and 'negative ("any" negative)' in page
+    assert "a subtype is called only when" in page
+    paths = write_dicom_outputs(tmp_path, pred, _evidence(pred), _ctx(_source_header()))
+    sr = pydicom.dcmread(paths[-1])
+    presence = {f.ConceptCodeSequence[0].CodeMeaning: {p.ConceptNameCodeSequence[0].CodeMeaning: p
+                                                       for p in f.ContentSequence}["Presence of property"]
+                .ConceptCodeSequence[0].CodeMeaning for f in sr.ContentSequence[-1].ContentSequence}
+    assert presence["Subdural hemorrhage"] == "Absent"
+
+
+def test_independent_slices_use_the_slice_operating_point():
+    from types import SimpleNamespace
+
+    from ichd.inference.run import operating_thresholds
+
+    scan_t, slice_t = dict.fromkeys(LABELS, 0.5), dict.fromkeys(LABELS, 0.2)
+    with_slices = SimpleNamespace(thresholds=scan_t, bundle=SimpleNamespace(manifest={"slice_thresholds": slice_t}))
+    assert operating_thresholds(with_slices, independent=False) == (scan_t, None)
+    t, note = operating_thresholds(with_slices, independent=True)
+    assert t == slice_t and note.code == "slice_operating_point"
+    without = SimpleNamespace(thresholds=scan_t, bundle=None)  # e.g. a checkpoint: no manifest
+    t, note = operating_thresholds(without, independent=True)
+    assert t == scan_t and note.code == "no_slice_operating_point" and "whole scans" in note.message
