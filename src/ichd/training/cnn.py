@@ -373,7 +373,7 @@ def _train_fold(cfg: CnnTrainConfig, fold: int | str, out_root: Path, *, restart
 
     trainer = Trainer(model, variants.training_loss(cfg), optimizer, lr_per_epoch=cfg.optim.lr_per_epoch,
                       device=device, metrics_factory=CumulativeMetrics, grad_accum=cfg.optim.grad_accum,
-                      amp=cfg.optim.amp, channels_last=cfg.optim.channels_last, seed=cfg.seed,
+                      amp=cfg.optim.amp, amp_dtype=cfg.optim.amp_dtype, channels_last=cfg.optim.channels_last, seed=cfg.seed,
                       deterministic=cfg.deterministic, loader_generator=generator, reseed_fns=reseed,
                       scan_ids=dict(zip(labels.index.astype(str), labels["scan_id"].astype(str))),
                       callbacks=[_Checkpointer()], desc=f"fold {fold}", distributed=dist,

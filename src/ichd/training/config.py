@@ -64,7 +64,8 @@ class OptimConfig:
     batch_size: int = 32
     grad_accum: int = 1  # optimizer step every N batches (effective batch = batch_size * grad_accum)
     weight_decay: float = 0.0
-    amp: bool = False  # mixed precision: float16 autocast on CUDA, bfloat16 on CPU
+    amp: bool = False  # mixed precision: float16 autocast on CUDA (amp_dtype), bfloat16 on CPU
+    amp_dtype: Literal["float16", "bfloat16"] = "float16"  # CUDA autocast type; bfloat16 needs no GradScaler
     channels_last: bool = True
     optimizer: Literal["adam", "sgd"] = "adam"
     momentum: float = 0.9  # SGD only

@@ -108,6 +108,8 @@ class Trainer:
             ``compute() -> dict``) for validation, e.g. :class:`ichd.evaluation.metrics.CumulativeMetrics`.
         grad_accum: optimizer step every ``grad_accum`` batches (losses are scaled by ``1/grad_accum``).
         amp: autocast (float16 + GradScaler on CUDA, bfloat16 on CPU).
+        amp_dtype: the autocast type on CUDA: ``"float16"`` (default; with a GradScaler) or ``"bfloat16"`` (no
+            scaler needed: bfloat16 has float32's exponent range). CPU autocast is always bfloat16.
         seed: base seed; epoch ``e`` re-seeds everything with :func:`epoch_seed`.
         loader_generator: the training DataLoader's ``generator``, re-seeded every epoch (shuffle order,
             worker seeds).
@@ -140,7 +142,10 @@ class Trainer:
                  callbacks: Iterable[Callback] = (), log_every: int = 10, desc: str = "train",
                  distributed: DistInfo | None = None, sync_batchnorm: bool = False, max_steps: int | None = None,
                  image_sizes: Sequence[int] | None = None,
-                 aux_loss: Callable[[nn.Module, Any], torch.Tensor] | None = None) -> None:
+                 aux_loss: Callable[[nn.Module, Any], torch.Tensor] | None = None,
+                 amp_dtype: str = "float16") -> None:
+        if amp_dtype not in ("float16", "bfloat16"):
+            raise ValueError(f"amp_dtype must be 'float16' or 'bfloat16', got {amp_dtype!r}")
         self.device = device
         self.channels_last = channels_last
         self.dist = distributed or dist_utils.SINGLE
@@ -162,6 +167,7 @@ class Trainer:
         self.metrics_factory = metrics_factory
         self.grad_accum = max(1, int(grad_accum))
         self.amp = amp
+        self.amp_dtype = amp_dtype
         self.seed = seed
         self.deterministic = deterministic
         self.loader_generator = loader_generator
@@ -178,7 +184,7 @@ class Trainer:
             raise ValueError(f"image_sizes has {len(image_sizes)} entries for {len(self.lr_per_epoch)} epochs")
         self.image_sizes = None if image_sizes is None else [int(v) for v in image_sizes]
         self.aux_loss = aux_loss
-        use_scaler = amp and device.type == "cuda"
+        use_scaler = amp and device.type == "cuda" and amp_dtype == "float16"
         self.scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
 
     @property
@@ -209,7 +215,7 @@ class Trainer:
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
         if not self.amp:
             return contextlib.nullcontext()
-        dtype = torch.float16 if self.device.type == "cuda" else torch.bfloat16
+        dtype = torch.float16 if self.device.type == "cuda" and self.amp_dtype == "float16" else torch.bfloat16
         return torch.autocast(device_type=self.device.type, dtype=dtype)
 
     @property

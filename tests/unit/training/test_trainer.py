@@ -137,3 +137,14 @@ def test_amp_on_cpu_uses_bfloat16_and_trains() -> None:
     history = trainer.fit(loader, loader)
     assert seen and seen[0] == torch.bfloat16
     assert torch.isfinite(torch.tensor(history[-1]["val/weighted_log_loss"]))
+
+
+def test_amp_dtype_bfloat16_needs_no_scaler_and_bad_types_are_refused() -> None:
+    trainer, loader = make_trainer(make_model(), lrs=(1e-2,), amp=True, amp_dtype="bfloat16")
+    assert not trainer.scaler.is_enabled()
+    with trainer._autocast():
+        assert torch.get_autocast_dtype("cpu") == torch.bfloat16
+    trainer.fit(loader)
+    assert torch.isfinite(torch.tensor(trainer.history[-1]["train/loss"]))
+    with pytest.raises(ValueError, match="amp_dtype"):
+        make_trainer(make_model(), amp=True, amp_dtype="float8")
