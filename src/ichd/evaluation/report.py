@@ -11,7 +11,12 @@ What is reported (slice level always; scan level when scan membership is known):
   (``0.5``, ``youden``, ``sensitivity`` >= target) accuracy, sensitivity, specificity, precision, NPV, F1 and
   the confusion counts;
 * 95 % percentile intervals from a seeded bootstrap that resamples **patients** (:mod:`ichd.evaluation.bootstrap`);
-* optional human readers (:mod:`ichd.evaluation.readers`) on the model's scan-level ROC, with kappas.
+* optional human readers (:mod:`ichd.evaluation.readers`) on the model's scan-level ROC, with kappas;
+* the ``policy`` operating point ("any" at the fixed sensitivity, subtypes at ``subtype_specificity``), the calls
+  at every point gated by "any" (:mod:`ichd.calls`) and the extra subtype rate;
+* for choosing a model: per-fold AUCs and their spread (``fold`` column), per-source AUCs with patient-bootstrap
+  intervals (a ``source`` per slice), the scan AUC of every scan rule, and repeated cross-validation
+  (``repeats``).
 
 Scan level: scan label = 1 when any slice is positive; scan score = the model's scan output when the
 predictions carry one (predict JSON), else the maximum slice probability. Thresholds chosen on the evaluated
