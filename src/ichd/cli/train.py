@@ -72,6 +72,45 @@ def train_cnn_cmd(
         typer.echo(f"out-of-fold predictions: {result.oof_csv}")
 
 
+@train_app.command("partial")
+def train_partial_cmd(
+    config: Annotated[Path, typer.Option("--config", "-c",
+                                         help="Partial fine-tuning config YAML (e.g. configs/partial_ft_lite0.yaml)."
+                                         )],
+    folds: Annotated[str, typer.Option("--folds",
+                                       help="Comma-separated folds to train (e.g. 0,2), or 'all' (default): every "
+                                            "fold, then the merged OOF (oof.csv, cv_metrics.json).")] = "all",
+    final_fit: Annotated[bool, typer.Option("--final-fit",
+                                            help="Also train on every patient (fold{all}/final.pt).")] = False,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Run folder (default: `out` in the config).")
+                   ] = None,
+    overrides: Annotated[list[str] | None, typer.Option("--set", help="Override a config value, KEY=VALUE with a "
+                                                                      "dotted key (repeatable).")] = None,
+) -> None:
+    """Partial fine-tuning: freeze the first blocks of an EfficientNet-Lite, cache their maps once per slice,
+    and train the last blocks + head on the cached maps (flips and shifts of the maps) for every fold."""
+    from ichd.errors import ConfigError
+    from ichd.training.partial import load_partial_config, train_partial
+
+    cfg = load_partial_config(config, _parse_overrides(overrides))
+    which: list[int] | None = None
+    if folds != "all":
+        try:
+            which = [int(f) for f in folds.split(",") if f.strip()]
+        except ValueError:
+            raise ConfigError(f"--folds {folds!r} must be 'all' or fold numbers like 0,2") from None
+    doc = train_partial(cfg, which, out=out, final_fit=final_fit)
+    run = Path(out if out is not None else cfg.out)
+    if doc:
+        pooled = doc["pooled"]
+        typer.echo(f"{doc['n_slices']} slices: weighted log loss {pooled['weighted_log_loss']:.4f}, slice any-AUC "
+                   f"{pooled.get('auc/any', float('nan')):.4f}, scan any-AUC {pooled.get('scan/auc/any', float('nan')):.4f}")
+        typer.echo(f"wrote {run / 'oof.csv'} and {run / 'cv_metrics.json'}")
+    else:
+        typer.echo(f"trained fold(s) {folds} in {run}; merge once every fold has oof.csv (ichd train partial "
+                   "trains the missing ones with --folds)")
+
+
 @train_app.command("merge")
 def merge_cmd(
     out: Annotated[Path, typer.Argument(help="Run folder holding fold0/ .. fold{K-1}/ (each with oof.csv).")],

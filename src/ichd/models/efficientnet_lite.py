@@ -87,11 +87,30 @@ class EfficientNetLiteFeatures(nn.Module):
             raise ModelError(f"weights file {str(path)!r} does not fit EfficientNet-Lite: missing "
                              f"{sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}")
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    @property
+    def num_blocks(self) -> int:
+        """Number of MBConv blocks (16 in Lite0)."""
+        return len(self.net._blocks)
+
+    def forward_until(self, x: torch.Tensor, k: int) -> torch.Tensor:
+        """The map after the stem and blocks ``0 .. k-1`` (partial fine-tuning caches it; ``k`` = 0: the stem's)."""
         net = self.net
         x = self.stem_act(net._bn0(net._conv_stem(x)))
-        n = len(net._blocks)
-        for idx, block in enumerate(net._blocks):
+        return self._blocks(x, 0, k)
+
+    def forward_from(self, x: torch.Tensor, k: int) -> torch.Tensor:
+        """Blocks ``k ..`` and the head conv on the map :meth:`forward_until` returned for the same ``k``."""
+        net = self.net
+        return self.head_act(net._bn1(net._conv_head(self._blocks(x, k, self.num_blocks))))
+
+    def _blocks(self, x: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        n = self.num_blocks
+        if not 0 <= start <= stop <= n:
+            raise ModelError(f"block range {start}..{stop} is outside 0..{n}")
+        for idx in range(start, stop):
             rate = self.drop_connect_rate * idx / n if self.drop_connect_rate else None
-            x = block(x, drop_connect_rate=rate)
-        return self.head_act(net._bn1(net._conv_head(x)))
+            x = self.net._blocks[idx](x, drop_connect_rate=rate)
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_from(self.forward_until(x, 0), 0)
