@@ -17,7 +17,8 @@ plus an L2 penalty, missing labels masked. Features are standardised with the tr
 Cross-validation is by patient and repeated with several fold seeds (``data.fold_seeds``; the first may be fixed by
 ``data.folds_file``). Each fold model is **calibrated on its own training folds**: an inner patient CV of the
 training part gives out-of-sample logits, on which a per-label logistic calibration (scale and bias,
-:func:`ichd.training.calibration.fit_platt`) is fitted; the fold model's held-out predictions are calibrated with
+:func:`ichd.training.calibration.fit_platt`; a bias is needed because ``optim.balance`` shifts it, which a
+temperature alone, :func:`ichd.evaluation.calibration.fit_temperature`, cannot undo) is fitted; the fold model's held-out predictions are calibrated with
 it, so the pooled OOF predictions of different fold models share one scale. The final model (every patient) is
 calibrated the same way and the calibration is folded into its last linear layer.
 
@@ -441,13 +442,16 @@ def fit_calibrated(x: np.ndarray, y: np.ndarray, patients: np.ndarray, scans: Sc
 # ----------------------------------------------------------------------------------------------------------
 
 
-def _predictions_frame(labels: Any, rows: np.ndarray, probs: np.ndarray, fold: np.ndarray) -> Any:
+def _predictions_frame(labels: Any, rows: np.ndarray, probs: np.ndarray, fold: np.ndarray,
+                       calibrated: bool) -> Any:
+    """An ichd predictions CSV frame (+ ``source`` and ``calibrated``, which ``ichd evaluate`` reads)."""
     frame = labels.iloc[rows][["scan_id", "patient_id", "slice_index"]].copy()
     if "source" in labels.columns:
         frame["source"] = labels.iloc[rows]["source"].to_numpy()
     frame.insert(3, "fold", fold[rows])
     for c, lab in enumerate(LABELS):
         frame[lab] = probs[rows, c]
+    frame["calibrated"] = "platt-inner-cv" if calibrated else "none"
     frame.index.name = "slice_id"
     return frame
 
@@ -521,9 +525,9 @@ def train_frozen(cfg: FrozenTrainConfig) -> dict[str, Any]:
                              **_summary(y[te_rows], probs[te_rows], scan_ids[te_rows])})
             log.info("repeat %d fold %d: slice any-AUC %s", r, k, per_fold[-1]["auc/any"])
         rows_all = np.arange(len(ids))
-        frame = _predictions_frame(labels, rows_all, probs, fold)
+        frame = _predictions_frame(labels, rows_all, probs, fold, cfg.calibrate)
         frame.to_csv(rdir / "oof.csv", float_format="%.6g")
-        _predictions_frame(labels, rows_all, slice_probs, fold).to_csv(rdir / "oof_slice.csv", float_format="%.6g")
+        _predictions_frame(labels, rows_all, slice_probs, fold, cfg.calibrate).to_csv(rdir / "oof_slice.csv", float_format="%.6g")
         rep: dict[str, Any] = {"seed": seed, "folds_file": cfg.data.folds_file if r == 0 else None,
                                "pooled": _summary(y, probs, scan_ids), "slice_head": _summary(y, slice_probs, scan_ids),
                                "per_fold": per_fold}
