@@ -27,6 +27,7 @@ ROWS: dict[str, tuple[int, dict[str, object]]] = {
     "lite0_256_last_avgmax_ctx1": (256, {"encoder.depth": "last_stage", "encoder.pool": "avgmax"}),
     "lite0_256_mlp_ctx1": (256, {"head.kind": "mlp", "head.dropout": 0.3, "optim.l2": 0.001}),
     "lite0_256_ctx1_unbalanced": (256, {"optim.balance": False}),
+    "lite0_256_ctx1_l2_0.004": (256, {"optim.l2": 0.004}),
     "lite0_256_ctx1_l2_0.01": (256, {"optim.l2": 0.01}),
     "lite0_256_ctx1_l2_0.2": (256, {"optim.l2": 0.2}),
     "lite1_256_ctx1": (256, {"encoder.encoders": [{"name": "efficientnet_lite1", "input_size": 256}]}),

@@ -85,8 +85,9 @@ class HeadOptimConfig:
     """How the heads are fitted.
 
     Attributes:
-        l2: L2 penalty on the weights (not biases) added to the mean weighted log loss: ``l2 / 2 * ||W||^2``.
-            ``l2 = 1 / (C * n)`` matches scikit-learn's ``LogisticRegression(C)`` on ``n`` rows.
+        l2: L2 penalty on the weights (not biases) added to the mean weighted log loss: ``l2 / 2 * ||W||^2``,
+            the last layer's row of each label scaled by that label's loss weight, so that for a linear head
+            ``l2 = 1 / (C * n)`` is, label by label, scikit-learn's ``LogisticRegression(C)`` on ``n`` rows.
         slice_l2: the same for the slice head.
         epochs / lr / batch_size: MLP heads (Adam); linear heads are fitted to convergence with L-BFGS.
         max_iter: L-BFGS iterations of linear heads.
@@ -346,10 +347,16 @@ def fit_head(x: np.ndarray, y: np.ndarray, scans: ScanRows, head_cfg: ContextHea
     class_w = torch.as_tensor(LABEL_WEIGHTS, dtype=torch.float32)
     lam = optim.l2 if l2 is None else l2
     weights = [p for n, p in head.net.named_parameters() if n.endswith("weight")]
+    # The loss weighs label c by w_c / sum(w); the output rows of the last layer get the same factor in the
+    # penalty, so every label sees l2 = 1 / (C n) as a per-label logistic regression with that C would.
+    row_scale = (class_w / class_w.sum())[:, None]
+
+    def penalty() -> Any:
+        total = 0.5 * lam * sum((w ** 2).sum() for w in weights[:-1])
+        return total + 0.5 * lam * (row_scale * weights[-1] ** 2).sum()
 
     def objective() -> Any:
-        loss = _loss(head.net(head.drop(xt)), yt, pos_w, class_w)
-        return loss + 0.5 * lam * sum((w ** 2).sum() for w in weights)
+        return _loss(head.net(head.drop(xt)), yt, pos_w, class_w) + penalty()
 
     if head_cfg.kind == "linear" and head_cfg.dropout == 0.0:
         opt = torch.optim.LBFGS(head.net.parameters(), lr=1.0, max_iter=max_steps or optim.max_iter,
@@ -373,8 +380,7 @@ def fit_head(x: np.ndarray, y: np.ndarray, scans: ScanRows, head_cfg: ContextHea
             for i in range(0, len(xt), optim.batch_size):
                 b = perm[i:i + optim.batch_size]
                 opt.zero_grad()
-                loss = _loss(head.net(head.drop(xt[b])), yt[b], pos_w, class_w)
-                loss = loss + 0.5 * lam * sum((w ** 2).sum() for w in weights)
+                loss = _loss(head.net(head.drop(xt[b])), yt[b], pos_w, class_w) + penalty()
                 loss.backward()
                 opt.step()
                 steps += 1
