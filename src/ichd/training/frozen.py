@@ -23,7 +23,7 @@ it, so the pooled OOF predictions of different fold models share one scale. The 
 calibrated the same way and the calibration is folded into its last linear layer.
 
 Outputs under ``out/``: ``config.yaml``; per repeat ``r{i}/folds.csv``, ``r{i}/oof.csv`` (main head),
-``r{i}/oof_slice.csv`` (slice head); ``oof.csv`` (repeat 0); ``embed_oof.npz`` (an
+``r{i}/oof_slice.csv`` (slice head), with ``save_fold_models`` ``r0/fold{k}/{cnn,sequence}.pt``; ``oof.csv`` (repeat 0); ``embed_oof.npz`` (an
 :class:`~ichd.inference.embed.EmbeddingTable` of the frozen features with repeat 0's out-of-fold slice-head
 probabilities, the input of ``ichd train seq``); ``metrics.json``; with ``final`` ``final/cnn.pt`` (encoder +
 calibrated slice head) and ``final/sequence.pt`` (selector + calibrated main head, with the slice model embedded).
@@ -126,6 +126,9 @@ class FrozenTrainConfig:
     device: str = "cpu"
     threads: int | None = None
     max_steps: int | None = None  # cap head-fitting iterations (quick checks)
+    #: also write repeat 0's fold models (``r0/fold{k}/{cnn,sequence}.pt``), e.g. to predict other renderings of
+    #: the held-out patients (benchmarks/windowed_png.py)
+    save_fold_models: bool = False
 
     def __post_init__(self) -> None:
         if self.data.folds < 2 or not self.data.fold_seeds:
@@ -522,10 +525,14 @@ def train_frozen(cfg: FrozenTrainConfig) -> dict[str, Any]:
         for k in sorted(set(fold.tolist())):
             tr = all_scans.subset(np.flatnonzero(fold != k))
             te = all_scans.subset(np.flatnonzero(fold == k))
+            fits = []
             for head_cfg, l2, target in ((cfg.head, cfg.optim.l2, probs), (slice_cfg, cfg.optim.slice_l2, slice_probs)):
-                sel, head, calib = fit_calibrated(x, y, patients, tr, cfg, head_cfg, l2, seed + 1000 * (k + 1))
-                lg, rows = head_logits(sel, head, x, te)
-                target[rows] = apply_platt(lg, calib)
+                fit = fit_calibrated(x, y, patients, tr, cfg, head_cfg, l2, seed + 1000 * (k + 1))
+                lg, rows = head_logits(fit[0], fit[1], x, te)
+                target[rows] = apply_platt(lg, fit[2])
+                fits.append(fit)
+            if r == 0 and cfg.save_fold_models:
+                export_models(cfg, fits[1], fits[0], rdir / f"fold{k}", fold=k)
             te_rows = np.flatnonzero(fold == k)
             per_fold.append({"fold": k, "patients": len(set(patients[te_rows])),
                              **_summary(y[te_rows], probs[te_rows], scan_ids[te_rows])})
@@ -575,9 +582,18 @@ def _write_embedding_table(path: Path, labels: Any, x: np.ndarray, probs: np.nda
 
 def write_final(cfg: FrozenTrainConfig, x: np.ndarray, y: np.ndarray, patients: np.ndarray, scans: ScanRows,
                 out: Path) -> dict[str, Path]:
-    """Fit both heads on every patient, calibrate them (inner CV) and write ``cnn.pt`` (the encoder with the
-    slice head as its classifier, standardisation and calibration folded into the weights) and ``sequence.pt``
-    (the selector + calibrated main head, with the slice model embedded)."""
+    """Fit both heads on every patient, calibrate them (inner CV) and write them with :func:`export_models`."""
+    slice_cfg = ContextHeadConfig(kind="linear", context=0)
+    slice_fit = fit_calibrated(x, y, patients, scans, cfg, slice_cfg, cfg.optim.slice_l2, cfg.optim.seed)
+    main_fit = fit_calibrated(x, y, patients, scans, cfg, cfg.head, cfg.optim.l2, cfg.optim.seed)
+    return export_models(cfg, slice_fit, main_fit, out, fold="all")
+
+
+def export_models(cfg: FrozenTrainConfig, slice_fit: tuple[FeatureSelector, Any, Any],
+                  main_fit: tuple[FeatureSelector, Any, Any], out: Path, *, fold: int | str) -> dict[str, Path]:
+    """Write ``out/cnn.pt`` (the encoder with the slice head as its classifier, standardisation and calibration
+    folded into the weights) and ``out/sequence.pt`` (selector + calibrated main head, the slice model embedded).
+    The heads' last layers are changed in place (the calibration is folded into them)."""
     import torch
 
     from ichd.models.checkpoint import read_checkpoint, save_checkpoint
@@ -588,8 +604,9 @@ def write_final(cfg: FrozenTrainConfig, x: np.ndarray, y: np.ndarray, patients: 
 
     out.mkdir(parents=True, exist_ok=True)
     preprocess = open_cache(cfg.data.cache).config
-    slice_cfg = ContextHeadConfig(kind="linear", context=0)
-    sel, head, calib = fit_calibrated(x, y, patients, scans, cfg, slice_cfg, cfg.optim.slice_l2, cfg.optim.seed)
+    sel, head, calib = slice_fit
+    if sel.config.method != "none":
+        raise ConfigError("the slice head is folded into the encoder's classifier; it needs selector method 'none'")
     model = FrozenEncoderClassifier(cfg.encoder, pretrained=True)
     lin = head.net
     if calib is not None:
@@ -598,23 +615,20 @@ def write_final(cfg: FrozenTrainConfig, x: np.ndarray, y: np.ndarray, patients: 
     w = lin.weight.detach().numpy().astype(np.float64)
     b = lin.bias.detach().numpy().astype(np.float64)
     mean, sd = sel.out_mean, sel.out_std
-    if sel.config.method != "none":
-        raise ConfigError("the slice head is folded into the encoder's classifier; it needs selector method 'none'")
     if mean is not None and sd is not None:
         w = w / sd[None, :]
         b = b - w @ mean
     with torch.no_grad():
         model.classifier.weight.copy_(torch.from_numpy(w.astype(np.float32)))
         model.classifier.bias.copy_(torch.from_numpy(b.astype(np.float32)))
-    cnn_path = save_checkpoint(out / "cnn.pt", model, config=cfg, preprocess=preprocess, fold="all",
+    cnn_path = save_checkpoint(out / "cnn.pt", model, config=cfg, preprocess=preprocess, fold=fold,
                                extra={"calibration": "platt (inner patient CV)" if calib is not None else "none"})
-    sel2, head2, calib2 = fit_calibrated(x, y, patients, scans, cfg, cfg.head, cfg.optim.l2, cfg.optim.seed)
+    sel2, head2, calib2 = main_fit
     if calib2 is not None:
         last = head2.net if cfg.head.kind == "linear" else head2.net[-1]
         fold_platt_into_linear(last, calib2)
-    raw_cnn = read_checkpoint(cnn_path)
     extra = sequence_checkpoint_extra(sel2, scan_rule=cfg.scan_rule, cnn={"model_name": "frozen_encoder",
                                       "encoder": cfg.encoder.describe(), "embedding": "frozen (same for every fold)"},
-                                      cnn_checkpoint=raw_cnn)
-    seq_path = save_checkpoint(out / "sequence.pt", head2, config=cfg, fold="all", extra=extra)
+                                      cnn_checkpoint=read_checkpoint(cnn_path))
+    seq_path = save_checkpoint(out / "sequence.pt", head2, config=cfg, fold=fold, extra=extra)
     return {"cnn": cnn_path, "sequence": seq_path}

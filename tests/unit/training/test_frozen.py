@@ -159,7 +159,8 @@ def test_tiny_run_writes_oof_and_a_bundle_the_predictor_runs(cache_dir, labels_c
 
     cfg = FrozenTrainConfig(out=str(tmp_path / "run"), embeddings_dir=str(tmp_path / "emb"), inner_folds=2,
                             encoder=FrozenEncoderConfig(encoders=[EncoderSpec("efficientnet_lite0", SIZE)]),
-                            head=ContextHeadConfig(kind="mlp", context=1, hidden=8), max_steps=5)
+                            head=ContextHeadConfig(kind="mlp", context=1, hidden=8), max_steps=5,
+                            save_fold_models=True)
     cfg.data.cache, cfg.data.labels, cfg.data.sources = str(cache_dir), str(labels_csv), None
     cfg.data.folds, cfg.data.fold_seeds = 2, [0, 1]
     m = train_frozen(cfg)
@@ -170,6 +171,7 @@ def test_tiny_run_writes_oof_and_a_bundle_the_predictor_runs(cache_dir, labels_c
         oof = pd.read_csv(tmp_path / "run" / f"r{r}" / "oof.csv")
         assert len(oof) == sum(PATIENTS.values()) and oof[list(LABELS)].notna().all().all()
         assert set(oof["fold"]) == {0, 1}
+    assert (tmp_path / "run" / "r0" / "fold1" / "sequence.pt").is_file()
     final = tmp_path / "run" / "final"
     bundle = write_bundle(tmp_path / "bundle", name="toy-frozen", version="0.0.1", model_card="toy",
                           files={"cnn": final / "cnn.pt", "sequence": final / "sequence.pt"},
