@@ -74,6 +74,9 @@ class FrozenDataConfig:
     folds: int = 5
     fold_seeds: list[int] = field(default_factory=lambda: [42, 1, 2])
     folds_file: str | None = None
+    #: loss weight of each source's slices (unnamed sources: 1), e.g. ``{rsna-series: 2.0}`` to give the few
+    #: real-DICOM series more say than their share of slices
+    source_weights: dict[str, float] | None = None
 
     @property
     def label_files(self) -> list[str]:
@@ -312,14 +315,17 @@ def _balance_weights(y: np.ndarray, enabled: bool) -> np.ndarray:
     return w
 
 
-def _loss(logits: Any, y: Any, pos_weight: Any, class_w: Any) -> Any:
-    """Mean weighted BCE over known labels with per-label positive weights (the RSNA weights across labels)."""
+def _loss(logits: Any, y: Any, pos_weight: Any, class_w: Any, row_w: Any = None) -> Any:
+    """Mean weighted BCE over known labels with per-label positive weights and optional per-row weights (the
+    RSNA weights across labels)."""
     import torch
     from torch.nn import functional as F
 
     known = ~torch.isnan(y)
     t = torch.where(known, y, torch.zeros_like(y))
     weight = torch.where(t > 0.5, pos_weight.expand_as(t), torch.ones_like(t)) * known
+    if row_w is not None:
+        weight = weight * row_w[:, None]
     per = F.binary_cross_entropy_with_logits(logits, t, reduction="none") * weight
     per_class = per.sum(0) / weight.sum(0).clamp(min=1e-6)
     w = class_w * (known.sum(0) > 0)
@@ -328,10 +334,11 @@ def _loss(logits: Any, y: Any, pos_weight: Any, class_w: Any) -> Any:
 
 def fit_head(x: np.ndarray, y: np.ndarray, scans: ScanRows, head_cfg: ContextHeadConfig,
              selector_cfg: SelectorConfig, optim: HeadOptimConfig, *, l2: float | None = None,
-             max_steps: int | None = None) -> tuple[FeatureSelector, Any]:
+             max_steps: int | None = None, row_weight: np.ndarray | None = None) -> tuple[FeatureSelector, Any]:
     """Fit a selector on the rows of ``scans`` and a :class:`~ichd.models.frozen.ContextHead` on them.
 
-    ``y`` (N, 6) with NaN for missing labels (masked). Returns ``(selector, head)`` (head in eval mode).
+    ``y`` (N, 6) with NaN for missing labels (masked); ``row_weight`` (N,) optional loss weight per row (e.g. per
+    data source). Returns ``(selector, head)`` (head in eval mode).
     """
     import torch
 
@@ -347,6 +354,7 @@ def fit_head(x: np.ndarray, y: np.ndarray, scans: ScanRows, head_cfg: ContextHea
     inp, order = head_inputs(head, xs, scans)
     xt, yt = torch.from_numpy(inp), torch.from_numpy(y[order].astype(np.float32))
     pos_w = torch.from_numpy(_balance_weights(y[order], optim.balance))
+    rw = None if row_weight is None else torch.from_numpy(np.asarray(row_weight, dtype=np.float32)[order])
     class_w = torch.as_tensor(LABEL_WEIGHTS, dtype=torch.float32)
     lam = optim.l2 if l2 is None else l2
     weights = [p for n, p in head.net.named_parameters() if n.endswith("weight")]
@@ -359,7 +367,7 @@ def fit_head(x: np.ndarray, y: np.ndarray, scans: ScanRows, head_cfg: ContextHea
         return total + 0.5 * lam * (row_scale * weights[-1] ** 2).sum()
 
     def objective() -> Any:
-        return _loss(head.net(head.drop(xt)), yt, pos_w, class_w) + penalty()
+        return _loss(head.net(head.drop(xt)), yt, pos_w, class_w, rw) + penalty()
 
     if head_cfg.kind == "linear" and head_cfg.dropout == 0.0:
         opt = torch.optim.LBFGS(head.net.parameters(), lr=1.0, max_iter=max_steps or optim.max_iter,
@@ -383,7 +391,8 @@ def fit_head(x: np.ndarray, y: np.ndarray, scans: ScanRows, head_cfg: ContextHea
             for i in range(0, len(xt), optim.batch_size):
                 b = perm[i:i + optim.batch_size]
                 opt.zero_grad()
-                loss = _loss(head.net(head.drop(xt[b])), yt[b], pos_w, class_w) + penalty()
+                loss = _loss(head.net(head.drop(xt[b])), yt[b], pos_w, class_w,
+                             None if rw is None else rw[b]) + penalty()
                 loss.backward()
                 opt.step()
                 steps += 1
@@ -421,13 +430,15 @@ def _patient_split(patients: np.ndarray, y: np.ndarray, k: int, seed: int) -> di
 
 
 def fit_calibrated(x: np.ndarray, y: np.ndarray, patients: np.ndarray, scans: ScanRows, cfg: FrozenTrainConfig,
-                   head_cfg: ContextHeadConfig, l2: float, seed: int) -> tuple[FeatureSelector, Any, Any]:
+                   head_cfg: ContextHeadConfig, l2: float, seed: int,
+                   row_weight: np.ndarray | None = None) -> tuple[FeatureSelector, Any, Any]:
     """A head fitted on the rows of ``scans`` plus its calibration, fitted on an inner patient CV of those rows
     (out-of-sample logits of models that did not see the patient). Returns ``(selector, head, calibration)``;
     the calibration is None when ``cfg.calibrate`` is off."""
     from ichd.training.calibration import fit_platt
 
-    selector, head = fit_head(x, y, scans, head_cfg, cfg.selector, cfg.optim, l2=l2, max_steps=cfg.max_steps)
+    selector, head = fit_head(x, y, scans, head_cfg, cfg.selector, cfg.optim, l2=l2, max_steps=cfg.max_steps,
+                              row_weight=row_weight)
     if not cfg.calibrate:
         return selector, head, None
     rows = np.concatenate(scans.groups)
@@ -439,7 +450,8 @@ def fit_calibrated(x: np.ndarray, y: np.ndarray, patients: np.ndarray, scans: Sc
     for f in sorted(set(row_fold.tolist())):
         tr = scans.subset(rows[row_fold != f])
         te = scans.subset(rows[row_fold == f])
-        s_i, h_i = fit_head(x, y, tr, head_cfg, cfg.selector, cfg.optim, l2=l2, max_steps=cfg.max_steps)
+        s_i, h_i = fit_head(x, y, tr, head_cfg, cfg.selector, cfg.optim, l2=l2, max_steps=cfg.max_steps,
+                            row_weight=row_weight)
         lg, r = head_logits(s_i, h_i, x, te)
         logits[r] = lg
     calib = fit_platt(logits[rows], y[rows])
@@ -504,6 +516,7 @@ def train_frozen(cfg: FrozenTrainConfig) -> dict[str, Any]:
     scan_ids = labels["scan_id"].astype(str).to_numpy()
     sources = labels["source"].astype(str).to_numpy() if "source" in labels.columns else None
     all_scans = ScanRows.from_table(scan_ids, labels["slice_index"].to_numpy())
+    row_weight = source_row_weights(sources, cfg.data.source_weights)
     slice_cfg = ContextHeadConfig(kind="linear", context=0)
     metrics: dict[str, Any] = {"name": cfg.name, "encoder": cfg.encoder.describe(), "n_features": int(x.shape[1]),
                                "head": f"{cfg.head.kind}, context {cfg.head.context}", "repeats": []}
@@ -527,7 +540,7 @@ def train_frozen(cfg: FrozenTrainConfig) -> dict[str, Any]:
             te = all_scans.subset(np.flatnonzero(fold == k))
             fits = []
             for head_cfg, l2, target in ((cfg.head, cfg.optim.l2, probs), (slice_cfg, cfg.optim.slice_l2, slice_probs)):
-                fit = fit_calibrated(x, y, patients, tr, cfg, head_cfg, l2, seed + 1000 * (k + 1))
+                fit = fit_calibrated(x, y, patients, tr, cfg, head_cfg, l2, seed + 1000 * (k + 1), row_weight)
                 lg, rows = head_logits(fit[0], fit[1], x, te)
                 target[rows] = apply_platt(lg, fit[2])
                 fits.append(fit)
@@ -556,7 +569,7 @@ def train_frozen(cfg: FrozenTrainConfig) -> dict[str, Any]:
     _write_embedding_table(out / "embed_oof.npz", labels, x, first_slice_probs, first_fold, cfg)
     if cfg.final:
         t = time.perf_counter()
-        write_final(cfg, x, y, patients, all_scans, out / "final")
+        write_final(cfg, x, y, patients, all_scans, out / "final", row_weight)
         metrics["final_seconds"] = round(time.perf_counter() - t, 1)
     metrics["wall_seconds"] = round(time.perf_counter() - t0, 1)
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2, default=float) + "\n")
@@ -580,12 +593,31 @@ def _write_embedding_table(path: Path, labels: Any, x: np.ndarray, probs: np.nda
     table.subset(order).save(path)
 
 
+def source_row_weights(sources: np.ndarray | None, weights: dict[str, float] | None) -> np.ndarray | None:
+    """Per-row loss weights from ``data.source_weights`` (None when not configured); an unknown source name in
+    the config is a :class:`ConfigError` (with a suggestion)."""
+    if not weights:
+        return None
+    if sources is None:
+        raise ConfigError("data.source_weights needs data.sources (one name per label file)")
+    known = sorted(set(sources.tolist()))
+    for name, w in weights.items():
+        if name not in known:
+            from ichd.errors import did_you_mean
+
+            raise ConfigError(f"data.source_weights names source {name!r}; {did_you_mean(name, known)}")
+        if not w > 0:
+            raise ConfigError(f"data.source_weights.{name} must be > 0, got {w}")
+    return np.asarray([float(weights.get(s, 1.0)) for s in sources], dtype=np.float32)
+
+
 def write_final(cfg: FrozenTrainConfig, x: np.ndarray, y: np.ndarray, patients: np.ndarray, scans: ScanRows,
-                out: Path) -> dict[str, Path]:
+                out: Path, row_weight: np.ndarray | None = None) -> dict[str, Path]:
     """Fit both heads on every patient, calibrate them (inner CV) and write them with :func:`export_models`."""
     slice_cfg = ContextHeadConfig(kind="linear", context=0)
-    slice_fit = fit_calibrated(x, y, patients, scans, cfg, slice_cfg, cfg.optim.slice_l2, cfg.optim.seed)
-    main_fit = fit_calibrated(x, y, patients, scans, cfg, cfg.head, cfg.optim.l2, cfg.optim.seed)
+    slice_fit = fit_calibrated(x, y, patients, scans, cfg, slice_cfg, cfg.optim.slice_l2, cfg.optim.seed,
+                               row_weight)
+    main_fit = fit_calibrated(x, y, patients, scans, cfg, cfg.head, cfg.optim.l2, cfg.optim.seed, row_weight)
     return export_models(cfg, slice_fit, main_fit, out, fold="all")
 
 

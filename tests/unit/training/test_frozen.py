@@ -185,3 +185,24 @@ def test_tiny_run_writes_oof_and_a_bundle_the_predictor_runs(cache_dir, labels_c
     assert out.slice_probs.shape == (4, 6) and np.all((out.slice_probs > 0) & (out.slice_probs < 1))
     # the slice model alone (encoder + calibrated slice head) is the bundle's CNN
     assert pred.cnn.default_cfg["name"] == "frozen_encoder" and pred.sequence is not None
+
+
+def test_source_weights_weigh_rows_and_unknown_sources_are_errors():
+    from ichd.errors import ConfigError
+    from ichd.training.frozen import source_row_weights
+
+    src = np.asarray(["ct-ich"] * 3 + ["rsna-series"] * 2)
+    assert source_row_weights(src, None) is None
+    assert source_row_weights(src, {"rsna-series": 2.0}).tolist() == [1, 1, 1, 2, 2]
+    with pytest.raises(ConfigError, match="did you mean"):
+        source_row_weights(src, {"rsna_series": 2.0})
+    x, y, scans = _toy(n_scans=20)
+    opt = HeadOptimConfig(l2=1e-3, balance=False)
+    sel_cfg = SelectorConfig("none", standardize=True)
+    w = np.ones(len(x), np.float32)
+    _, plain = fit_head(x, y, scans, ContextHeadConfig(context=0), sel_cfg, opt)
+    _, same = fit_head(x, y, scans, ContextHeadConfig(context=0), sel_cfg, opt, row_weight=w)
+    w[:30] = 5.0
+    _, heavy = fit_head(x, y, scans, ContextHeadConfig(context=0), sel_cfg, opt, row_weight=w)
+    assert torch.allclose(plain.net.weight, same.net.weight, atol=1e-5)
+    assert not torch.allclose(plain.net.weight, heavy.net.weight, atol=1e-3)
