@@ -104,7 +104,7 @@ class HeadOptimConfig:
     epochs: int = 60
     lr: float = 1e-3
     batch_size: int = 256
-    max_iter: int = 300
+    max_iter: int = 100
     balance: bool = True
     seed: int = 0
 
