@@ -32,6 +32,8 @@ ROWS: dict[str, tuple[int, dict[str, object]]] = {
     "lite0_256_ctx1_l2_0.2": (256, {"optim.l2": 0.2}),
     "lite0_256_ctx1_rsna_x2": (256, {"data.source_weights": {"rsna-series": 2.0}}),
     "lite0_256_ctx1_rsna_x4": (256, {"data.source_weights": {"rsna-series": 4.0}}),
+    "lite0_256_each_window_ctx1": (256, {"encoder.encoders": [{"name": "efficientnet_lite0", "input_size": 256,
+                                                              "channels": "each_window"}]}),
     "lite1_256_ctx1": (256, {"encoder.encoders": [{"name": "efficientnet_lite1", "input_size": 256}]}),
     "lite2_256_ctx1": (256, {"encoder.encoders": [{"name": "efficientnet_lite2", "input_size": 256}]}),
     "lite0+1+2_256_ctx1": (256, {"encoder.encoders": [{"name": f"efficientnet_lite{v}", "input_size": 256}

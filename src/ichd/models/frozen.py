@@ -11,7 +11,10 @@ embeddings measured better (docs/results.md, issue 20). This module holds the tw
     (``head``: the 1280-d head convolution; ``last_stage``: the last MBConv stage, 320/352-d), and concatenated.
     Its ``classifier`` is a linear head on the slice alone. It is an ordinary slice model: ``forward_features``,
     ``forward_head``, ``default_cfg`` (input size, ``half`` normalisation, the Grad-CAM layer of its first
-    encoder), so preprocessing, prediction, Grad-CAM and checkpoints use it unchanged.
+    encoder), so preprocessing, prediction, Grad-CAM and checkpoints use it unchanged. An encoder may also see
+    each window alone as a grey image (``channels: each_window``, three passes): ImageNet features are made for
+    natural images, and a grey window is closer to one than three windows as false colours. (Grad-CAM of such
+    an encoder follows its last pass, the soft-tissue window.)
 
 :class:`ContextHead` (registry names ``seq_context_linear`` and ``seq_context_mlp``, family ``sequence``)
     a linear or small-MLP head over a slice's (selected, standardised) embedding and the mean embedding of its
@@ -45,14 +48,24 @@ DEPTHS: tuple[str, ...] = ("head", "last_stage")
 POOLS: tuple[str, ...] = ("avg", "avgmax")
 #: Head kinds of :class:`ContextHead`.
 HEAD_KINDS: tuple[str, ...] = ("linear", "mlp")
+#: How an encoder sees the three CT windows: as the three colour channels of one image (``windows``), or each
+#: window alone as a grey image (``each_window``: three passes, embeddings concatenated in window order).
+CHANNEL_MODES: tuple[str, ...] = ("windows", "each_window")
 
 
 @dataclass
 class EncoderSpec:
-    """One frozen encoder: a registry name of :data:`FROZEN_ENCODERS` and its input size (pixels)."""
+    """One frozen encoder: a registry name of :data:`FROZEN_ENCODERS`, its input size (pixels) and how it sees
+    the windows (:data:`CHANNEL_MODES`)."""
 
     name: str = "efficientnet_lite0"
     input_size: int = 256
+    channels: Literal["windows", "each_window"] = "windows"
+
+    @property
+    def views(self) -> int:
+        """Passes per slice: 1 (the windows as colour channels) or 3 (each window as a grey image)."""
+        return 3 if self.channels == "each_window" else 1
 
     def __post_init__(self) -> None:
         if self.name not in FROZEN_ENCODERS:
@@ -60,6 +73,9 @@ class EncoderSpec:
                               hint="only encoders with offline ImageNet weights can be frozen")
         if self.input_size % 32 or self.input_size < 64:
             raise ConfigError(f"encoder input_size must be a multiple of 32 and >= 64, got {self.input_size}")
+        if self.channels not in CHANNEL_MODES:
+            raise ConfigError(f"encoder channels {self.channels!r} is unknown; "
+                              f"{did_you_mean(str(self.channels), CHANNEL_MODES)}")
 
 
 @dataclass
@@ -85,7 +101,8 @@ class FrozenEncoderConfig:
         return max(e.input_size for e in self.encoders)
 
     def describe(self) -> str:
-        enc = " + ".join(f"{e.name.replace('efficientnet_', '').title()}@{e.input_size}" for e in self.encoders)
+        enc = " + ".join(f"{e.name.replace('efficientnet_', '').title()}@{e.input_size}"
+                         + (" per window" if e.channels == "each_window" else "") for e in self.encoders)
         return f"{enc} ({self.depth}, {self.pool} pool)"
 
 
@@ -111,7 +128,7 @@ class FrozenEncoderClassifier(nn.Module):
             if pretrained:
                 trunk.load_imagenet()
             width = trunk.num_features if config.depth == "head" else int(trunk.net._blocks[-1]._bn2.num_features)
-            dims.append(width * (2 if config.pool == "avgmax" else 1))
+            dims.append(width * (2 if config.pool == "avgmax" else 1) * spec.views)
             self.encoders.append(trunk)
         for p in self.encoders.parameters():
             p.requires_grad_(False)
@@ -170,12 +187,21 @@ class FrozenEncoderClassifier(nn.Module):
         return out
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Embedding (B, num_features): each encoder's pooled map at its own input size, concatenated."""
+        """Embedding (B, num_features): each encoder's pooled map at its own input size, concatenated (for an
+        ``each_window`` encoder: one pass per window, as a grey image, in window order)."""
         x = self.normalize(x)
         parts = []
-        for i in range(len(self.encoders)):
-            parts.extend(self.pool_map(self.encoder_maps(i, x)[self.config.depth], self.config.pool))
+        for i, spec in enumerate(self.config.encoders):
+            for view in self.views(x, spec):
+                parts.extend(self.pool_map(self.encoder_maps(i, view)[self.config.depth], self.config.pool))
         return torch.cat(parts, dim=1)
+
+    @staticmethod
+    def views(x: torch.Tensor, spec: EncoderSpec) -> list[torch.Tensor]:
+        """What encoder ``spec`` sees of the normalised input: the 3-window image, or each window as grey."""
+        if spec.channels == "each_window":
+            return [x[:, c:c + 1].expand(-1, 3, -1, -1) for c in range(x.shape[1])]
+        return [x]
 
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:
         """Logits (B, num_classes) of the linear slice head."""

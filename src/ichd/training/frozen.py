@@ -160,26 +160,32 @@ def load_frozen_config(path: str | Path, overrides: dict[str, Any] | None = None
 # ----------------------------------------------------------------------------------------------------------
 
 
-def embedding_key(encoder: str, input_size: int, cache: Any) -> dict[str, Any]:
-    """What an encoder's cached embeddings depend on: the encoder, its input size, the source cache's
-    preprocessing and image size, the exact arrays (their sha256) and the pooling code's version."""
+def embedding_key(encoder: str, input_size: int, cache: Any, channels: str = "windows") -> dict[str, Any]:
+    """What an encoder's cached embeddings depend on: the encoder, its input size and channel mode, the source
+    cache's preprocessing and image size, the exact arrays (their sha256) and the pooling code's version."""
     series = sorted((s["scan_id"], s.get("sha256", "")) for s in cache.manifest["series"])
     digest = hashlib.sha256(json.dumps(series).encode()).hexdigest()
-    return {"version": EMBEDDING_CACHE_VERSION, "encoder": encoder, "input_size": int(input_size),
-            "preprocess": cache.config.to_dict(), "arrays_sha256": digest}
+    key = {"version": EMBEDDING_CACHE_VERSION, "encoder": encoder, "input_size": int(input_size),
+           "preprocess": cache.config.to_dict(), "arrays_sha256": digest}
+    if channels != "windows":  # keys of the default mode stay as they were (existing caches remain valid)
+        key["channels"] = channels
+    return key
 
 
 def _key_name(key: dict[str, Any]) -> str:
     h = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-    return f"{key['encoder']}-{key['input_size']}-{h}.npz"
+    mode = "-each" if key.get("channels") == "each_window" else ""
+    return f"{key['encoder']}-{key['input_size']}{mode}-{h}.npz"
 
 
 def encoder_embeddings(cache: Any, encoder: str, input_size: int, out_dir: str | Path, *,
-                       batch_size: int = 16, device: Any = None, threads: int | None = None) -> dict[str, np.ndarray]:
+                       batch_size: int = 16, device: Any = None, threads: int | None = None,
+                       channels: str = "windows") -> dict[str, np.ndarray]:
     """Pooled maps of one frozen encoder for every slice of ``cache``, computed once and cached in ``out_dir``.
 
     Returns ``{"slice_id": (N,), "head_avg", "head_max", "last_stage_avg", "last_stage_max": (N, C)}`` in the
-    cache's slice order. The file name carries a hash of :func:`embedding_key`, so a different encoder, size,
+    cache's slice order; for ``channels="each_window"`` each array holds the three windows' blocks side by side
+    (N, 3C), in window order. The file name carries a hash of :func:`embedding_key`, so a different encoder, size,
     preprocessing or cache content never reuses it. Inputs are the cache's slices at its own size, resized by
     the model exactly as at inference.
     """
@@ -189,7 +195,7 @@ def encoder_embeddings(cache: Any, encoder: str, input_size: int, out_dir: str |
     from ichd.utils.files import atomic_path
     from ichd.utils.progress import progress_bar
 
-    key = embedding_key(encoder, input_size, cache)
+    key = embedding_key(encoder, input_size, cache, channels)
     out_dir = Path(out_dir)
     path = out_dir / _key_name(key)
     if path.is_file():
@@ -199,8 +205,8 @@ def encoder_embeddings(cache: Any, encoder: str, input_size: int, out_dir: str |
         log.warning("embedding file %s has another key; recomputing", path)
     if threads:
         torch.set_num_threads(int(threads))
-    model = FrozenEncoderClassifier(FrozenEncoderConfig(encoders=[EncoderSpec(encoder, input_size)]),
-                                    pretrained=True).eval()
+    spec = EncoderSpec(encoder, input_size, channels)  # type: ignore[arg-type]
+    model = FrozenEncoderClassifier(FrozenEncoderConfig(encoders=[spec]), pretrained=True).eval()
     if device is not None:
         model = model.to(device)
     dev = next(model.parameters()).device
@@ -217,11 +223,15 @@ def encoder_embeddings(cache: Any, encoder: str, input_size: int, out_dir: str |
                 arr = cache.array(scan_id)
                 for start in range(0, len(idx), batch_size):
                     x = torch.from_numpy(np.array(arr[idx[start:start + batch_size]], copy=True)).to(dev)
-                    maps = model.encoder_maps(0, model.normalize(x))
-                    for depth in ("head", "last_stage"):
-                        avg, mx = model.pool_map(maps[depth], "avgmax")
-                        parts[f"{depth}_avg"].append(avg.float().cpu().numpy())
-                        parts[f"{depth}_max"].append(mx.float().cpu().numpy())
+                    pooled: dict[str, list[Any]] = {k: [] for k in POOLED_KEYS}
+                    for view in model.views(model.normalize(x), spec):
+                        maps = model.encoder_maps(0, view)
+                        for depth in ("head", "last_stage"):
+                            avg, mx = model.pool_map(maps[depth], "avgmax")
+                            pooled[f"{depth}_avg"].append(avg)
+                            pooled[f"{depth}_max"].append(mx)
+                    for k, v in pooled.items():
+                        parts[k].append(torch.cat(v, dim=1).float().cpu().numpy())
                     bar.update(min(batch_size, len(idx) - start))
                 ids.extend(table["slice_id"].astype(str))
     finally:
@@ -248,15 +258,18 @@ def frozen_features(cfg: FrozenEncoderConfig, cache: Any, slice_ids: list[str], 
     blocks = []
     for spec in cfg.encoders:
         emb = encoder_embeddings(cache, spec.name, spec.input_size, out_dir, batch_size=batch_size, device=device,
-                                 threads=threads)
+                                 threads=threads, channels=spec.channels)
         pos = {s: i for i, s in enumerate(emb["slice_id"].tolist())}
         missing = [s for s in slice_ids if s not in pos]
         if missing:
             raise InputError(f"{len(missing)} slice(s) are not in cache {str(cache.root)!r}, e.g. {missing[0]!r}")
         rows = np.asarray([pos[s] for s in slice_ids], dtype=np.int64)
-        blocks.append(emb[f"{cfg.depth}_avg"][rows])
-        if cfg.pool == "avgmax":
-            blocks.append(emb[f"{cfg.depth}_max"][rows])
+        avg = emb[f"{cfg.depth}_avg"][rows].reshape(len(rows), spec.views, -1)
+        mx = emb[f"{cfg.depth}_max"][rows].reshape(len(rows), spec.views, -1)
+        for v in range(spec.views):  # forward_features' order: per view, [avg, max]
+            blocks.append(avg[:, v])
+            if cfg.pool == "avgmax":
+                blocks.append(mx[:, v])
     return np.concatenate(blocks, axis=1).astype(np.float32)
 
 

@@ -75,12 +75,14 @@ def test_embedding_cache_is_reused_and_invalidated(cache_dir, tmp_path, monkeypa
     assert frozen.embedding_key("efficientnet_lite0", SIZE, cache) != key
 
 
-def test_assembled_features_equal_the_models_forward_features(cache_dir, tmp_path):
+@pytest.mark.parametrize("channels", ["windows", "each_window"])
+def test_assembled_features_equal_the_models_forward_features(cache_dir, tmp_path, channels):
     from ichd.models.frozen import FrozenEncoderClassifier
     from ichd.preprocessing.cache import open_cache
 
     cache = open_cache(cache_dir)
-    cfg = FrozenEncoderConfig(encoders=[EncoderSpec("efficientnet_lite0", SIZE)], depth="last_stage", pool="avgmax")
+    cfg = FrozenEncoderConfig(encoders=[EncoderSpec("efficientnet_lite0", SIZE, channels)], depth="last_stage",
+                              pool="avgmax")
     ids = cache.slices["slice_id"].astype(str).tolist()[:5]
     x = frozen_features(cfg, cache, ids, tmp_path)
     model = FrozenEncoderClassifier(cfg, pretrained=True).eval()
@@ -89,6 +91,7 @@ def test_assembled_features_equal_the_models_forward_features(cache_dir, tmp_pat
     with torch.no_grad():
         ref = model.forward_features(torch.from_numpy(arr)).numpy()
     assert np.allclose(x, ref, atol=1e-4)
+    assert x.shape[1] == (3 if channels == "each_window" else 1) * 2 * 320
 
 
 def _toy(n_scans: int = 8, per: int = 6, d: int = 5, seed: int = 0):
