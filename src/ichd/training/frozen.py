@@ -165,8 +165,11 @@ def embedding_key(encoder: str, input_size: int, cache: Any, channels: str = "wi
     cache's preprocessing and image size, the exact arrays (their sha256) and the pooling code's version."""
     series = sorted((s["scan_id"], s.get("sha256", "")) for s in cache.manifest["series"])
     digest = hashlib.sha256(json.dumps(series).encode()).hexdigest()
+    preprocess = cache.config.to_dict()
+    if preprocess.get("crop", "none") == "none":
+        preprocess.pop("crop", None)  # the key of caches made before the crop option existed stays valid
     key = {"version": EMBEDDING_CACHE_VERSION, "encoder": encoder, "input_size": int(input_size),
-           "preprocess": cache.config.to_dict(), "arrays_sha256": digest}
+           "preprocess": preprocess, "arrays_sha256": digest}
     if channels != "windows":  # keys of the default mode stay as they were (existing caches remain valid)
         key["channels"] = channels
     return key
