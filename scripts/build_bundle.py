@@ -73,6 +73,9 @@ def main() -> int:
     ap.add_argument("--source-evaluation", action="append", default=[], metavar="NAME=DIR",
                     help="`ichd evaluate --source NAME --thresholds-from EVALUATION/thresholds.json` output folder "
                          "of one training source's OOF slices; repeatable")
+    ap.add_argument("--training-cache", action="append", default=[], metavar="DIR",
+                    help="`ichd preprocess` cache folder of the training data: its study/series/slice UIDs (of the "
+                         "--training-source sources) go to the bundle's training_uids.json; repeatable")
     ap.add_argument("--limit", action="append", default=[], metavar="TEXT",
                     help="a measured known limit for the model card (listed first); repeatable")
     args = ap.parse_args()
@@ -88,7 +91,7 @@ def main() -> int:
         b = build_bundle(out, cnn=args.cnn, sequence=args.seq, evaluation=args.evaluation, name=args.name,
                          version=args.version, aliases=tuple(args.alias or ["default"]), training=training,
                          training_sources=training_sources, source_evaluations=source_evaluations,
-                         limits=tuple(args.limit))
+                         limits=tuple(args.limit), training_caches=tuple(args.training_cache))
     except IchdError as e:
         print(f"build_bundle: error: {e}", file=sys.stderr)
         return e.exit_code

@@ -8,7 +8,12 @@ The rule (used by ``ichd predict``'s JSON, HTML and DICOM SR results, the servic
 * **subtype consistency**: a subtype (every label but ``any``) is called positive only when ``any`` is called
   positive too. A subtype probability over its threshold while ``any`` is negative is *not* a call.
 
-Probabilities are never changed; only the calls are gated. This module sits with the shared foundation
+Probabilities are never changed; only the calls are gated.
+
+The **scan call** (:func:`scan_call`) has three states: ``"positive"`` (``any`` called), ``"negative"`` and
+``"not_assessable"``: a series the model must not be trusted on (a contrast-enhanced series, found by
+:mod:`ichd.inference.guards`), whatever its probabilities; then no label is called (:func:`reported_calls` gives
+``None`` for each). This module sits with the shared foundation
 (:mod:`ichd.types` uses it), so it imports nothing but numpy and :mod:`ichd.constants`.
 """
 
@@ -73,3 +78,26 @@ def gated_subtypes(probs: Any, thresholds: Mapping[str, float], labels: Sequence
     with np.errstate(invalid="ignore"):
         over = p >= t
     return [lab for i, lab in enumerate(labels) if lab != GATE_LABEL and bool(over[i]) and not called[lab]]
+
+
+#: The three states of a scan call.
+POSITIVE, NEGATIVE, NOT_ASSESSABLE = "positive", "negative", "not_assessable"
+SCAN_CALLS: tuple[str, ...] = (POSITIVE, NEGATIVE, NOT_ASSESSABLE)
+
+
+def scan_call(probs: Any, thresholds: Mapping[str, float], labels: Sequence[str] = LABELS, *,
+              not_assessable: str | None = None) -> str:
+    """``"not_assessable"`` when ``not_assessable`` gives a reason, else ``"positive"`` / ``"negative"`` from the
+    gate label's call (:func:`call_dict`)."""
+    if not_assessable:
+        return NOT_ASSESSABLE
+    return POSITIVE if call_dict(probs, thresholds, labels).get(GATE_LABEL, False) else NEGATIVE
+
+
+def reported_calls(probs: Any, thresholds: Mapping[str, float], labels: Sequence[str] = LABELS, *,
+                   not_assessable: str | None = None) -> dict[str, bool | None]:
+    """The per-label calls results report: :func:`call_dict`, or ``None`` for every label of a not-assessable
+    scan."""
+    if not_assessable:
+        return dict.fromkeys(labels)
+    return dict(call_dict(probs, thresholds, labels))

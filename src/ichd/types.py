@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from ichd.calls import call_dict
+from ichd.calls import call_dict, reported_calls, scan_call
 from ichd.constants import LABELS
 
 
@@ -90,6 +90,11 @@ class Prediction:
 
     ``slice_probs`` is (n_slices, 6) and ``scan_probs`` is (6,), both in :data:`ichd.constants.LABELS` order.
     The JSON layout (``ichd.inference`` writes it) is versioned by a JSON Schema shipped in the package.
+
+    ``skipped_slices``: ``{"index", "reason"}`` of slices that were not scored (probabilities 0; reason
+    ``"no_head"``); ``not_assessable``: why the scan cannot be called (``"contrast_enhanced"``), else None;
+    ``guards``: the measured values behind both (e.g. ``{"contrast": {...}}``), for the result file;
+    ``provenance``: whether the input is in the model's training data (``ichd.inference.provenance``).
     """
 
     slice_probs: np.ndarray
@@ -103,9 +108,23 @@ class Prediction:
     warnings: list[IngestWarning] = field(default_factory=list)
     timing_s: dict[str, float] = field(default_factory=dict)
     labels: tuple[str, ...] = LABELS
+    skipped_slices: list[dict[str, Any]] = field(default_factory=list)
+    not_assessable: str | None = None
+    guards: dict[str, Any] = field(default_factory=dict)
+    provenance: dict[str, Any] | None = None
 
     @property
     def scan_positive(self) -> dict[str, bool]:
         """Scan-level calls per label (:func:`ichd.calls.call_dict`: ``p >= threshold``, and a subtype only when
         ``any`` is positive)."""
         return call_dict(self.scan_probs, self.thresholds, self.labels)
+
+    @property
+    def scan_call(self) -> str:
+        """``"positive"``, ``"negative"`` or ``"not_assessable"`` (:func:`ichd.calls.scan_call`)."""
+        return scan_call(self.scan_probs, self.thresholds, self.labels, not_assessable=self.not_assessable)
+
+    @property
+    def reported_calls(self) -> dict[str, bool | None]:
+        """What results report per label: :attr:`scan_positive`, or None for each label of a not-assessable scan."""
+        return reported_calls(self.scan_probs, self.thresholds, self.labels, not_assessable=self.not_assessable)

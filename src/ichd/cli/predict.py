@@ -41,6 +41,13 @@ def register(app: typer.Typer) -> None:
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace results already in --out."),
         batch_size: int = typer.Option(16, "--batch-size", min=1,
                                        help="Slices per chunk through preprocessing and the CNN (bounds memory)."),
+        allow_contrast: bool = typer.Option(
+            False, "--allow-contrast",
+            help="Call contrast-enhanced / CT-angiography series anyway. Without it such a series (detected from "
+                 "the image: iodine-bright vessels and sinuses inside the skull) gets the scan call 'not "
+                 "assessable' and a contrast_enhanced warning, because the model is for non-contrast head CT, "
+                 "where iodine looks like blood. Slices without head tissue are never scored (P = 0, listed as "
+                 "skipped_slices)."),
         threads: int | None = typer.Option(None, "--threads", min=1,
                                            help="CPU threads for torch (default: torch's choice, one per core; on a "
                                                 "machine busy with other jobs, 1 is often much faster)."),
@@ -74,7 +81,7 @@ def register(app: typer.Typer) -> None:
                               gradcam=gradcam, series_uid=inputs.series, device=device, window=inputs.window,
                               independent=inputs.independent, allow_secondary_capture=inputs.allow_secondary_capture,
                               strict=inputs.strict, workers=inputs.workers, overwrite=overwrite,
-                              batch_size=batch_size)
+                              batch_size=batch_size, allow_contrast=allow_contrast)
         result = run_predict(input_path, opts)
         if out is None:
             typer.echo(result.json_text, nl=False)
@@ -83,6 +90,12 @@ def register(app: typer.Typer) -> None:
             pred = r.prediction
             calls = [lab for lab, v in pred.scan_positive.items() if v]
             verdict = ("positive: " + ", ".join(calls)) if calls else "negative"
+            if pred.not_assessable:
+                verdict = f"NOT ASSESSABLE ({pred.not_assessable})"
+            if pred.skipped_slices:
+                verdict += f"; {len(pred.skipped_slices)} slice(s) without head not scored"
+            if (pred.provenance or {}).get("in_training_data"):
+                verdict += "; input is in the model's training data"
             p_any = float(pred.scan_probs[list(pred.labels).index("any")])
             typer.echo(f"series {pred.series_instance_uid}: {pred.slice_probs.shape[0]} slices, "
                        f"any={p_any:.3f} -> {verdict}; {len(pred.warnings)} warning(s)", err=True)

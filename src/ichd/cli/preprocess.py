@@ -31,6 +31,12 @@ def register(app: typer.Typer) -> None:
                                                 "decoding then uses min(2, CPUs) workers)."),
         resize_mode: str = typer.Option("bilinear", "--resize-mode",
                                         help="Resize filter: bilinear (antialiased) or area."),
+        crop: str = typer.Option("none", "--crop",
+                                 help="Crop each slice to the head before resizing: 'none' (the whole slice, as "
+                                      "the shipped models were trained) or 'head' (the square around the head on "
+                                      "every slice of the series: table and air cut away, the same framing for "
+                                      "every source; a model trained on such a cache crops the same way at "
+                                      "inference)."),
         normalization: str = typer.Option("seed", "--normalization",
                                           help="Normalisation preset recorded for training/inference: "
                                                "seed, half or none (the cache itself is never normalised)."),
@@ -60,7 +66,7 @@ def register(app: typer.Typer) -> None:
         from ichd.preprocessing.config import PreprocessConfig
 
         cfg = PreprocessConfig(image_size=size, cache_dtype=dtype, normalization=normalization,  # type: ignore[arg-type]
-                               resize_mode=resize_mode)  # type: ignore[arg-type]
+                               resize_mode=resize_mode, crop=crop)  # type: ignore[arg-type]
         chosen = None
         if patients:
             try:

@@ -37,6 +37,7 @@ class MontageTile:
     image: np.ndarray
     cam: np.ndarray | None
     label: str
+    pixel_spacing: tuple[float, float] | None = None  # mm, for the head mask of the overlay
 
 
 def montage_figure(tiles: list[MontageTile], *, title: str, ncols: int | None = None,
@@ -58,7 +59,8 @@ def montage_figure(tiles: list[MontageTile], *, title: str, ncols: int | None = 
     FigureCanvasAgg(fig)
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
     for ax, tile in zip(axes, tiles, strict=False):
-        draw_overlay(ax, tile.image, tile.cam, window=window, cmap=cmap, alpha=alpha, min_value=min_value)
+        draw_overlay(ax, tile.image, tile.cam, window=window, cmap=cmap, alpha=alpha, min_value=min_value,
+                     pixel_spacing=tile.pixel_spacing)
         ax.set_title(tile.label, fontsize=7)
     for ax in axes[n:]:
         ax.set_axis_off()

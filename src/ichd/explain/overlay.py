@@ -5,6 +5,11 @@ to its own maximum) is drawn with a perceptually uniform colour map at partial o
 least ``min_value`` so that faint, meaningless activation does not tint the whole brain. Figures carry a colour
 bar legend (the hidden range is greyed out on it), a title with the class and its probability, and the slice
 index. Rendering uses matplotlib's object API with the Agg canvas (no pyplot state, no display needed).
+
+Every overlay is kept to the head: when the slice is given in HU, :func:`overlay` and :func:`draw_overlay` (which
+the reports, the DICOM Secondary Captures, the viewer's slice images, ``ichd explain`` and the montages all use)
+multiply the map by the slice's head mask (:func:`head_masked_map`, :func:`ichd.preprocessing.head_mask.head_mask`),
+so no heat is drawn on air, the table or the head holder.
 """
 
 from __future__ import annotations
@@ -64,6 +69,46 @@ def resize_map(cam_map: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return np.clip(np.nan_to_num(out.astype(np.float32)), float(cam.min(initial=0.0)), float(cam.max(initial=0.0)))
 
 
+def model_map_to_square(cam_map: np.ndarray, shape: tuple[int, int], crop_box=None) -> np.ndarray:
+    """A map on the model-input grid (S, S) on the slice's display grid: the ``(H, W)`` slice centre-padded to a
+    square of side ``max(H, W)``. Without ``crop_box`` the model saw that whole square (resize); with it (a
+    :class:`~ichd.preprocessing.head_mask.CropBox` in slice coordinates) the model saw that box: the map is resized
+    to the box and placed there, 0 elsewhere."""
+    from ichd.preprocessing.head_mask import box_to_square_grid
+
+    h, w = int(shape[0]), int(shape[1])
+    s = max(h, w)
+    if crop_box is None:
+        return resize_map(cam_map, (s, s))
+    box = box_to_square_grid(crop_box, (h, w))
+    inner = resize_map(cam_map, (box.side, box.side))
+    out = np.zeros((s, s), dtype=np.float32)
+    r0, c0 = max(0, box.top), max(0, box.left)
+    r1, c1 = min(s, box.top + box.side), min(s, box.left + box.side)
+    if r1 > r0 and c1 > c0:
+        out[r0:r1, c0:c1] = inner[r0 - box.top:r1 - box.top, c0 - box.left:c1 - box.left]
+    return out
+
+
+def head_masked_map(cam_map: np.ndarray, image_hu: np.ndarray, pixel_spacing=None) -> np.ndarray:
+    """The map resized to the HU slice ``image_hu`` and set to 0 outside its head mask
+    (:func:`ichd.preprocessing.head_mask.head_mask`; all 0 on a slice without a head). The one place overlays are
+    masked."""
+    from ichd.preprocessing.head_mask import head_mask
+
+    img = np.asarray(image_hu)
+    cam = resize_map(cam_map, img.shape)
+    return cam * head_mask(img, pixel_spacing).astype(np.float32)
+
+
+def _shown_map(image: np.ndarray, cam_map: np.ndarray, shape: tuple[int, int], window, head_only: bool,
+               pixel_spacing) -> np.ndarray:
+    """The map as drawn: resized to ``shape``; kept to the head when the image is in HU (``window`` given)."""
+    if head_only and window is not None:
+        return head_masked_map(cam_map, image, pixel_spacing)
+    return resize_map(cam_map, shape)
+
+
 def _heat_rgba(cam: np.ndarray, cmap: str, alpha: float, min_value: float) -> np.ndarray:
     """(H, W, 4) float colours of the map, alpha 0 below ``min_value``."""
     from matplotlib import colormaps
@@ -75,18 +120,21 @@ def _heat_rgba(cam: np.ndarray, cmap: str, alpha: float, min_value: float) -> np
 
 def overlay(image: np.ndarray, cam_map: np.ndarray, *, window: tuple[float, float] | None = BRAIN_WINDOW,
             cmap: str = DEFAULT_CMAP, alpha: float = DEFAULT_ALPHA,
-            min_value: float = DEFAULT_MIN_VALUE) -> np.ndarray:
+            min_value: float = DEFAULT_MIN_VALUE, head_only: bool = True,
+            pixel_spacing: tuple[float, float] | None = None) -> np.ndarray:
     """Blend a heat map onto a slice: (H, W, 3) uint8 RGB at the image's size.
 
     Args:
         image: 2-D slice in HU (windowed with ``window``) or a display image (``window=None``).
         cam_map: 2-D map in [0, 1] (any size; resized to the image).
         cmap / alpha / min_value: colour map, opacity, and the value below which nothing is drawn.
+        head_only / pixel_spacing: with an HU image, draw the map only inside the head mask
+            (:func:`head_masked_map`; ``pixel_spacing`` in mm when known).
     """
     if not 0.0 <= alpha <= 1.0:
         raise InputError(f"alpha must be in [0, 1], got {alpha}")
     gray = display_image(image, window)
-    cam = resize_map(cam_map, gray.shape)
+    cam = _shown_map(image, cam_map, gray.shape, window, head_only, pixel_spacing)
     heat = _heat_rgba(cam, cmap, alpha, min_value)
     a = heat[..., 3:4]
     rgb = (1.0 - a) * gray[..., None] + a * heat[..., :3]
@@ -95,15 +143,17 @@ def overlay(image: np.ndarray, cam_map: np.ndarray, *, window: tuple[float, floa
 
 def draw_overlay(ax: Axes, image: np.ndarray, cam_map: np.ndarray | None, *,
                  window: tuple[float, float] | None = BRAIN_WINDOW, cmap: str = DEFAULT_CMAP,
-                 alpha: float = DEFAULT_ALPHA, min_value: float = DEFAULT_MIN_VALUE):
-    """Draw the slice (and the map, when given) on ``ax``; returns the heat image artist (or None) for a colour bar."""
+                 alpha: float = DEFAULT_ALPHA, min_value: float = DEFAULT_MIN_VALUE, head_only: bool = True,
+                 pixel_spacing: tuple[float, float] | None = None):
+    """Draw the slice (and the map, when given, kept to the head as in :func:`overlay`) on ``ax``; returns the heat
+    image artist (or None) for a colour bar."""
     from matplotlib.colors import Normalize
 
     gray = display_image(image, window)
     ax.imshow(gray, cmap="gray", vmin=0.0, vmax=1.0, interpolation="bilinear")
     artist = None
     if cam_map is not None:
-        cam = resize_map(cam_map, gray.shape)
+        cam = _shown_map(image, cam_map, gray.shape, window, head_only, pixel_spacing)
         shown = np.ma.masked_less(cam, min_value)
         artist = ax.imshow(shown, cmap=cmap, norm=Normalize(0.0, 1.0), alpha=alpha, interpolation="bilinear")
     ax.set_axis_off()
@@ -139,7 +189,8 @@ def overlay_figure(image: np.ndarray, cam_map: np.ndarray, *, class_name: str, p
                    slice_index: int | None = None, threshold: float | None = None, subtitle: str | None = None,
                    window: tuple[float, float] | None = BRAIN_WINDOW, cmap: str = DEFAULT_CMAP,
                    alpha: float = DEFAULT_ALPHA, min_value: float = DEFAULT_MIN_VALUE,
-                   side_by_side: bool = True, dpi: int = 100) -> Figure:
+                   side_by_side: bool = True, dpi: int = 100,
+                   pixel_spacing: tuple[float, float] | None = None) -> Figure:
     """A labelled overlay figure: [plain brain window |] slice + heat map, colour bar, title.
 
     The title gives the class, its probability (and the operating threshold when given) and the slice index
@@ -155,7 +206,8 @@ def overlay_figure(image: np.ndarray, cam_map: np.ndarray, *, class_name: str, p
     if side_by_side:
         draw_overlay(axes[0], image, None, window=window)
         axes[0].set_title(_window_caption(window), fontsize=8)
-    draw_overlay(axes[-1], image, cam_map, window=window, cmap=cmap, alpha=alpha, min_value=min_value)
+    draw_overlay(axes[-1], image, cam_map, window=window, cmap=cmap, alpha=alpha, min_value=min_value,
+                 pixel_spacing=pixel_spacing)
     axes[-1].set_title(f"Grad-CAM, shown where ≥ {min_value:g}", fontsize=8)
     add_colorbar(fig, list(axes), cmap=cmap, min_value=min_value)
     title = class_title(class_name, probability)

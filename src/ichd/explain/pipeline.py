@@ -68,17 +68,18 @@ class SeriesExplanation:
         return sorted({f.slice_index for f in self.findings})
 
 
-def map_to_image(cam: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+def map_to_image(cam: np.ndarray, shape: tuple[int, int], crop_box: Any = None) -> np.ndarray:
     """Map a (S, S) map of the model input back onto the original (H, W) matrix.
 
-    The preprocessing centre-pads a non-square slice to a square of side max(H, W) and resizes it to S; this
-    resizes the map to that square and crops the padding away.
+    The preprocessing centre-pads a non-square slice to a square of side max(H, W) (after cutting it to
+    ``crop_box`` when the model crops to the head) and resizes it to S; this undoes both
+    (:func:`ichd.explain.overlay.model_map_to_square`) and crops the padding away.
     """
-    from ichd.explain.overlay import resize_map
+    from ichd.explain.overlay import model_map_to_square
 
     h, w = int(shape[0]), int(shape[1])
     s = max(h, w)
-    square = resize_map(cam, (s, s))
+    square = model_map_to_square(cam, (h, w), crop_box)
     top, left = (s - h) // 2, (s - w) // 2
     return np.ascontiguousarray(square[top:top + h, left:left + w])
 
@@ -162,10 +163,13 @@ def _tile_finding(findings: list[Finding]) -> Finding:
 
 def write_series_explanation(series: CTSeries, expl: SeriesExplanation, out_dir: str | Path, *,
                              model_info: Mapping[str, Any] | None = None,
-                             window: tuple[float, float] | None = None, dpi: int = 100) -> dict[str, Any]:
+                             window: tuple[float, float] | None = None, dpi: int = 100,
+                             crop_box: Any = None) -> dict[str, Any]:
     """Write the overlay PNGs, the montage and ``explain.json`` of one series; returns the index dict.
 
-    Every file is written atomically. ``window`` is the display window (default the brain window L40/W80).
+    Every file is written atomically. ``window`` is the display window (default the brain window L40/W80);
+    ``crop_box``: the crop of the model input (``Predictor.crop_box``), None when the model saw whole slices.
+    Overlays are kept to the head (:func:`ichd.explain.overlay.head_masked_map`).
     """
     from ichd.explain.montage import MontageTile, montage_figure
     from ichd.explain.overlay import BRAIN_WINDOW, class_title, overlay_figure, save_figure
@@ -175,14 +179,17 @@ def write_series_explanation(series: CTSeries, expl: SeriesExplanation, out_dir:
     window = window or BRAIN_WINDOW
     root = Path(out_dir) / safe_file_stem(expl.scan_id)
     shape = tuple(series.hu.shape[1:])
+    sp = (float(series.spacing_mm[1]), float(series.spacing_mm[2]))
+    spacing = sp if all(np.isfinite(sp)) and min(sp) > 0 else None
     entries: list[dict[str, Any]] = []
     by_slice: dict[int, list[Finding]] = {}
     for f in progress(expl.findings, desc="overlays", unit="png"):
         by_slice.setdefault(f.slice_index, []).append(f)
         rel = f"overlays/slice_{f.slice_index:03d}_{f.class_name}.png"
-        fig = overlay_figure(series.hu[f.slice_index], map_to_image(f.cam, shape), class_name=f.class_name,
-                             probability=f.probability, threshold=f.threshold, slice_index=f.slice_index,
-                             subtitle=f"{expl.method}; slice 0 = most inferior", window=window, dpi=dpi)
+        fig = overlay_figure(series.hu[f.slice_index], map_to_image(f.cam, shape, crop_box),
+                             class_name=f.class_name, probability=f.probability, threshold=f.threshold,
+                             slice_index=f.slice_index, subtitle=f"{expl.method}; slice 0 = most inferior",
+                             window=window, dpi=dpi, pixel_spacing=spacing)
         save_figure(fig, root / rel)
         entries.append({"slice_index": f.slice_index, "sop_instance_uid": series.sop_instance_uids[f.slice_index],
                         "class": f.class_name, "probability": round(f.probability, 6),
@@ -192,7 +199,8 @@ def write_series_explanation(series: CTSeries, expl: SeriesExplanation, out_dir:
         tiles = []
         for i in sorted(by_slice):
             shown = _tile_finding(by_slice[i])
-            tiles.append(MontageTile(series.hu[i], map_to_image(shown.cam, shape), _tile_label(i, by_slice[i], shown)))
+            tiles.append(MontageTile(series.hu[i], map_to_image(shown.cam, shape, crop_box),
+                                     _tile_label(i, by_slice[i], shown), pixel_spacing=spacing))
         flagged_names = sorted({f.class_name for f in expl.findings}, key=LABELS.index)
         title = (f"{len(by_slice)} of {series.n_slices} slices flagged — "
                  + ", ".join(class_title(c, None) for c in flagged_names))
@@ -260,5 +268,6 @@ def explain_to_folder(all_series: Sequence[CTSeries], predictor: ExplainPredicto
             series, predictor.cnn, lambda a, b, s=series: predictor.model_inputs(s, a, b),
             np.asarray(pred.slice_probs), thresholds=thresholds, classes=classes, method=method,
             batch_size=batch_size)
-        indexes.append(write_series_explanation(series, expl, out, model_info=model_info))
+        crop = predictor.crop_box(series) if hasattr(predictor, "crop_box") else None
+        indexes.append(write_series_explanation(series, expl, out, model_info=model_info, crop_box=crop))
     return indexes

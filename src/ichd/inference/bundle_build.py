@@ -476,7 +476,8 @@ def build_bundle(out_dir: str | Path, *, cnn: str | Path, evaluation: str | Path
                  training: dict[str, Any] | None = None,
                  training_sources: Sequence[Mapping[str, Any]] | None = None,
                  source_evaluations: Mapping[str, str | Path] | None = None,
-                 limits: Sequence[str] = ()) -> BundledModel:
+                 limits: Sequence[str] = (),
+                 training_caches: Sequence[str | Path] = ()) -> BundledModel:
     """Write the bundle to ``out_dir`` (see the module docstring) and return it.
 
     ``training_sources`` lists exactly what the weights were fitted on, written to the manifest key of that name
@@ -491,6 +492,10 @@ def build_bundle(out_dir: str | Path, *, cnn: str | Path, evaluation: str | Path
     OOF slices, evaluated with the pooled thresholds (``ichd evaluate OOF LABELS... --source NAME
     --thresholds-from EVALUATION/thresholds.json``); their numbers go to the card ("Evaluation per source") and to
     the manifest's ``metrics.per_source``.
+
+    ``training_caches``: the ``ichd preprocess`` cache folder(s) of the training data; their series, study and
+    slice UIDs (of the ``training_sources`` when given) go to ``training_uids.json`` and the manifest key
+    ``training_uids`` (:mod:`ichd.inference.provenance`), so results say when an input was trained on.
     """
     from ichd.models.checkpoint import load_checkpoint
 
@@ -552,5 +557,12 @@ def build_bundle(out_dir: str | Path, *, cnn: str | Path, evaluation: str | Path
         }
         if training_sources is not None:
             extra["training_sources"] = [dict(entry) for entry in training_sources]
+        if training_caches:
+            from ichd.inference.provenance import training_uids_from_cache, write_training_uids
+
+            names = None if training_sources is None else [str(e["source"]) for e in training_sources]
+            uids = training_uids_from_cache(training_caches, names)
+            Path(out_dir).mkdir(parents=True, exist_ok=True)
+            extra["training_uids"] = write_training_uids(out_dir, uids)
         return write_bundle(out_dir, name=name, version=version, files=files, thresholds=thresholds,
                             model_card=card, aliases=aliases, extra=extra)

@@ -8,8 +8,10 @@ Written with highdicom, so the objects are valid instances a PACS can store next
 * **Comprehensive SR**, in another new series: algorithm name and version, a disclaimer, and per label a
   *Finding* (SNOMED CT "Intracranial hemorrhage" for ``any``; codes of the private scheme ``99ICHD`` for the
   subtypes, declared in the Coding Scheme Identification Sequence) with *Presence of property*
-  (present/absent at the model's operating threshold), *Probability*, the threshold, the best-illustrating SC
-  image and, for DICOM input, the most probable source slice (INFERRED FROM).
+  (present/absent at the model's operating threshold; *indeterminate* for every label of a not-assessable scan,
+  e.g. a contrast-enhanced series), *Probability*, the threshold, the best-illustrating SC image and, for DICOM
+  input, the most probable source slice (INFERRED FROM). Comments say when the scan is not assessable, which
+  slices were not scored (no head tissue) and when the input is in the model's training data (:func:`sr_notes`).
 
 Patient and study attributes are copied from one source header when the input is DICOM (so the results file
 under the right patient); for other input (PNG/JPG, NIfTI, DICOM without valid UIDs) a new study UID is
@@ -144,7 +146,7 @@ def _overlay_rgb(ev: SliceEvidence) -> np.ndarray:
     if ev.cam is None:
         gray = np.clip(np.round(display_image(ev.image_hu, BRAIN_WINDOW) * 255.0), 0, 255).astype(np.uint8)
         return np.repeat(gray[..., None], 3, axis=2)
-    return overlay(ev.image_hu, ev.cam, window=BRAIN_WINDOW)
+    return overlay(ev.image_hu, ev.cam, window=BRAIN_WINDOW, pixel_spacing=ev.pixel_spacing)
 
 
 def build_secondary_captures(pred: Prediction, evidence: Sequence[SliceEvidence], ctx: DicomContext, *,
@@ -185,6 +187,22 @@ def build_secondary_captures(pred: Prediction, evidence: Sequence[SliceEvidence]
     return out
 
 
+def sr_notes(pred: Prediction) -> list[str]:
+    """The SR's extra comments: not-assessable scan, slices not scored, training data."""
+    notes = []
+    if pred.not_assessable:
+        notes.append(f"Scan call: NOT ASSESSABLE ({pred.not_assessable}). The model is for non-contrast head CT; "
+                     "no finding is called, the probabilities are for reference only.")
+    if pred.skipped_slices:
+        idx = ", ".join(str(int(s["index"])) for s in pred.skipped_slices[:40])
+        notes.append(f"{len(pred.skipped_slices)} slices without head tissue were not scored (probability 0): "
+                     f"{idx}{' ...' if len(pred.skipped_slices) > 40 else ''}")
+    prov = pred.provenance or {}
+    if prov.get("in_training_data"):
+        notes.append(str(prov.get("note", "This input is part of the model's training data.")))
+    return notes
+
+
 def build_sr(pred: Prediction, evidence: Sequence[SliceEvidence], scs: Sequence[Any], ctx: DicomContext, *,
              series_instance_uid: str | None = None) -> Any:
     """The Comprehensive SR with the scan-level findings (see the module docstring)."""
@@ -213,7 +231,8 @@ def build_sr(pred: Prediction, evidence: Sequence[SliceEvidence], scs: Sequence[
         finding = CodeContentItem(name=codes.DCM.Finding, value=_finding_code(lab), relationship_type="CONTAINS")
         props = [
             CodeContentItem(name=codes.DCM.PresenceOfProperty,
-                            value=codes.SCT.Present if positive[lab] else codes.SCT.Absent,
+                            value=(codes.SCT.Indeterminate if pred.not_assessable
+                                   else codes.SCT.Present if positive[lab] else codes.SCT.Absent),
                             relationship_type="HAS PROPERTIES"),
             NumContentItem(name=codes.DCM.Probability, value=round(float(pred.scan_probs[j]), 6), unit=ratio,
                            relationship_type="HAS PROPERTIES"),
@@ -227,7 +246,7 @@ def build_sr(pred: Prediction, evidence: Sequence[SliceEvidence], scs: Sequence[
                                           referenced_sop_class_uid=sc.SOPClassUID,
                                           referenced_sop_instance_uid=sc.SOPInstanceUID,
                                           relationship_type="HAS PROPERTIES"))
-        if ctx.references_source and positive[lab]:
+        if ctx.references_source and positive[lab] and not pred.not_assessable:
             uid, frame = split_frame(pred.sop_instance_uids[int(np.argmax(pred.slice_probs[:, j]))])
             stubs.setdefault(uid, _slice_stub(ref, ctx, uid))
             props.append(ImageContentItem(name=codes.DCM.SourceImage, referenced_sop_class_uid=ctx.source_sop_class_uid,
@@ -239,6 +258,7 @@ def build_sr(pred: Prediction, evidence: Sequence[SliceEvidence], scs: Sequence[
     container.ContentSequence = ContentSequence(findings)
     comment = ("Automated result of ichd, research software, not a medical device: do not use for diagnosis. "
                "Probabilities come from the model named above; presence is probability >= operating threshold.")
+    notes = sr_notes(pred)
     root = ContainerContentItem(name=CodedConcept("18748-4", "LN", "Diagnostic imaging report"))
     root.ContentSequence = ContentSequence([
         TextContentItem(name=codes.DCM.AlgorithmName, value=str(pred.model.get("name", ""))[:64] or "ichd",
@@ -247,6 +267,7 @@ def build_sr(pred: Prediction, evidence: Sequence[SliceEvidence], scs: Sequence[
                         value=f"{pred.model.get('version', '')} (ichd {__version__})"[:64],
                         relationship_type="CONTAINS"),
         TextContentItem(name=codes.DCM.Comment, value=comment, relationship_type="CONTAINS"),
+        *[TextContentItem(name=codes.DCM.Comment, value=text, relationship_type="CONTAINS") for text in notes],
         container,
     ])
     # Every referenced instance is evidence; each carries the same copied patient/study module.

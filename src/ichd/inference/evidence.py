@@ -27,7 +27,10 @@ class SliceEvidence:
         label: the subtype the slice is flagged for (and the class the heat map explains).
         probability: the slice's probability for ``label``.
         image_hu: the slice in HU, padded to a square like the model input (for display).
-        cam: Grad-CAM map (S, S) float32 in [0, 1] on the model-input grid, or None when not computed.
+        cam: Grad-CAM map float32 in [0, 1] on the grid of ``image_hu`` (the model-input map resized, any crop to
+            the head undone: :meth:`ichd.inference.predictor.Predictor.map_to_display`), or None when not
+            computed. Overlays keep it to the head (:func:`ichd.explain.overlay.head_masked_map`).
+        pixel_spacing: (row, col) mm of the slice, or None when unknown (for the head mask of the overlays).
     """
 
     index: int
@@ -35,6 +38,7 @@ class SliceEvidence:
     probability: float
     image_hu: np.ndarray = field(repr=False)
     cam: np.ndarray | None = field(default=None, repr=False)
+    pixel_spacing: tuple[float, float] | None = None
 
 
 @dataclass

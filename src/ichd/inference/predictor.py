@@ -105,6 +105,18 @@ class Predictor:
         self.batch_size = int(batch_size)
         self.notes = list(notes or [])
         self.bundle = bundle
+        self._training_uids: Any = None
+        self._training_uids_read = False
+
+    @property
+    def training_uids(self) -> Any:
+        """The bundle's training UIDs (:func:`ichd.inference.provenance.load_training_uids`, read once), or None."""
+        if not self._training_uids_read:
+            from ichd.inference.provenance import load_training_uids
+
+            self._training_uids = load_training_uids(self.bundle) if self.bundle is not None else None
+            self._training_uids_read = True
+        return self._training_uids
 
     # ------------------------------------------------------------------------------------------------ loading
 
@@ -204,17 +216,38 @@ class Predictor:
 
     # ------------------------------------------------------------------------------------------- inference
 
+    def crop_box(self, series: CTSeries) -> Any:
+        """The crop of the model input for ``series`` (:func:`ichd.preprocessing.pipeline.input_crop_box`: None
+        unless the model's preprocessing crops to the head), computed once per series and kept in its ``meta``."""
+        if self.preprocess.crop != "head":
+            return None
+        from ichd.inference.guards import pixel_spacing
+        from ichd.preprocessing.pipeline import input_crop_box
+
+        key = "_ichd_head_crop_box"
+        if key not in series.meta:
+            series.meta[key] = input_crop_box(series.hu, self.preprocess, pixel_spacing(series))
+        return series.meta[key]
+
     def model_inputs(self, series: CTSeries, start: int = 0, stop: int | None = None) -> torch.Tensor:
         """CNN input for slices ``start:stop``: ``(n, 3, S, S)`` float32 in [0, 1] on :attr:`device`.
 
-        Not normalised (the slice CNN normalises internally). Exactly what :meth:`predict_series` feeds the CNN.
+        Not normalised (the slice CNN normalises internally). Exactly what :meth:`predict_series` feeds the CNN
+        (cropped to the head of the whole series when the model's preprocessing says so).
         """
         import torch
 
         from ichd.preprocessing.pipeline import from_cache_dtype, preprocess_hu
 
-        x = preprocess_hu(series.hu[start:stop], self.preprocess)
+        x = preprocess_hu(series.hu[start:stop], self.preprocess, crop_box=self.crop_box(series))
         return torch.from_numpy(from_cache_dtype(x)).to(self.device)
+
+    def map_to_display(self, series: CTSeries, cam: np.ndarray) -> np.ndarray:
+        """A map on the model-input grid (e.g. Grad-CAM) on the display grid of ``series``' slices: the slice
+        centre-padded to a square (:func:`ichd.preprocessing.resize.pad_to_square`), the crop undone."""
+        from ichd.explain.overlay import model_map_to_square
+
+        return model_map_to_square(cam, series.hu.shape[1:], self.crop_box(series))
 
     def _check(self, series: CTSeries) -> None:
         if series.n_slices < 1:
@@ -232,6 +265,7 @@ class Predictor:
         from ichd.utils.progress import progress_bar
 
         n = series.n_slices
+        box = self.crop_box(series)
         views = tta_views(self.preprocess.image_size, enabled=tta)
         feats: np.ndarray | None = None
         probs = np.zeros((n, len(LABELS)), dtype=np.float32)
@@ -241,7 +275,7 @@ class Predictor:
             for start in range(0, n, self.batch_size):
                 stop = min(n, start + self.batch_size)
                 t = time.perf_counter()
-                x = preprocess_hu(series.hu[start:stop], self.preprocess)
+                x = preprocess_hu(series.hu[start:stop], self.preprocess, crop_box=box)
                 t_pre += time.perf_counter() - t
                 t = time.perf_counter()
                 for view in views:
@@ -261,8 +295,13 @@ class Predictor:
         return feats / k, probs / k, t_pre, t_cnn
 
     def predict_series(self, series: CTSeries, *, tta: bool = False, gradcam: bool = False,
-                       max_flagged: int = DEFAULT_MAX_FLAGGED) -> Prediction:
+                       max_flagged: int = DEFAULT_MAX_FLAGGED, allow_contrast: bool = False) -> Prediction:
         """Predict one series.
+
+        The input checks of :mod:`ichd.inference.guards` apply here, after the model's probabilities, for every
+        model family: slices without head tissue get P = 0 and are listed in ``skipped_slices`` (the scan
+        probability, and the sequence stage, use the other slices only); a contrast-enhanced series is
+        ``not_assessable`` unless ``allow_contrast``.
 
         Args:
             series: the CT series (slices inferior -> superior).
@@ -270,24 +309,35 @@ class Predictor:
             gradcam: also compute Grad-CAM maps for the flagged slices; the result is then an
                 :class:`~ichd.inference.evidence.ExplainedPrediction` with ``evidence``.
             max_flagged: at most this many flagged slices get maps.
+            allow_contrast: call a contrast-enhanced series anyway (it keeps its ``contrast_enhanced`` warning).
 
         Returns:
             A :class:`~ichd.types.Prediction` with per-slice (n, 6) and scan (6,) probabilities in LABELS order,
             the thresholds, the model identity, the series' ingest warnings and timings (seconds).
         """
+        from ichd.inference.guards import CONTRAST, NO_HEAD, guard_warnings, series_guards
+        from ichd.inference.provenance import provenance_block
         from ichd.models.scan_rules import scan_probabilities
 
         self._check(series)
         t0 = time.perf_counter()
+        guards = series_guards(series, crop=self.preprocess.crop == "head")
+        if guards.crop_box is not None:
+            series.meta["_ichd_head_crop_box"] = guards.crop_box
         feats, cnn_probs, t_pre, t_cnn = self._embed(series, tta)
         t = time.perf_counter()
-        if self.sequence is not None:
-            slice_probs, scan_probs = self.sequence.predict(feats, cnn_probs)
-        else:
-            slice_probs = cnn_probs
-            scan_probs = scan_probabilities(cnn_probs, self.scan_rule, min_run=self.min_run)
+        keep = guards.has_head
+        slice_probs = np.zeros_like(cnn_probs)
+        scan_probs = np.zeros(len(LABELS), dtype=np.float32)
+        if keep.any():
+            if self.sequence is not None:
+                kept_slices, scan_probs = self.sequence.predict(feats[keep], cnn_probs[keep])
+            else:
+                kept_slices = cnn_probs[keep]
+                scan_probs = scan_probabilities(kept_slices, self.scan_rule, min_run=self.min_run)
+            slice_probs[keep] = kept_slices
         t_seq = time.perf_counter() - t
-        warnings = list(series.warnings) + list(self.notes)
+        warnings = list(series.warnings) + list(self.notes) + guard_warnings(guards, allow_contrast=allow_contrast)
         if series.n_slices == 1:
             warnings.append(IngestWarning(
                 "single_slice", "the input has one slice: the scan result is that slice's result"
@@ -295,7 +345,7 @@ class Predictor:
         z_known = math.isfinite(float(series.spacing_mm[0]))
         positions = (np.asarray(series.positions_mm, dtype=np.float64) if z_known
                      else np.full(series.n_slices, np.nan))
-        timing = {"preprocess": t_pre, "cnn": t_cnn}
+        timing = {"guards": guards.seconds, "preprocess": t_pre, "cnn": t_cnn}
         if self.sequence is not None:
             timing["sequence"] = t_seq
         pred_kwargs = {
@@ -311,6 +361,11 @@ class Predictor:
             "positions_mm": positions,
             "warnings": warnings,
             "timing_s": timing,
+            "skipped_slices": [{"index": i, "reason": NO_HEAD} for i in guards.skipped],
+            "not_assessable": CONTRAST if guards.contrast_flagged and not allow_contrast else None,
+            "provenance": provenance_block(self.training_uids, series),
+            "guards": {"contrast": guards.contrast.to_dict() if guards.contrast is not None else None,
+                       "allow_contrast": bool(allow_contrast)},
         }
         if not gradcam:
             timing["predict_total"] = time.perf_counter() - t0
@@ -327,6 +382,7 @@ class Predictor:
         """The flagged slices of ``pred`` (see :func:`~ichd.inference.evidence.select_flagged`) with their HU image
         and, when ``gradcam``, the slice CNN's Grad-CAM map for the flagged label (one forward/backward pass each).
         ``at_least_one`` returns the most probable slice when none is flagged."""
+        from ichd.inference.guards import pixel_spacing
         from ichd.preprocessing.resize import pad_to_square
 
         flagged = select_flagged(pred, max_slices, at_least_one=at_least_one)
@@ -342,9 +398,10 @@ class Predictor:
                 by_label.setdefault(lab, []).append(i)
             for lab, idx in by_label.items():  # one forward + backward per label, its slices as one batch
                 x = torch.cat([self.model_inputs(series, i, i + 1) for i in idx])
-                maps.update(zip(idx, cam(x, lab)))
+                maps.update((i, self.map_to_display(series, m)) for i, m in zip(idx, cam(x, lab)))
         evidence = []
         for i, lab, p in flagged:
             img = pad_to_square(np.asarray(series.hu[i], dtype=np.float32), AIR_HU)
-            evidence.append(SliceEvidence(index=i, label=lab, probability=p, image_hu=img, cam=maps.get(i)))
+            evidence.append(SliceEvidence(index=i, label=lab, probability=p, image_hu=img, cam=maps.get(i),
+                                          pixel_spacing=pixel_spacing(series)))
         return evidence

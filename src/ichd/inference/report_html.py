@@ -38,6 +38,7 @@ background:#f5f6f8}
 main{max-width:1100px;margin:0 auto;padding:16px 24px 40px}
 h1{font-size:1.5rem;margin:.4rem 0}h2{font-size:1.15rem;margin:1.6rem 0 .5rem;border-bottom:1px solid #d5d9df;
 padding-bottom:.2rem}
+.na{color:#7a4b00;font-weight:700}
 .demo-banner{background:#fde8e8;border:2px solid #c0392b;border-radius:6px;padding:.7rem .9rem;font-size:1rem;
 margin:.6rem 0}
 .disclaimer{background:#fff4e5;border:1px solid #f0b35a;border-radius:6px;padding:.6rem .9rem;font-size:.92rem}
@@ -115,7 +116,7 @@ def evidence_png(ev: SliceEvidence, threshold: float | None) -> bytes:
         gray = display_image(ev.image_hu, BRAIN_WINDOW)
         return _rgb_png(np.clip(np.round(gray * 255.0), 0, 255).astype(np.uint8))
     fig = overlay_figure(ev.image_hu, ev.cam, class_name=ev.label, probability=ev.probability,
-                         slice_index=ev.index, threshold=threshold, dpi=80)
+                         slice_index=ev.index, threshold=threshold, dpi=80, pixel_spacing=ev.pixel_spacing)
     return figure_png_bytes(fig)
 
 
@@ -128,7 +129,8 @@ def _scan_table(pred: Prediction) -> str:
     positive = pred.scan_positive
     gated = set(gated_subtypes(pred.scan_probs, pred.thresholds, pred.labels))
     for j, lab in enumerate(pred.labels):
-        call = ('<span class="pos">POSITIVE</span>' if positive[lab]
+        call = ('<span class="na">not assessable</span>' if pred.not_assessable
+                else '<span class="pos">POSITIVE</span>' if positive[lab]
                 else '<span class="neg">negative ("any" negative)</span>' if lab in gated
                 else '<span class="neg">negative</span>')
         peak = int(np.argmax(pred.slice_probs[:, j]))
@@ -141,9 +143,15 @@ def _scan_table(pred: Prediction) -> str:
 def _slice_table(pred: Prediction) -> str:
     head = "".join(f"<th>{_abbrev(lab)}</th>" for lab in pred.labels)
     rows = []
+    skipped = {int(s["index"]): str(s["reason"]) for s in pred.skipped_slices}
     for i in range(pred.slice_probs.shape[0]):
         z = pred.positions_mm[i]
         z_txt = f"{z:.2f}" if np.isfinite(z) else "—"
+        if i in skipped:
+            why = "no head tissue" if skipped[i] == "no_head" else skipped[i]
+            rows.append(f"<tr><td class=num>{i}</td><td class=num>{z_txt}</td>"
+                        f"<td colspan={len(pred.labels)} class=meta>not scored ({html.escape(why)}): P = 0</td></tr>")
+            continue
         cells = "".join(f"<td class=num>{_fmt_p(p)}</td>" for p in pred.slice_probs[i])
         rows.append(f"<tr><td class=num>{i}</td><td class=num>{z_txt}</td>{cells}</tr>")
     return (f"<table><thead><tr><th>slice</th><th>z (mm)</th>{head}</tr></thead><tbody>" + "".join(rows)
@@ -181,6 +189,23 @@ def _model_section(model_info: dict[str, Any]) -> str:
     return out
 
 
+#: What the report says about a not-assessable scan, by reason.
+NOT_ASSESSABLE_TEXT: dict[str, str] = {
+    "contrast_enhanced": "the series looks contrast-enhanced (or a CT angiography). The model is for non-contrast "
+                         "head CT, where iodine looks like blood, so no call is made; the probabilities below are "
+                         "shown for reference only (ichd predict --allow-contrast calls it anyway).",
+}
+
+
+def _provenance_banner(pred: Prediction, demo: Mapping[str, Any] | None) -> str:
+    """A banner when the input is in the model's training data (not repeated for the demo study's own banner)."""
+    prov = pred.provenance or {}
+    if not prov.get("in_training_data") or (demo and demo.get("is_demo")):
+        return ""
+    return (f'<p class="demo-banner" role="note"><strong>Training data.</strong> '
+            f'{html.escape(str(prov.get("note", "")))}</p>\n')
+
+
 def _demo_banner(demo: Mapping[str, Any] | None) -> str:
     """The banner at the top of a report on the bundled demo study (empty for any other input)."""
     if not demo or not demo.get("is_demo"):
@@ -197,14 +222,17 @@ def render_html(pred: Prediction, evidence: Sequence[SliceEvidence], *, model_in
     created = created or _dt.datetime.now(_dt.UTC)
     positive = pred.scan_positive
     pos_labels = [lab for lab in LABELS if positive[lab] and lab != "any"]
-    if positive["any"]:
+    if pred.not_assessable:
+        verdict = ('<span class="na">Not assessable</span> — '
+                   + html.escape(NOT_ASSESSABLE_TEXT.get(pred.not_assessable, pred.not_assessable)))
+    elif positive["any"]:
         verdict = ('<span class="pos">Hemorrhage suspected</span>'
                    + (f" — subtypes above threshold: {', '.join(html.escape(lab) for lab in pos_labels)}"
                       if pos_labels else " — no single subtype above its threshold"))
     else:
         verdict = '<span class="neg">No hemorrhage above the operating threshold</span>'
     gated = gated_subtypes(pred.scan_probs, pred.thresholds, pred.labels)
-    if gated:
+    if gated and not pred.not_assessable:
         verdict += (f" (the probability of {', '.join(html.escape(lab) for lab in gated)} reaches its threshold, "
                     "but a subtype is called only when \"any\" is positive)")
     curves = _png_data_uri(curves_png(pred, [e.index for e in evidence]))
@@ -223,6 +251,12 @@ def render_html(pred: Prediction, evidence: Sequence[SliceEvidence], *, model_in
         flagged_html = f"<p class=meta>{heat_note}</p><div class=grid>{''.join(figures)}</div>"
     else:
         flagged_html = "<p>No slice reached the operating threshold, so no slice is flagged.</p>"
+    if pred.skipped_slices:
+        n_skip = len(pred.skipped_slices)
+        verdict += (f'<br><span class=meta>{n_skip} of {pred.slice_probs.shape[0]} slices show no head tissue '
+                    f'(table or air only) and were not scored (P = 0): '
+                    f'{", ".join(str(int(s["index"])) for s in pred.skipped_slices[:20])}'
+                    f'{" ..." if n_skip > 20 else ""}</span>')
     uid_note = (" (generated by ichd: the input carried no DICOM UIDs)" if generated_uids else "")
     timing = ", ".join(f"{html.escape(k)} {v:.2f} s" for k, v in pred.timing_s.items())
     title = f"ichd report — series {pred.series_instance_uid}"
@@ -232,7 +266,7 @@ def render_html(pred: Prediction, evidence: Sequence[SliceEvidence], *, model_in
 <title>{html.escape(title)}</title><style>{_CSS}</style></head>
 <body><main>
 <h1>Intracranial hemorrhage report</h1>
-{_demo_banner(demo)}<p class="disclaimer"><strong>Not for clinical use.</strong> {html.escape(DISCLAIMER)}</p>
+{_demo_banner(demo)}{_provenance_banner(pred, demo)}<p class="disclaimer"><strong>Not for clinical use.</strong> {html.escape(DISCLAIMER)}</p>
 <p class=meta>Study {html.escape(pred.study_instance_uid)} · series {html.escape(pred.series_instance_uid)}{uid_note}<br>
 {pred.slice_probs.shape[0]} slices · input {html.escape(input_kind or 'unknown')} · model {html.escape(pred.model.get('name', ''))}
 {html.escape(pred.model.get('version', ''))} · TTA {html.escape(pred.model.get('tta', 'false'))} ·

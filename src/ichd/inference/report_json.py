@@ -1,8 +1,11 @@
 """The versioned JSON result of ``ichd predict`` and its JSON Schema.
 
-One :class:`~ichd.types.Prediction` becomes one JSON object (layout: ``resources/schemas/prediction-v1.schema.json``,
-``schema_version`` "1.0"); several series of one input become an array of such objects. Consumers should check
-``schema_version``; a breaking change of the layout gets a new schema file and version.
+One :class:`~ichd.types.Prediction` becomes one JSON object (layout: ``resources/schemas/prediction-v2.schema.json``,
+``schema_version`` "2.0"); several series of one input become an array of such objects. Consumers should check
+``schema_version``; a breaking change of the layout gets a new schema file and version. Version 2 (version 1:
+``prediction-v1.schema.json``) added ``scan_call`` (positive / negative / not_assessable, with
+``not_assessable_reason``), ``null`` calls in ``scan_positive`` for a not-assessable scan, ``skipped_slices``
+(slices without head tissue), ``guards`` and ``provenance``.
 """
 
 from __future__ import annotations
@@ -19,8 +22,8 @@ from ichd.paths import package_resource
 from ichd.types import Prediction
 
 #: Version written into every result (``schema_version``) and the schema file that describes it.
-SCHEMA_VERSION = "1.0"
-SCHEMA_FILE = "prediction-v1.schema.json"
+SCHEMA_VERSION = "2.0"
+SCHEMA_FILE = "prediction-v2.schema.json"
 
 
 def schema_path():
@@ -87,13 +90,23 @@ def prediction_to_dict(pred: Prediction, *, flagged: Sequence[tuple[int, str, fl
         "n_slices": int(pred.slice_probs.shape[0]),
         "labels": labels,
         "scan": {lab: _prob(pred.scan_probs[i]) for i, lab in enumerate(labels)},
-        "scan_positive": pred.scan_positive,
+        "scan_positive": pred.reported_calls,
+        "scan_call": pred.scan_call,
+    })
+    if pred.not_assessable:
+        out["not_assessable_reason"] = pred.not_assessable
+    out.update({
         "thresholds": {lab: _prob(pred.thresholds[lab]) for lab in labels},
         "slices": [_slice_dict(pred, i, labels, source_files) for i in range(pred.slice_probs.shape[0])],
     })
     if flagged:
         out["flagged_slices"] = [{"index": int(i), "label": str(lab), "probability": _prob(p)}
                                  for i, lab, p in flagged]
+    out["skipped_slices"] = [{"index": int(s["index"]), "reason": str(s["reason"])} for s in pred.skipped_slices]
+    if pred.guards:
+        out["guards"] = dict(pred.guards)
+    if pred.provenance is not None:
+        out["provenance"] = dict(pred.provenance)
     out["warnings"] = [w.to_dict() for w in pred.warnings]
     out["timing_s"] = {k: round(float(v), 4) for k, v in pred.timing_s.items()}
     return out

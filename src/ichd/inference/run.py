@@ -6,7 +6,7 @@ error never leaves a partial result set; existing results are not overwritten un
 
 Layout of ``--out`` (one series)::
 
-    prediction.json   the versioned result (schema: resources/schemas/prediction-v1.schema.json)
+    prediction.json   the versioned result (schema: resources/schemas/prediction-v2.schema.json)
     report.html       self-contained report
     dicom/sr.dcm, dicom/sc-001.dcm, ...
     submission.csv    (--format rsna) the RSNA 2019 submission: ID,Label rows ID_<sop>_<subtype>
@@ -70,6 +70,7 @@ class PredictOptions:
     overwrite: bool = False
     batch_size: int = 16
     max_flagged: int = DEFAULT_MAX_FLAGGED
+    allow_contrast: bool = False
 
 
 @dataclass
@@ -364,7 +365,7 @@ def _predict_one(predictor: Any, series: CTSeries, folder: str, formats: tuple[s
     from ichd.inference.report_json import prediction_to_dict
 
     t0 = time.perf_counter()
-    pred = predictor.predict_series(series, tta=opts.tta, gradcam=False)
+    pred = predictor.predict_series(series, tta=opts.tta, gradcam=False, allow_contrast=opts.allow_contrast)
     pred.thresholds, note = operating_thresholds(predictor, independent=opts.independent)
     if note is not None:
         pred.warnings.append(note)

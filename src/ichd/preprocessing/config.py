@@ -9,6 +9,9 @@ from typing import Any, Literal
 from ichd.constants import SEED_WINDOWS
 from ichd.errors import ConfigError
 
+#: Values of ``PreprocessConfig.crop``.
+CROP_MODES: tuple[str, ...] = ("none", "head")
+
 
 @dataclass
 class PreprocessConfig:
@@ -23,6 +26,9 @@ class PreprocessConfig:
         normalization: preset applied at training/inference time (``"seed"``, ``"half"``, ``"none"``); the cache
             itself is never normalised.
         resize_mode: ``"bilinear"`` (antialiased) or ``"area"``.
+        crop: ``"none"`` (the whole slice, padded to a square) or ``"head"`` (the square around the head on every
+            slice of the series, :func:`ichd.preprocessing.head_mask.head_crop_box`, so that every source is framed
+            the same way). The cache and inference use the same rule (:func:`ichd.preprocessing.pipeline.preprocess_hu`).
     """
 
     windows: dict[str, tuple[float, float]] = field(default_factory=lambda: dict(SEED_WINDOWS))
@@ -30,6 +36,7 @@ class PreprocessConfig:
     cache_dtype: Literal["uint8", "float16"] = "uint8"
     normalization: str = "seed"
     resize_mode: Literal["bilinear", "area"] = "bilinear"
+    crop: Literal["none", "head"] = "none"
 
     def __post_init__(self) -> None:
         from ichd.preprocessing.normalize import preset
@@ -43,6 +50,8 @@ class PreprocessConfig:
             raise ConfigError(f"cache_dtype must be 'uint8' or 'float16', got {self.cache_dtype!r}")
         if self.resize_mode not in ("bilinear", "area"):
             raise ConfigError(f"resize_mode must be 'bilinear' or 'area', got {self.resize_mode!r}")
+        if self.crop not in CROP_MODES:
+            raise ConfigError(f"crop must be one of {', '.join(CROP_MODES)}, got {self.crop!r}")
         preset(self.normalization)
 
     @property
@@ -66,6 +75,8 @@ class PreprocessConfig:
         """The settings that change the cached arrays (normalisation does not: it is applied on read)."""
         d = self.to_dict()
         d.pop("normalization")
+        if d.get("crop") == "none":
+            d.pop("crop")  # caches built before the option existed keep their key
         return d
 
     def replace(self, **changes: Any) -> PreprocessConfig:

@@ -457,6 +457,10 @@ class StudyService:
                 "folder": r.folder,
                 "scan": res["scan"],
                 "scan_positive": res["scan_positive"],
+                "scan_call": res["scan_call"],
+                "not_assessable_reason": res.get("not_assessable_reason"),
+                "n_skipped_slices": len(res.get("skipped_slices", [])),
+                "in_training_data": (res.get("provenance") or {}).get("in_training_data"),
                 "findings": [lab for lab, v in res["scan_positive"].items() if v],
             })
         fsync_dir(paths.volumes)
@@ -487,7 +491,7 @@ class StudyService:
                            positions_mm=np.zeros(1), sop_instance_uids=["slice"], study_instance_uid="",
                            series_instance_uid="", source="slice")
             x = predictor.model_inputs(one, 0, 1)
-            return GradCAM(predictor.cnn)(x, label)[0]
+            return predictor.map_to_display(one, GradCAM(predictor.cnn)(x, label)[0])
 
     def model_info(self) -> dict[str, Any]:
         """The loaded model's identity, thresholds and model card (:func:`ichd.service.model_info.describe_model`),

@@ -38,3 +38,24 @@ def test_cache_dtype_round_trip() -> None:
     np.testing.assert_allclose(from_cache_dtype(to_cache_dtype(x, "uint8")), x, atol=0.5 / 255 + 1e-6)
     np.testing.assert_allclose(from_cache_dtype(to_cache_dtype(x, "float16")), x, atol=1e-3)
     assert to_cache_dtype(np.array([-1.0, 2.0]), "uint8").tolist() == [0, 255]
+
+
+def test_crop_to_the_head_frames_the_head_the_same_in_chunks_and_at_once():
+    from ichd.preprocessing.config import PreprocessConfig
+    from ichd.preprocessing.head_mask import head_crop_box, head_mask
+    from ichd.preprocessing.pipeline import input_crop_box, preprocess_hu
+    from ichd.testing.factories import phantom_hu
+
+    vol = np.stack([phantom_hu(128, 160), phantom_hu(128, 160, z=3.0), np.full((128, 160), -1000.0, np.float32)])
+    cfg = PreprocessConfig(image_size=32, crop="head")
+    whole = preprocess_hu(vol, cfg, pixel_spacing=(1.0, 1.0))
+    box = input_crop_box(vol, cfg, (1.0, 1.0))
+    assert box == head_crop_box(head_mask(vol, (1.0, 1.0)))
+    chunks = np.concatenate([preprocess_hu(vol[i:i + 1], cfg, crop_box=box) for i in range(3)])
+    np.testing.assert_array_equal(whole, chunks)
+    plain = preprocess_hu(vol, PreprocessConfig(image_size=32))
+    assert not np.array_equal(whole, plain)  # the crop changes the framing
+    assert whole[0].mean() > plain[0].mean()  # the head fills more of the image
+    assert PreprocessConfig().cache_key() == {k: v for k, v in PreprocessConfig().to_dict().items()
+                                              if k not in ("normalization", "crop")}  # old caches still match
+    assert cfg.cache_key()["crop"] == "head"

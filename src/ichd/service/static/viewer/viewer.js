@@ -187,8 +187,11 @@
     return study.series.map((s) => {
       const calls = s.findings.filter((l) => l !== "any").map((l) => ABBR[l]);
       const any = `any ${pct(s.scan.any)}`;
-      const text = s.findings.length ? `${any} · positive: ${calls.length ? calls.join(", ") : "ANY"}`
-                                     : `${any} · no hemorrhage called`;
+      let text = s.scan_call === "not_assessable"
+        ? `${any} · NOT ASSESSABLE (${(s.not_assessable_reason || "").replace(/_/g, " ")})`
+        : s.findings.length ? `${any} · positive: ${calls.length ? calls.join(", ") : "ANY"}`
+                            : `${any} · no hemorrhage called`;
+      if (s.in_training_data) text += " · training data";
       return study.series.length > 1 ? `series ${s.index}: ${text}` : text;
     }).join("\n");
   }
@@ -371,7 +374,14 @@
     const positive = LABELS.filter((l) => r.scan_positive[l]);
     const subtypes = positive.filter((l) => l !== "any");
     const findings = $("findings");
-    if (positive.length) {
+    const na = r.scan_call === "not_assessable";
+    if (na) {
+      findings.textContent = "Not assessable: " + (r.not_assessable_reason === "contrast_enhanced"
+        ? "the series looks contrast-enhanced (or a CT angiography); the model is for non-contrast head CT, " +
+          "where iodine looks like blood, so no call is made"
+        : (r.not_assessable_reason || "").replace(/_/g, " "));
+      findings.className = "findings na";
+    } else if (positive.length) {
       findings.textContent = "Hemorrhage suspected" + (subtypes.length ? ": " + subtypes.map((l) => `${l} (${ABBR[l]})`).join(", ") : "");
       findings.className = "findings positive";
     } else {
@@ -381,11 +391,15 @@
     const rows = LABELS.map((l) => el("tr", {class: r.scan_positive[l] ? "pos" : ""},
       el("td", {}, el("span", {class: `swatch sw-${l}`}), ` ${l} `, el("span", {class: "muted"}, ABBR[l])),
       el("td", {class: "num"}, fmt(r.scan[l])), el("td", {class: "num"}, fmt(r.thresholds[l])),
-      el("td", {}, r.scan_positive[l] ? "positive" : "negative")));
+      el("td", {}, na ? "not assessable" : r.scan_positive[l] ? "positive" : "negative")));
     $("summary").querySelector("tbody").replaceChildren(...rows);
     const model = r.model || {};
+    const skipped = (r.skipped_slices || []).length;
+    const prov = r.provenance || {};
     $("summary-note").textContent = `${r.n_slices} slices · scan probability = ${model.scan_rule || "max"} over slices` +
-      ` · model ${model.name || "?"} ${model.version || ""}${model.tta ? " (TTA)" : ""}`;
+      ` · model ${model.name || "?"} ${model.version || ""}${model.tta ? " (TTA)" : ""}` +
+      (skipped ? ` · ${skipped} slice(s) without head tissue not scored (P = 0)` : "") +
+      (prov.in_training_data ? ` · TRAINING DATA: ${prov.note}` : "");
   }
 
   function renderWarnings() {
