@@ -4,8 +4,8 @@ For every scan under ``$ICHD_DATA`` (default ``../shared/data``) read with :func
 patient (HU rebuilt from the brain/bone JPG windows), the 20 rsna-series series, the 10 rsna-samples slices, the
 26 hu-slices, both CQ500 series (CQ500-CT-0: 150 cc contrast, must be caught) and the edge cases, it writes
 
-* the contrast measure (:func:`ichd.preprocessing.contrast.measure_contrast`: enhanced fraction, 99.5th HU
-  percentile, whether it is flagged) and
+* the contrast measure (:func:`ichd.preprocessing.contrast.measure_contrast`: enhanced slice fraction, median
+  enhanced area, 130-700 HU fraction, 99.5th HU percentile, whether it is flagged; single slices never flag) and
 * the head-mask result (:func:`ichd.preprocessing.head_mask.head_mask`: slices without a head, their indices)
 
 to ``OUT/contrast_measures.csv`` and ``OUT/summary.json`` (margin between the largest non-contrast value and the
@@ -55,7 +55,11 @@ def _inputs(data: Path) -> Iterator[tuple[str, str, Path]]:
 def main(argv: list[str] | None = None) -> int:
     from ichd.io.reader import read_ct
     from ichd.paths import data_dir
-    from ichd.preprocessing.contrast import ENHANCED_SLICE_FRACTION_THRESHOLD, measure_contrast
+    from ichd.preprocessing.contrast import (
+        ENHANCED_SLICE_FRACTION_THRESHOLD,
+        MIN_CRANIAL_SLICES,
+        measure_contrast,
+    )
     from ichd.preprocessing.head_mask import has_head, head_mask
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -98,6 +102,11 @@ def main(argv: list[str] | None = None) -> int:
         "non_contrast_scans": len(plain),
         "non_contrast_flagged": sum(int(r["flagged"]) for r in plain),
         "non_contrast_max_fraction": max(r["enhanced_slice_fraction"] for r in plain),
+        "non_contrast_max_fraction_3plus_slices": max(r["enhanced_slice_fraction"] for r in plain
+                                                      if r["n_slices_measured"] >= MIN_CRANIAL_SLICES),
+        "non_contrast_top5_3plus_slices": sorted(
+            ((r["enhanced_slice_fraction"], r["scan"]) for r in plain if r["n_slices_measured"] >= MIN_CRANIAL_SLICES),
+            reverse=True)[:5],
         "contrast_scans": {r["scan"]: {"enhanced_slice_fraction": r["enhanced_slice_fraction"], "flagged": r["flagged"]}
                            for r in known},
         "by_set": by_set,

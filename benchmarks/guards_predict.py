@@ -1,11 +1,12 @@
 """The input guards end to end with the shipped default model: headless slices, contrast, overlays, provenance.
 
-Runs :class:`ichd.inference.predictor.Predictor` (``default`` bundle, CPU, no TTA) on the 20 rsna-series series, on
+Runs :class:`ichd.inference.predictor.Predictor` (``--model``, default the ``default`` bundle; CPU, no TTA) on the 20 rsna-series series, on
 CQ500-CT-0 (150 cc contrast) and on the CT-ICH patients given by ``--ctich`` (default: 5 of them), and records per
 series: the slices without a head (``skipped_slices``) and their largest P(any) (must be 0), the scan call
 (CQ500-CT-0 must be ``not_assessable``), whether the result says the input is training data, and for every
 flagged slice (Grad-CAM on, as in the HTML report and the DICOM Secondary Captures) the number of overlay pixels
-with heat outside the head mask (must be 0). Writes ``OUT/guards_predict.json``.
+with heat outside the head mask (must be 0), and what the CNN itself gave the skipped slices. Writes
+``OUT/guards_predict.json`` (``OUT/guards_predict_<model>.json`` for another ``--model``).
 
 Usage (from the repository root; about 6 minutes on the 2-core VM)::
 
@@ -50,11 +51,12 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/guards"))
     ap.add_argument("--ctich", default="049,071,080,100,123", help="CT-ICH patients (comma-separated)")
+    ap.add_argument("--model", default="default", help="bundled model name or bundle folder (default: default)")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     data = data_dir()
     t0 = time.perf_counter()
-    predictor = Predictor.load("default", device="cpu")
+    predictor = Predictor.load(args.model, device="cpu")
     inputs = [("rsna-series", p) for p in sorted((data / "rsna-series" / "dicom").iterdir())]
     inputs.append(("cq500", data / "cq500" / "CQ500-CT-0"))
     inputs += [("ct-ich", data / "ct-ich" / "brain" / f"{int(p):03d}") for p in args.ctich.split(",") if p.strip()]
@@ -66,8 +68,11 @@ def main(argv: list[str] | None = None) -> int:
         evidence = predictor.explain(series, pred, at_least_one=True)
         skipped = [s["index"] for s in pred.skipped_slices]
         any_j = list(pred.labels).index("any")
+        # what the CNN itself gives the skipped slices (before the guard sets them to 0)
+        raw = predictor._embed(series, False)[1][skipped, any_j] if skipped else np.zeros(0)
         row = {"set": set_name, "scan": path.name, "n_slices": series.n_slices, "skipped": skipped,
                "max_p_any_skipped": float(pred.slice_probs[skipped, any_j].max()) if skipped else None,
+               "cnn_p_any_skipped": [round(float(v), 4) for v in raw],
                "scan_p_any": round(float(pred.scan_probs[any_j]), 4), "scan_call": pred.scan_call,
                "not_assessable": pred.not_assessable,
                "contrast": (pred.guards or {}).get("contrast"),
@@ -83,6 +88,9 @@ def main(argv: list[str] | None = None) -> int:
         "model": {"name": predictor.identity.name, "version": predictor.identity.version},
         "rsna_series_headless_slices": sum(len(r["skipped"]) for r in rsna),
         "rsna_series_headless_max_p_any": max((r["max_p_any_skipped"] or 0.0) for r in rsna),
+        "rsna_series_headless_cnn_p_any_before_guard": {
+            "max": max((max(r["cnn_p_any_skipped"], default=0.0)) for r in rsna),
+            "mean": round(float(np.mean([v for r in rsna for v in r["cnn_p_any_skipped"]] or [0.0])), 4)},
         "rsna_series_in_training_data": sum(bool(r["in_training_data"]) for r in rsna),
         "not_assessable": [r["scan"] for r in rows if r["scan_call"] == "not_assessable"],
         "overlay_pixels_outside_head": sum(r["overlay_pixels_outside_head"] for r in rows),
@@ -94,7 +102,8 @@ def main(argv: list[str] | None = None) -> int:
         "series": rows,
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "guards_predict.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
+    name = "guards_predict.json" if args.model == "default" else f"guards_predict_{Path(args.model).name}.json"
+    (args.out / name).write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
     print(json.dumps({k: v for k, v in summary.items() if k != "series"}, indent=2))
     return 0
 
