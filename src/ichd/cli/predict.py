@@ -59,6 +59,10 @@ def register(app: typer.Typer) -> None:
         Writes a versioned JSON result (per-scan and per-slice probabilities, thresholds, warnings, timings), a
         self-contained HTML report with Grad-CAM evidence, and optionally DICOM SR + Secondary Capture objects and
         an RSNA 2019 submission CSV of the per-slice probabilities.
+
+        Input guards: slices without head tissue are not scored (P = 0, listed as skipped_slices); a
+        contrast-enhanced series is called "not assessable" (see --allow-contrast); results say when the input is
+        part of the model's training data. Heat maps are drawn inside the head only.
         """
         from ichd.errors import InputError
         from ichd.inference.run import PredictOptions, parse_formats, run_predict

@@ -9,6 +9,12 @@ bounded whatever the number of slices; only the embeddings (n x D floats) and pr
 Preprocessing and the CNN forward pass are the project's own (:func:`ichd.preprocessing.pipeline.preprocess_hu`,
 :func:`ichd.inference.embed.embed_slices`); scan probabilities follow the model's scan rule
 (:mod:`ichd.models.scan_rules`), Grad-CAM comes from :mod:`ichd.explain`.
+
+The input guards (:mod:`ichd.inference.guards`) run here, once per series, for every model family: slices without
+head tissue are not scored (P = 0, ``skipped_slices``; the scan rule and the sequence stage see the other slices
+only), a contrast-enhanced series is ``not_assessable`` unless allowed, and results carry the input's provenance
+(:mod:`ichd.inference.provenance`). Grad-CAM maps are returned on the slice's display grid
+(:meth:`Predictor.map_to_display`); overlays keep them to the head.
 """
 
 from __future__ import annotations
