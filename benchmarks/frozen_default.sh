@@ -4,10 +4,12 @@
 #      ichd train frozen --config configs/frozen_default.yaml
 # 2. this script: `ichd evaluate` on repeat 0's OOF predictions with the other repeats (--repeat), pooled and per
 #    source (the per-source evaluations use the pooled thresholds), then the bundle with its model card.
-#      benchmarks/frozen_default.sh [RUN] [EVAL_PREFIX]          # defaults: runs/frozen_default runs/eval_frozen_default
+#      benchmarks/frozen_default.sh [RUN] [EVAL_PREFIX] [build_bundle.py options]
+#      (defaults: runs/frozen_default runs/eval_frozen_default)
 set -euo pipefail
 RUN=${1:-runs/frozen_default}
 EVAL=${2:-runs/eval_frozen_default}
+shift $(( $# > 2 ? 2 : $# ))   # further arguments go to scripts/build_bundle.py (e.g. --limit TEXT)
 DATA=${ICHD_DATA:-../shared/data}
 NAME=${NAME:-ctich-rsna-frozen-lite0}
 VERSION=${VERSION:-3.0.0}
@@ -24,11 +26,11 @@ for src in ct-ich rsna-series; do
 done
 python scripts/build_bundle.py --cnn "$RUN/final/cnn.pt" --seq "$RUN/final/sequence.pt" --evaluation "$EVAL" \
     --name "$NAME" --version "$VERSION" \
-    --training-source ct-ich:all --training-source rsna-series:all \
+    --training-source ct-ich:all --training-source rsna-series:all --training-cache cache/multi-256 \
     --source-evaluation "ct-ich=${EVAL}_ct-ich" --source-evaluation "rsna-series=${EVAL}_rsna-series" \
     --training "data=ichd preprocess \$ICHD_DATA/ct-ich \$ICHD_DATA/rsna-series/dicom --out cache/multi-256 --size 256 --normalization half (3177 slices: 2501 CT-ICH + 676 rsna-series)" \
     --training "model=ichd train frozen --config configs/frozen_default.yaml: frozen ImageNet encoder (no fine-tuning); slice head and neighbour-context head fitted on the cached embeddings with the RSNA weighted log loss + L2, each calibrated (Platt) on an inner patient CV of its training folds; 5-fold patient CV repeated with 3 fold seeds (repeat 0 = the 2.0.0 folds); OOF predictions $RUN/r*/oof.csv" \
     --training "selection=benchmarks/frozen_sweep.py (docs/results.md, 'Frozen encoders (issue 20)'): chosen on the pooled and per-fold OOF slice any-AUC of rsna-series and CT-ICH" \
     --training "evaluation=benchmarks/frozen_default.sh $RUN $EVAL (ichd evaluate with --repeat, pooled and --source per source with the pooled thresholds)" \
     --limit "Trained on 102 patients only (82 CT-ICH, HU rebuilt from 8-bit JPG windows; 20 real RSNA DICOM series, 6 with hemorrhage); its rsna-series numbers rest on 6 bleeding series and have wide intervals (model card)." \
-    "$@" 2>&1
+    "$@"

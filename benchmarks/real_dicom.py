@@ -85,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     doc["cq500_ct0"] = {"slices": cq.n_slices, "p_any": float(pred.scan_probs[0]),
                         "called_positive": bool(pred.scan_probs[0] >= thr["any"]),
                         "slices_above_threshold": int((pred.slice_probs[:, 0] >= thr["any"]).sum()),
+                        "scan_call": pred.scan_call,  # what ichd predict reports (input guards applied)
+                        "warnings": sorted({w.code for w in pred.warnings}),
                         "readers": "majority no ICH (1 of 3 readers marked SAH); probably contrast-enhanced"}
 
     hu = read_ct(data / "hu-slices" / "dicom", independent=True, allow_secondary_capture=True)
@@ -104,9 +106,9 @@ def main(argv: list[str] | None = None) -> int:
     c = doc["cq500_ct0"]
     lines += ["", (f"rsna-samples: **{s['bleeds_called_positive']} of {s['bleeds']} bleeds** called positive; "
                    f"{s['negatives_called_positive']} of {s['negatives']} negatives called positive."),
-              (f"CQ500-CT-0 ({c['slices']} slices): p(any) = {c['p_any']:.3f} → "
-               f"**{'positive' if c['called_positive'] else 'negative'}** ({c['slices_above_threshold']} slices "
-               "above the threshold)."),
+              (f"CQ500-CT-0 ({c['slices']} slices): p(any) = {c['p_any']:.3f} ({c['slices_above_threshold']} slices "
+               f"above the threshold) → reported call **{c['scan_call']}** (warnings: "
+               f"{', '.join(c['warnings']) or 'none'})."),
               (f"hu-slices (in-sample): {doc['hu_slices']['called_positive']} of {doc['hu_slices']['slices']} "
                "called positive.")]
     md = "\n".join(lines)
