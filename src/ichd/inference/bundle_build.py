@@ -324,16 +324,17 @@ def render_model_card(*, name: str, version: str, architecture: dict[str, Any], 
                       has_sequence: bool, training_sources: Sequence[TrainingSource] | None = None,
                       per_source: Mapping[str, Mapping[str, Any]] | None = None,
                       code_license: str | None = None, limits: Sequence[str] = (),
-                      slice_thresholds: Mapping[str, float] | None = None) -> str:
+                      slice_thresholds: Mapping[str, float] | None = None, method: str | None = None) -> str:
     """The model card (Markdown) from the facts of the bundle.
 
     ``training_sources`` (see :func:`resolve_training_sources`) drives the training data, licence and known-limits
     sections; ``per_source`` (name -> :func:`per_source_summary`) adds the per-source evaluation section.
     """
-    method = ("a 2D CNN on three CT windows scores each slice; its embeddings, reduced by feature selection, feed a "
-              "bidirectional LSTM over the slices of the scan (Burduja et al. 2020)" if has_sequence else
-              "a 2D CNN on three CT windows scores each slice (stage 1 of Burduja et al. 2020; this bundle has no "
-              "sequence stage) and the scan probability is the maximum over its slices")
+    method = method or (
+        "a 2D CNN on three CT windows scores each slice; its embeddings, reduced by feature selection, feed a "
+        "bidirectional LSTM over the slices of the scan (Burduja et al. 2020)" if has_sequence else
+        "a 2D CNN on three CT windows scores each slice (stage 1 of Burduja et al. 2020; this bundle has no "
+        "sequence stage) and the scan probability is the maximum over its slices")
     counts = summary.get("counts") or {}
     scan_rows = "\n".join(
         f"| {lab} ({LABEL_ABBREVIATIONS[lab]}) | {summary['scan'][lab]['n_positive']} | "
@@ -471,6 +472,25 @@ def _slim_sequence(src: Path, dest: Path) -> dict[str, Any]:
             "scan_rule": extra.get("scan_rule", "max")}
 
 
+def _method_text(cnn_ckpt: Any, seq_facts: Mapping[str, Any] | None, scan_rule: str) -> tuple[str | None, str]:
+    """The card's one-sentence method and the manifest's short kind, from the models in the bundle (None: the
+    card's default text for a fine-tuned CNN [+ BiLSTM])."""
+    seq_name = str((seq_facts or {}).get("sequence_model", ""))
+    if cnn_ckpt.model_name != "frozen_encoder":
+        return None, "CNN + sequence model" if seq_facts is not None else "slice CNN"
+    encoder = cnn_ckpt.default_cfg.get("encoder", "EfficientNet-Lite")
+    method = (f"a frozen ImageNet encoder ({encoder}; no fine-tuning) embeds each slice on three CT windows, and "
+              "heads fitted on those embeddings give the probabilities")
+    if seq_name.startswith("seq_context_"):
+        ctx = (seq_facts or {}).get("sequence_config", {}).get("context", 0)
+        method += (f": a {seq_name.removeprefix('seq_context_')} head over the slice's embedding and the mean of its "
+                   f"{ctx} neighbour(s) on each side; the scan probability is rule '{scan_rule}' over the slices")
+        return method, "frozen encoder + neighbour-context head"
+    if seq_facts is not None:
+        return method + f", then the sequence model {seq_name} over the scan", "frozen encoder + sequence model"
+    return method + " (a linear slice head)", "frozen encoder + linear slice head"
+
+
 def build_bundle(out_dir: str | Path, *, cnn: str | Path, evaluation: str | Path, sequence: str | Path | None = None,
                  name: str = "ctich-lite0", version: str = "1.0.0", aliases: tuple[str, ...] = ("default",),
                  training: dict[str, Any] | None = None,
@@ -532,14 +552,14 @@ def build_bundle(out_dir: str | Path, *, cnn: str | Path, evaluation: str | Path
         else:
             architecture["sequence stage"] = "none (CNN only)"
         architecture["scan probability"] = f"rule '{scan_rule}' over the slice probabilities"
+        method, kind = _method_text(cnn_ckpt, seq_facts if sequence is not None else None, scan_rule)
         card = render_model_card(name=name, version=version, architecture=architecture, summary=summary,
                                  thresholds=thresholds, policy=policy, slice_thresholds=slice_thresholds,
                                  training=training or {},
                                  has_sequence=sequence is not None, training_sources=sources,
-                                 per_source=per_source, code_license=code, limits=limits)
+                                 per_source=per_source, code_license=code, limits=limits, method=method)
         extra = {
-            "description": f"ICH + subtype detector trained on {describe_training(sources)}: "
-                           + ("CNN + sequence model" if sequence is not None else "slice CNN")
+            "description": f"ICH + subtype detector trained on {describe_training(sources)}: {kind}"
                            + "; research use only",
             "created": _dt.date.today().isoformat(),
             "architecture": architecture,

@@ -271,7 +271,8 @@ class MapDataset:
         m = np.array(self._arrays[scan][self.index[i]], dtype=np.float16)
         if self.augment is not None:
             m = augment_map(m, self.rng, hflip_p=self.augment.hflip_p, shift=self.augment.shift)
-        return {"image": torch.from_numpy(m), "target": torch.from_numpy(self.targets[i]),
+        # copies: the map may be a flipped view and the targets a read-only view of the label table
+        return {"image": torch.from_numpy(np.ascontiguousarray(m)), "target": torch.tensor(self.targets[i]),
                 "slice_id": self.ids[i], "scan_id": scan}
 
 

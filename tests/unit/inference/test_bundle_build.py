@@ -254,3 +254,17 @@ def test_measured_limits_are_listed_first_in_the_card() -> None:
 
     text = _limits_section(None, ["misses 6 of 7 bleeds on real DICOM"])
     assert text.splitlines()[0] == "- misses 6 of 7 bleeds on real DICOM"
+
+
+def test_model_card_method_names_a_frozen_encoder_and_its_context_head():
+    from types import SimpleNamespace
+
+    from ichd.inference.bundle_build import _method_text
+
+    frozen = SimpleNamespace(model_name="frozen_encoder", default_cfg={"encoder": "Lite0@256 (head, avg pool)"})
+    method, kind = _method_text(frozen, {"sequence_model": "seq_context_linear",
+                                         "sequence_config": {"context": 1}}, "max")
+    assert "frozen ImageNet encoder (Lite0@256" in method and "mean of its 1 neighbour" in method
+    assert kind == "frozen encoder + neighbour-context head"
+    cnn = SimpleNamespace(model_name="efficientnet_lite0", default_cfg={})
+    assert _method_text(cnn, None, "max") == (None, "slice CNN")
