@@ -49,7 +49,9 @@ def _extraction_seconds(emb_dir: Path, encoders: list[dict[str, object]]) -> flo
 
     total = 0.0
     for e in encoders:
-        files = sorted(emb_dir.glob(f"{e['name']}-{e['input_size']}-*.npz"))
+        each = e.get("channels") == "each_window"
+        files = sorted(f for f in emb_dir.glob(f"{e['name']}-{e['input_size']}-*.npz")
+                       if (f.name.split("-")[2] == "each") == each)
         if not files:
             return None
         with np.load(files[-1], allow_pickle=False) as z:
@@ -86,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name}: {time.time() - t0:.0f} s", flush=True)
         m = json.loads(done.read_text())
         cfg = load_frozen_config(row_dir / "config.yaml")
-        encoders = [{"name": e.name, "input_size": e.input_size} for e in cfg.encoder.encoders]
+        encoders = [{"name": e.name, "input_size": e.input_size, "channels": e.channels} for e in cfg.encoder.encoders]
         rep = m["repeats"]
         per_src = [r.get("per_source", {}) for r in rep]
         fold_aucs = [f["auc/any"] for r in rep for f in r["per_fold"] if f.get("auc/any") is not None]
@@ -108,8 +110,8 @@ def main(argv: list[str] | None = None) -> int:
             "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "machine": f"{platform.machine()} {os.cpu_count()} CPUs", "load_avg": os.getloadavg()}
     (out / "sweep.json").write_text(json.dumps({"meta": meta, "rows": table}, indent=2) + "\n")
-    lines = ["| row | encoder | head | features | rsna-series slice / scan any-AUC | CT-ICH slice / scan any-AUC | "
-             "pooled slice any-AUC (per-fold mean) | weighted log loss (slice head) | extraction s | CV s |",
+    lines = [("| row | encoder | head | features | rsna-series slice / scan any-AUC | CT-ICH slice / scan any-AUC | "
+              "pooled slice any-AUC (per-fold mean) | weighted log loss (slice head) | extraction s | CV s |"),
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in table:
         lines.append(f"| {r['row']} | {r['encoder']} | {r['head']} | {r['features']} | {_f(r['rsna_slice_auc'])} / "
