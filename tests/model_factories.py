@@ -70,3 +70,28 @@ def single_thread_torch():
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def make_training_data(root: Path, patients: dict[int, int], *, size: int = TEST_IMAGE_SIZE,
+                       seed: int = 0) -> tuple[Path, Path]:
+    """A tiny CT-ICH-layout training set: random JPG slices cached at ``size`` px (``root/cache``) and an ichd
+    labels CSV with random subtypes, "any" set from them (``root/labels.csv``). Returns ``(cache, labels)``."""
+    import pandas as pd
+
+    from ichd.preprocessing.cache import build_cache
+    from ichd.preprocessing.config import PreprocessConfig
+    from ichd.testing.factories import write_ctich_tree
+
+    root = Path(root)
+    write_ctich_tree(root / "ctich", patients, size=64)
+    build_cache([root / "ctich"], root / "cache", PreprocessConfig(image_size=size), workers=0)
+    rng = np.random.default_rng(seed)
+    rows = []
+    for p, n in patients.items():
+        for s in range(1, n + 1):
+            y = (rng.random(6) < 0.4).astype(int)
+            y[0] = int(y[1:].any())
+            rows.append({"slice_id": f"ctich-{p:03d}-{s:03d}", "scan_id": f"ctich-{p:03d}",
+                         "patient_id": f"ctich-{p:03d}", "slice_index": s - 1, **dict(zip(LABELS, y))})
+    pd.DataFrame(rows).to_csv(root / "labels.csv", index=False)
+    return root / "cache", root / "labels.csv"

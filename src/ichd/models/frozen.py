@@ -38,6 +38,7 @@ from torch.nn import functional as F
 
 from ichd.constants import LABELS, NUM_CLASSES
 from ichd.errors import ConfigError, InputError, ModelError, did_you_mean
+from ichd.models.backbones import SliceClassifier
 from ichd.models.registry import register_model
 
 #: Registry names of the encoders a frozen model can use (those with offline ImageNet weights) -> Lite variant.
@@ -157,13 +158,8 @@ class FrozenEncoderClassifier(nn.Module):
         self.encoders.eval()
         return self
 
-    def normalize(self, x: torch.Tensor) -> torch.Tensor:
-        """[0, 1] float (or uint8 0..255) -> the encoders' normalised float input."""
-        if x.dtype == torch.uint8:
-            x = x.float().div_(255.0)
-        if x.ndim != 4 or x.shape[1] != 3:
-            raise InputError(f"slice model expects (B, 3, H, W) input, got shape {tuple(x.shape)}")
-        return (x - self.mean) / self.std
+    #: [0, 1] float (or uint8 0..255) -> the encoders' normalised input (the slice models' own method)
+    normalize = SliceClassifier.normalize
 
     def encoder_maps(self, index: int, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Feature maps of encoder ``index`` for normalised input ``x`` (resized to the encoder's size):
@@ -332,18 +328,13 @@ class ContextHead(nn.Module):
         return logits * mask.to(logits.dtype)
 
 
-def _context_builder(kind: str):
-    def build(*, pretrained: bool = False, num_classes: int = NUM_CLASSES, weights: str | Path | None = None,
-              feature_dim: int = 0, **kwargs: Any) -> ContextHead:
-        if pretrained or weights is not None:
-            raise ModelError(f"seq_context_{kind} has no pretrained weights; it is trained by `ichd train frozen`")
-        try:
-            cfg = ContextHeadConfig(kind=kind, **kwargs)  # type: ignore[arg-type]
-        except TypeError as e:
-            raise ModelError(f"bad arguments for seq_context_{kind}: {e}") from e
-        return ContextHead(feature_dim, cfg, num_classes=num_classes)
+def _context_builder(kind: str) -> Any:
+    from ichd.models.sequence import second_stage_builder
 
-    return build
+    return second_stage_builder(
+        f"seq_context_{kind}",
+        lambda dim, n, **kw: ContextHead(dim, ContextHeadConfig(kind=kind, **kw), num_classes=n),  # type: ignore[arg-type]
+        "ichd train frozen")
 
 
 _HEAD_SOURCE = "frozen-encoder heads (issue 20): a slice plus the mean of its neighbours"

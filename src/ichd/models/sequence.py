@@ -227,18 +227,27 @@ class SequenceModel(nn.Module):
         return self.head(h) * mask.unsqueeze(-1).to(h.dtype)
 
 
-def _builder(arch: str):
+def second_stage_builder(name: str, make: Any, trained_by: str) -> Any:
+    """Registry builder of a second-stage model (family ``sequence``): ``make(feature_dim, num_classes, **kwargs)``
+    builds it; such models have no pretrained weights, and bad keyword arguments are a :class:`ModelError`."""
+
     def build(*, pretrained: bool = False, num_classes: int = NUM_CLASSES, weights: str | Path | None = None,
-              feature_dim: int = 0, **kwargs: Any) -> SequenceModel:
+              feature_dim: int = 0, **kwargs: Any) -> nn.Module:
         if pretrained or weights is not None:
-            raise ModelError(f"sequence model seq_{arch} has no pretrained weights; it is trained by `ichd train seq`")
+            raise ModelError(f"{name} has no pretrained weights; it is trained by `{trained_by}`")
         try:
-            cfg = SeqModelConfig(arch=arch, **kwargs)  # type: ignore[arg-type]
+            return make(feature_dim, num_classes, **kwargs)
         except TypeError as e:
-            raise ModelError(f"bad arguments for sequence model seq_{arch}: {e}") from e
-        return SequenceModel(feature_dim, cfg, num_classes=num_classes)
+            raise ModelError(f"bad arguments for {name}: {e}") from e
 
     return build
+
+
+def _builder(arch: str) -> Any:
+    return second_stage_builder(
+        f"sequence model seq_{arch}",
+        lambda dim, n, **kw: SequenceModel(dim, SeqModelConfig(arch=arch, **kw), num_classes=n),  # type: ignore[arg-type]
+        "ichd train seq")
 
 
 _SOURCE = "Burduja et al. 2020 (CNN embeddings -> feature selection -> BiLSTM)"

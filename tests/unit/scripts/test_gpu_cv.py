@@ -11,13 +11,12 @@ import sys
 import zipfile
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 import yaml
 
 from ichd.constants import LABELS
-from ichd.testing.factories import write_ctich_tree
+from model_factories import make_training_data
 
 ROOT = Path(__file__).resolve().parents[3]
 SCRIPT = ROOT / "scripts" / "gpu_cv.py"
@@ -33,22 +32,10 @@ def _script(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 @pytest.fixture(scope="module")
 def packed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 64 px cache of 7 synthetic CT-ICH patients, its labels and config, packed with Lite0's weights."""
-    from ichd.preprocessing.cache import build_cache
-    from ichd.preprocessing.config import PreprocessConfig
 
     root = tmp_path_factory.mktemp("gpu_cv")
     patients = {p: 3 for p in range(49, 56)}
-    write_ctich_tree(root / "ctich", patients, size=64)
-    build_cache([root / "ctich"], root / "cache", PreprocessConfig(image_size=64), workers=0)
-    rng = np.random.default_rng(0)
-    rows = []
-    for p, n in patients.items():
-        for s in range(1, n + 1):
-            y = (rng.random(6) < 0.4).astype(int)
-            y[0] = int(y[1:].any())
-            rows.append({"slice_id": f"ctich-{p:03d}-{s:03d}", "scan_id": f"ctich-{p:03d}",
-                         "patient_id": f"ctich-{p:03d}", "slice_index": s - 1, **dict(zip(LABELS, y))})
-    pd.DataFrame(rows).to_csv(root / "labels.csv", index=False)
+    make_training_data(root, patients)
     base = yaml.safe_load((ROOT / "configs" / "cnn_multi_256.yaml").read_text())
     base["data"].update({"labels": [str(root / "labels.csv")], "sources": ["ct-ich"], "source_share": None,
                          "folds": 3})  # 3 folds x 2 repeats: 6 fold processes keep the test fast

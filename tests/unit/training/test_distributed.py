@@ -28,7 +28,6 @@ from torch.utils.data import DataLoader, RandomSampler, WeightedRandomSampler
 
 from ichd.constants import LABELS
 from ichd.errors import ConfigError, InputError
-from ichd.testing.factories import write_ctich_tree
 from ichd.training.distributed import (
     DistInfo,
     EvalShardSampler,
@@ -39,6 +38,7 @@ from ichd.training.distributed import (
     rank_seed,
     run_on_main,
 )
+from model_factories import make_training_data
 
 #: Relative tolerance of the 1- vs 2-process comparison (float32 sums in another order: ~1e-7 in practice).
 RTOL = 1e-4
@@ -165,21 +165,9 @@ def toy_model():
 @pytest.fixture()
 def tiny_setup(tmp_path: Path) -> Path:
     """A 64 px cache of 4 synthetic CT-ICH patients, an ichd labels CSV and a 5-epoch config (1 step each)."""
-    from ichd.preprocessing.cache import build_cache
-    from ichd.preprocessing.config import PreprocessConfig
 
     patients = {49: 6, 50: 5, 51: 6, 52: 5}
-    write_ctich_tree(tmp_path / "ctich", patients, size=64)
-    build_cache([tmp_path / "ctich"], tmp_path / "cache", PreprocessConfig(image_size=64), workers=0)
-    rng = np.random.default_rng(0)
-    rows = []
-    for p, n in patients.items():
-        for s in range(1, n + 1):
-            y = (rng.random(6) < 0.4).astype(int)
-            y[0] = int(y[1:].any())
-            rows.append({"slice_id": f"ctich-{p:03d}-{s:03d}", "scan_id": f"ctich-{p:03d}",
-                         "patient_id": f"ctich-{p:03d}", "slice_index": s - 1, **dict(zip(LABELS, y))})
-    pd.DataFrame(rows).to_csv(tmp_path / "labels.csv", index=False)
+    make_training_data(tmp_path, patients)
     cfg = {"model": {"name": "ddp_toy", "pretrained": False, "dropout": 0.0},
            "data": {"cache": str(tmp_path / "cache"), "labels": str(tmp_path / "labels.csv"), "folds": 2,
                     "num_workers": 0, "epoch_samples": 8},  # the weighted sampler, one global batch per epoch

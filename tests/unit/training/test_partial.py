@@ -11,9 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
-from ichd.constants import LABELS
 from ichd.errors import ConfigError
-from ichd.testing.factories import write_ctich_tree
 from ichd.training.partial import (
     PartialOptions,
     PartialTrainConfig,
@@ -23,6 +21,7 @@ from ichd.training.partial import (
     tail_module,
     train_partial,
 )
+from model_factories import make_training_data
 
 
 def test_augment_map_flips_and_shifts_with_zero_fill() -> None:
@@ -73,21 +72,9 @@ def test_config_errors() -> None:
 
 @pytest.fixture()
 def tiny(tmp_path: Path) -> PartialTrainConfig:
-    from ichd.preprocessing.cache import build_cache
-    from ichd.preprocessing.config import PreprocessConfig
 
     patients = {p: 3 for p in range(49, 55)}
-    write_ctich_tree(tmp_path / "ctich", patients, size=64)
-    build_cache([tmp_path / "ctich"], tmp_path / "cache", PreprocessConfig(image_size=64), workers=0)
-    rng = np.random.default_rng(0)
-    rows = []
-    for p, n in patients.items():
-        for s in range(1, n + 1):
-            y = (rng.random(6) < 0.4).astype(int)
-            y[0] = int(y[1:].any())
-            rows.append({"slice_id": f"ctich-{p:03d}-{s:03d}", "scan_id": f"ctich-{p:03d}",
-                         "patient_id": f"ctich-{p:03d}", "slice_index": s - 1, **dict(zip(LABELS, y))})
-    pd.DataFrame(rows).to_csv(tmp_path / "labels.csv", index=False)
+    make_training_data(tmp_path, patients)
     from ichd.config import load_config
 
     raw = {"model": {"name": "efficientnet_lite0", "pretrained": False},
