@@ -23,6 +23,8 @@ def train_frozen_cmd(
     final: Annotated[bool | None, typer.Option("--final/--no-final",
                                                help="Also fit on every patient -> OUT/final/{cnn,sequence}.pt "
                                                     "(default: `final` in the config).")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the results of a finished run in OUT "
+                                            "(refused otherwise).")] = False,
     overrides: Annotated[list[str] | None, typer.Option(
         "--set", help="Override a config value, KEY=VALUE with a dotted key (repeatable), e.g. "
                       "--set head.kind=mlp --set 'data.fold_seeds=[42]'.")] = None,
@@ -40,7 +42,7 @@ def train_frozen_cmd(
     if final is not None:
         extra["final"] = final
     cfg = load_frozen_config(config, extra)
-    m = train_frozen(cfg)
+    m = train_frozen(cfg, overwrite=overwrite)
 
     def f(v: object) -> str:
         return f"{v:.4f}" if isinstance(v, float) else "n/a"

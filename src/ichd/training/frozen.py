@@ -504,8 +504,10 @@ def _summary(y: np.ndarray, p: np.ndarray, scans: np.ndarray) -> dict[str, float
             for k in keys}
 
 
-def train_frozen(cfg: FrozenTrainConfig) -> dict[str, Any]:
-    """Run the repeated patient CV (and the final fit) of ``cfg``; see the module docstring. Returns metrics."""
+def train_frozen(cfg: FrozenTrainConfig, *, overwrite: bool = False) -> dict[str, Any]:
+    """Run the repeated patient CV (and the final fit) of ``cfg``; see the module docstring. Returns metrics.
+
+    A run folder that already holds a finished run (``metrics.json``) is refused unless ``overwrite``."""
     import torch
 
     from ichd.config import save_config
@@ -519,6 +521,9 @@ def train_frozen(cfg: FrozenTrainConfig) -> dict[str, Any]:
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
     out = Path(cfg.out)
+    if (out / "metrics.json").is_file() and not overwrite:
+        raise InputError(f"run folder {str(out)!r} already holds a finished run (metrics.json)",
+                         hint="pass another --out, or --overwrite to replace its results")
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
     cache, labels = load_training_table(cfg)  # reads cfg.data.cache / label_files / sources

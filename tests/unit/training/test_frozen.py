@@ -175,6 +175,10 @@ def test_tiny_run_writes_oof_and_a_bundle_the_predictor_runs(cache_dir, labels_c
         assert len(oof) == sum(PATIENTS.values()) and oof[list(LABELS)].notna().all().all()
         assert set(oof["fold"]) == {0, 1}
     assert (tmp_path / "run" / "r0" / "fold1" / "sequence.pt").is_file()
+    from ichd.errors import InputError
+
+    with pytest.raises(InputError, match="already holds a finished run"):
+        train_frozen(cfg)  # never overwrites a finished run silently
     final = tmp_path / "run" / "final"
     bundle = write_bundle(tmp_path / "bundle", name="toy-frozen", version="0.0.1", model_card="toy",
                           files={"cnn": final / "cnn.pt", "sequence": final / "sequence.pt"},
