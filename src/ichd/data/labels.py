@@ -437,3 +437,12 @@ def label_matrix(labels: pd.DataFrame, slice_ids: Sequence[str] | None = None, *
         raise InputError(f"{len(missing)} slice(s) have no labels, e.g. {missing[0]!r}",
                          hint="use slices present in the label table")
     return frame[list(LABELS)].to_numpy(dtype=np.float32)
+
+
+def scan_row_groups(scan_ids: np.ndarray, slice_index: np.ndarray) -> list[np.ndarray]:
+    """Row indices of each scan of a slice table (scans in id order), each sorted by ``slice_index``
+    (inferior -> superior)."""
+    order = np.lexsort((np.asarray(slice_index), np.asarray(scan_ids)))
+    ids = np.asarray(scan_ids)[order]
+    cuts = np.flatnonzero(ids[1:] != ids[:-1]) + 1
+    return np.split(order, cuts)

@@ -122,10 +122,13 @@ class EmbeddingTable:
 
     def scan_groups(self) -> list[np.ndarray]:
         """Row indices of each scan, in table order, each sorted by slice_index."""
-        order = np.lexsort((self.slice_index, self.scan_id))
-        ids = self.scan_id[order]
-        cuts = np.flatnonzero(ids[1:] != ids[:-1]) + 1
-        return np.split(order, cuts)
+        from ichd.data.labels import scan_row_groups
+
+        return scan_row_groups(self.scan_id, self.slice_index)
+
+    def sorted(self) -> EmbeddingTable:
+        """The table with its rows in the documented order: by (scan_id, slice_index)."""
+        return self.subset(np.lexsort((self.slice_index, self.scan_id)))
 
     def subset(self, rows: np.ndarray) -> EmbeddingTable:
         """A table of the given rows (same head weights and meta)."""
@@ -302,6 +305,5 @@ def embed_cache(cache_dir: str | Path, checkpoints: Mapping[int, str | Path], *,
                          {"mode": "oof" if oof else "single", "cnn": cnn_meta, "model_name": names.pop(),
                           "cache": str(cache_dir), "preprocess": cache.config.to_dict(),
                           "seconds": round(time.perf_counter() - t0, 2), "device": str(dev)})
-    order = np.lexsort((emb.slice_index, emb.scan_id))
     log.info("embedded %d slices of %d scans in %.1f s", len(emb), len(scans), time.perf_counter() - t0)
-    return emb.subset(order)
+    return emb.sorted()

@@ -289,10 +289,9 @@ class ScanRows:
 
     @classmethod
     def from_table(cls, scan_ids: np.ndarray, slice_index: np.ndarray) -> ScanRows:
-        order = np.lexsort((slice_index, scan_ids))
-        ids = scan_ids[order]
-        cuts = np.flatnonzero(ids[1:] != ids[:-1]) + 1
-        return cls(np.split(order, cuts))
+        from ichd.data.labels import scan_row_groups
+
+        return cls(scan_row_groups(scan_ids, slice_index))
 
     def subset(self, rows: np.ndarray) -> ScanRows:
         """The groups restricted to ``rows`` (whole scans: a patient's scans are never split)."""
@@ -305,16 +304,9 @@ def head_inputs(head: Any, x: np.ndarray, scans: ScanRows) -> tuple[np.ndarray, 
     """The head's input rows (M, F') for every row of every scan in ``scans``, and those rows' indices."""
     import torch
 
-    rows = np.concatenate(scans.groups) if scans.groups else np.zeros(0, np.int64)
-    out = np.zeros((len(rows), head.net[0].in_features if hasattr(head.net, "__getitem__") else
-                    head.net.in_features), dtype=np.float32)
-    pos = 0
     with torch.no_grad():
-        for g in scans.groups:
-            f = torch.from_numpy(x[g])[None]
-            out[pos:pos + len(g)] = head.inputs(f, torch.tensor([len(g)]))[0].numpy()
-            pos += len(g)
-    return out, rows
+        parts = [head.inputs(torch.from_numpy(x[g])[None], torch.tensor([len(g)]))[0].numpy() for g in scans.groups]
+    return np.concatenate(parts).astype(np.float32), np.concatenate(scans.groups)
 
 
 def _balance_weights(y: np.ndarray, enabled: bool) -> np.ndarray:
@@ -461,8 +453,6 @@ def fit_calibrated(x: np.ndarray, y: np.ndarray, patients: np.ndarray, scans: Sc
     inner = _patient_split(patients[rows], y[rows], cfg.inner_folds, seed)
     logits = np.zeros((len(x), len(LABELS)))
     row_fold = np.asarray([inner[str(p)] for p in patients[rows]])
-    fold_of = np.full(len(x), -1)
-    fold_of[rows] = row_fold
     for f in sorted(set(row_fold.tolist())):
         tr = scans.subset(rows[row_fold != f])
         te = scans.subset(rows[row_fold == f])
@@ -610,8 +600,7 @@ def _write_embedding_table(path: Path, labels: Any, x: np.ndarray, probs: np.nda
                            {"mode": "oof", "model_name": "frozen_encoder", "encoder": cfg.encoder.describe(),
                             "probs": "out-of-fold calibrated slice-head probabilities (repeat 0)",
                             "cache": cfg.data.cache})
-    order = np.lexsort((table.slice_index, table.scan_id))
-    table.subset(order).save(path)
+    table.sorted().save(path)
 
 
 def source_row_weights(sources: np.ndarray | None, weights: dict[str, float] | None) -> np.ndarray | None:
