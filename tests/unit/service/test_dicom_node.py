@@ -249,6 +249,9 @@ def test_a_failed_forward_keeps_the_job_done_and_records_why(tmp_path: Path, nod
     assert all(f["error"] for f in record["files"])
     assert service.require_store().get_study(study.id).job.status == "done"
     assert (root / "result" / "dicom" / "sr.dcm").is_file() and (root / "result" / "prediction.json").is_file()
+    # the node writes forward.json first and logs the outcome just after it: wait for the line, not only the file
+    while "failed after 2 attempt(s)" not in caplog.text and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert "failed after 2 attempt(s)" in caplog.text
 
 
