@@ -104,7 +104,9 @@ class ContrastMeasure:
 
 def brain_region(hu: np.ndarray, mask: np.ndarray, pixel_spacing: Sequence[float] | None = None) -> np.ndarray:
     """The brain region of one slice (see the module doc): a boolean ``(H, W)`` array."""
-    from scipy.ndimage import binary_fill_holes, distance_transform_edt, label
+    from scipy.ndimage import distance_transform_edt, label
+
+    from ichd.preprocessing.head_mask import fill_holes
 
     if not mask.any():
         return np.zeros(mask.shape, dtype=bool)
@@ -121,7 +123,7 @@ def brain_region(hu: np.ndarray, mask: np.ndarray, pixel_spacing: Sequence[float
     keep = sizes >= MIN_PART_FRACTION * sizes.max()
     keep[0] = False
     brain = distance_transform_edt(~keep[lab], sampling=mm) <= BRIDGE_MM
-    brain = binary_fill_holes(brain & mask)  # vessels, calcifications and ventricles inside the brain
+    brain = fill_holes(brain & mask)  # vessels, calcifications and ventricles inside the brain
     bone = hu >= BONE_HU
     if bone.any():
         brain &= distance_transform_edt(~bone, sampling=mm) > BONE_MARGIN_MM
@@ -148,7 +150,7 @@ def measure_contrast(hu: np.ndarray, pixel_spacing: Sequence[float] | None = Non
                      masks: np.ndarray | None = None, *,
                      threshold: float = ENHANCED_SLICE_FRACTION_THRESHOLD) -> ContrastMeasure:
     """The contrast measure of a series ``hu`` ``(z, H, W)``; ``masks`` are its head masks (computed when None)."""
-    from ichd.preprocessing.head_mask import head_mask
+    from ichd.preprocessing.head_mask import bbox_slices, head_mask, margin_px
 
     hu = np.asarray(hu)
     if hu.ndim == 2:
@@ -165,9 +167,14 @@ def measure_contrast(hu: np.ndarray, pixel_spacing: Sequence[float] | None = Non
     n = bright = 0
     enhanced_mm2: list[float] = []
     values: list[np.ndarray] = []
+    # each slice is measured on its head's bounding box plus a margin wider than every distance used (bone margin,
+    # bridge): the same values as on the whole slice, at a fraction of the distance-transform cost
+    margin = margin_px(max(BONE_MARGIN_MM, BRIDGE_MM), mm)
     for i in cranial:
-        s = np.asarray(hu[i], dtype=np.float32)
-        region = brain_region(s, masks[i], pixel_spacing)
+        box = bbox_slices(masks[i], margin)
+        assert box is not None  # cranial slices have a head
+        s = np.asarray(hu[i][box], dtype=np.float32)
+        region = brain_region(s, masks[i][box], mm)
         v = s[region]
         n += v.size
         bright += int(((v >= blo) & (v < bhi)).sum())

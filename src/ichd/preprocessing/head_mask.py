@@ -11,8 +11,8 @@ The rule, per slice (:func:`head_mask`):
    with a wide margin on both sides, so partial-volume edges, noise and the air/fat boundary of the scalp do not
    decide the outline. Foam head rests and pillows (about -900 to -600 HU) fall below it. CT-ICH images rebuilt
    from 8-bit JPG windows (:func:`ichd.io.images.ctich_to_hu`) keep air near -900 HU, also below.
-2. **fill holes** (``scipy.ndimage.binary_fill_holes``): the sinuses, mastoid air and ventricles inside the skull
-   belong to the head.
+2. **fill holes** (:func:`fill_holes`: ``scipy.ndimage.binary_fill_holes``' result from one labelling): the
+   sinuses, mastoid air and ventricles inside the skull belong to the head.
 3. **opening** with a disk of :data:`OPENING_RADIUS_MM` (erosion and dilation as thresholds of
    ``scipy.ndimage.distance_transform_edt``): removes thin,
    straight structures — the table top, the curved head holder, cables, ECG leads — and thin bridges between them
@@ -79,16 +79,62 @@ def min_head_pixels(shape: tuple[int, int], pixel_spacing: Sequence[float] | Non
     return max(1, math.ceil(min(MIN_HEAD_AREA_MM2 / (dy * dx), frac)))
 
 
+def fill_holes(mask: np.ndarray) -> np.ndarray:
+    """``scipy.ndimage.binary_fill_holes`` with its default (4-connected) structure, as a single labelling of the
+    background: a background component is a hole when it does not touch the image border. The same result, about
+    5x faster on a 512² slice than the iterated dilation scipy uses."""
+    from scipy.ndimage import label
+
+    mask = np.asarray(mask, dtype=bool)
+    lab, n = label(~mask)
+    if n == 0:
+        return mask.copy()
+    border = np.unique(np.concatenate([lab[0], lab[-1], lab[:, 0], lab[:, -1]]))
+    outside = np.zeros(n + 1, dtype=bool)
+    outside[border] = True
+    outside[0] = False
+    return ~outside[lab]
+
+
+def bbox_slices(mask: np.ndarray, margin: int) -> tuple[slice, slice] | None:
+    """The rows and columns of ``mask``'s bounding box widened by ``margin`` pixels (clipped to the image), None
+    for an empty mask. Distance transforms and morphology of radius < ``margin`` computed inside it equal those of
+    the whole slice (everything outside is at least ``margin`` pixels away from the mask)."""
+    rows = np.flatnonzero(mask.any(axis=1))
+    if not len(rows):
+        return None
+    cols = np.flatnonzero(mask.any(axis=0))
+    h, w = mask.shape
+    return (slice(max(0, rows[0] - margin), min(h, rows[-1] + 1 + margin)),
+            slice(max(0, cols[0] - margin), min(w, cols[-1] + 1 + margin)))
+
+
+def margin_px(radius_mm: float, pixel_mm: tuple[float, float]) -> int:
+    """Pixels that hold ``radius_mm`` along either axis, plus 2 (a background border that keeps
+    :func:`bbox_slices` crops exact)."""
+    return int(math.ceil(radius_mm / min(pixel_mm))) + 2
+
+
 def _opening(mask: np.ndarray, pixel_mm: tuple[float, float]) -> np.ndarray:
     """Binary opening with a disk of :data:`OPENING_RADIUS_MM`, exact and in linear time: erosion and dilation
     by a disk are thresholds of the Euclidean distance transform (``scipy.ndimage.distance_transform_edt``,
-    with the pixel spacing as sampling, so the disk is round in mm)."""
+    with the pixel spacing as sampling, so the disk is round in mm). Both run on the mask's bounding box plus a
+    margin wider than the disk (:func:`bbox_slices`), which gives the same result as the whole slice."""
     from scipy.ndimage import distance_transform_edt
 
-    eroded = distance_transform_edt(mask, sampling=pixel_mm) > OPENING_RADIUS_MM
+    out = np.zeros(mask.shape, dtype=bool)
+    box = bbox_slices(mask, margin_px(OPENING_RADIUS_MM, pixel_mm))
+    if box is None:
+        return out
+    eroded = distance_transform_edt(mask[box], sampling=pixel_mm) > OPENING_RADIUS_MM
     if not eroded.any():
-        return eroded
-    return distance_transform_edt(~eroded, sampling=pixel_mm) <= OPENING_RADIUS_MM
+        return out
+    inner = bbox_slices(eroded, margin_px(OPENING_RADIUS_MM, pixel_mm))
+    assert inner is not None
+    sub = eroded[inner]
+    part = out[box]
+    part[inner] = distance_transform_edt(~sub, sampling=pixel_mm) <= OPENING_RADIUS_MM
+    return out
 
 
 def _largest_component(mask: np.ndarray) -> np.ndarray:
@@ -105,8 +151,6 @@ def _largest_component(mask: np.ndarray) -> np.ndarray:
 def head_mask(hu: np.ndarray, pixel_spacing: Sequence[float] | None = None) -> np.ndarray:
     """The head on one HU slice ``(H, W)`` (or on each slice of ``(z, H, W)``): a boolean array of the same shape,
     all False for a slice without head tissue (see the module doc for the rule)."""
-    from scipy.ndimage import binary_fill_holes
-
     hu = np.asarray(hu)
     if hu.ndim == 3:
         return np.stack([head_mask(s, pixel_spacing) for s in hu]) if len(hu) else np.zeros(hu.shape, bool)
@@ -116,9 +160,9 @@ def head_mask(hu: np.ndarray, pixel_spacing: Sequence[float] | None = None) -> n
     body = np.nan_to_num(hu, nan=-1024.0) > BODY_HU
     if not body.any():
         return body
-    body = binary_fill_holes(body)
+    body = fill_holes(body)
     body = _opening(body, pixel_mm(shape, pixel_spacing))
-    body = binary_fill_holes(_largest_component(body))
+    body = fill_holes(_largest_component(body))
     if int(body.sum()) < min_head_pixels(shape, pixel_spacing):
         return np.zeros(shape, dtype=bool)
     return body

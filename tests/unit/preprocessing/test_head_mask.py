@@ -105,3 +105,30 @@ def test_crop_to_box_fills_outside_with_air():
 def test_wrong_dimensions_are_refused(bad):
     with pytest.raises(ValueError):
         head_mask(bad)
+
+
+def test_fill_holes_equals_scipy():
+    from scipy.ndimage import binary_fill_holes
+
+    from ichd.preprocessing.head_mask import fill_holes
+
+    rng = np.random.default_rng(3)
+    for density in (0.2, 0.5, 0.8):
+        m = rng.random((40, 57)) < density
+        np.testing.assert_array_equal(fill_holes(m), binary_fill_holes(m))
+    assert not fill_holes(np.zeros((5, 5), bool)).any() and fill_holes(np.ones((5, 5), bool)).all()
+
+
+def test_opening_on_the_bounding_box_equals_the_whole_slice():
+    from scipy.ndimage import distance_transform_edt
+
+    from ichd.preprocessing.head_mask import OPENING_RADIUS_MM, _opening
+
+    rng = np.random.default_rng(4)
+    yy, xx = np.mgrid[:120, :120]
+    m = (np.hypot(yy - 50, xx - 70) < 30) | (rng.random((120, 120)) < 0.05)
+    m[100:102, 5:115] = True  # a thin table
+    for mm in ((0.5, 0.5), (0.7, 0.45)):
+        eroded = distance_transform_edt(m, sampling=mm) > OPENING_RADIUS_MM
+        whole = distance_transform_edt(~eroded, sampling=mm) <= OPENING_RADIUS_MM
+        np.testing.assert_array_equal(_opening(m, mm), whole)
