@@ -73,6 +73,15 @@ def series_guards(series: CTSeries, *, crop: bool = False, check_contrast: bool 
     return SeriesGuards(has_head=head, crop_box=box, contrast=measure, seconds=time.perf_counter() - t)
 
 
+def unguarded(series: CTSeries, *, crop: bool = False) -> SeriesGuards:
+    """No checks: every slice counts as head, nothing measured (only the crop box when ``crop``: the model's input
+    needs it). For measuring what the guards change (``Predictor.predict_series(input_guards=False)``)."""
+    from ichd.preprocessing.head_mask import head_crop_box, head_mask
+
+    box = head_crop_box(head_mask(series.hu, pixel_spacing(series))) if crop else None
+    return SeriesGuards(has_head=np.ones(series.n_slices, dtype=bool), crop_box=box, contrast=None)
+
+
 def guard_warnings(guards: SeriesGuards, *, allow_contrast: bool) -> list[IngestWarning]:
     """The warnings the checks add to a result."""
     out: list[IngestWarning] = []

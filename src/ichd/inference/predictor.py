@@ -301,7 +301,8 @@ class Predictor:
         return feats / k, probs / k, t_pre, t_cnn
 
     def predict_series(self, series: CTSeries, *, tta: bool = False, gradcam: bool = False,
-                       max_flagged: int = DEFAULT_MAX_FLAGGED, allow_contrast: bool = False) -> Prediction:
+                       max_flagged: int = DEFAULT_MAX_FLAGGED, allow_contrast: bool = False,
+                       input_guards: bool = True) -> Prediction:
         """Predict one series.
 
         The input checks of :mod:`ichd.inference.guards` apply here, after the model's probabilities, for every
@@ -316,18 +317,22 @@ class Predictor:
                 :class:`~ichd.inference.evidence.ExplainedPrediction` with ``evidence``.
             max_flagged: at most this many flagged slices get maps.
             allow_contrast: call a contrast-enhanced series anyway (it keeps its ``contrast_enhanced`` warning).
+            input_guards: False skips every check of :mod:`ichd.inference.guards` (every slice scored, no
+                not-assessable call): only for measuring what the guards change (``benchmarks/guards_auc.py``);
+                no command offers it.
 
         Returns:
             A :class:`~ichd.types.Prediction` with per-slice (n, 6) and scan (6,) probabilities in LABELS order,
             the thresholds, the model identity, the series' ingest warnings and timings (seconds).
         """
-        from ichd.inference.guards import CONTRAST, NO_HEAD, guard_warnings, series_guards
+        from ichd.inference.guards import CONTRAST, NO_HEAD, guard_warnings, series_guards, unguarded
         from ichd.inference.provenance import provenance_block
         from ichd.models.scan_rules import scan_probabilities
 
         self._check(series)
         t0 = time.perf_counter()
-        guards = series_guards(series, crop=self.preprocess.crop == "head")
+        guards = (series_guards(series, crop=self.preprocess.crop == "head") if input_guards
+                  else unguarded(series, crop=self.preprocess.crop == "head"))
         if guards.crop_box is not None:
             series.meta["_ichd_head_crop_box"] = guards.crop_box
         feats, cnn_probs, t_pre, t_cnn = self._embed(series, tta)
@@ -371,7 +376,7 @@ class Predictor:
             "not_assessable": CONTRAST if guards.contrast_flagged and not allow_contrast else None,
             "provenance": provenance_block(self.training_uids, series),
             "guards": {"contrast": guards.contrast.to_dict() if guards.contrast is not None else None,
-                       "allow_contrast": bool(allow_contrast)},
+                       "allow_contrast": bool(allow_contrast)} if input_guards else {},
         }
         if not gradcam:
             timing["predict_total"] = time.perf_counter() - t0
