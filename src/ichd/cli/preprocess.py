@@ -37,6 +37,11 @@ def register(app: typer.Typer) -> None:
                                       "every slice of the series: table and air cut away, the same framing for "
                                       "every source; a model trained on such a cache crops the same way at "
                                       "inference)."),
+        simulate_window: str | None = typer.Option(
+            None, "--simulate-window", metavar="LEVEL,WIDTH",
+            help="Reduce every slice to this 8-bit display window first (clipped and quantised as a windowed "
+                 "PNG/JPG export keeps it, e.g. 40,80): a training cache that shows a model such inputs "
+                 "(`data.augment_caches` of `ichd train frozen`). Default: the HU as read."),
         normalization: str = typer.Option("seed", "--normalization",
                                           help="Normalisation preset recorded for training/inference: "
                                                "seed, half or none (the cache itself is never normalised)."),
@@ -65,8 +70,11 @@ def register(app: typer.Typer) -> None:
         from ichd.preprocessing.cache import build_cache
         from ichd.preprocessing.config import PreprocessConfig
 
+        from ichd.io.images import parse_window
+
         cfg = PreprocessConfig(image_size=size, cache_dtype=dtype, normalization=normalization,  # type: ignore[arg-type]
-                               resize_mode=resize_mode, crop=crop)  # type: ignore[arg-type]
+                               resize_mode=resize_mode, crop=crop,  # type: ignore[arg-type]
+                               simulate_window=parse_window(simulate_window) if simulate_window else None)
         chosen = None
         if patients:
             try:

@@ -29,6 +29,11 @@ class PreprocessConfig:
         crop: ``"none"`` (the whole slice, padded to a square) or ``"head"`` (the square around the head on every
             slice of the series, :func:`ichd.preprocessing.head_mask.head_crop_box`, so that every source is framed
             the same way). The cache and inference use the same rule (:func:`ichd.preprocessing.pipeline.preprocess_hu`).
+        simulate_window: ``None`` (the HU as read), or ``(level, width)`` of an 8-bit display window that every
+            slice is first reduced to, as a windowed PNG/JPG export keeps it (clipped to ``[L - W/2, L + W/2]``
+            and quantised to 256 gray levels, :func:`ichd.preprocessing.windows.simulate_display_window`). Used
+            for *training* caches that teach a model what such inputs look like (``data.augment_caches`` of
+            ``ichd train frozen``); a model's own preprocessing never sets it.
     """
 
     windows: dict[str, tuple[float, float]] = field(default_factory=lambda: dict(SEED_WINDOWS))
@@ -37,6 +42,7 @@ class PreprocessConfig:
     normalization: str = "seed"
     resize_mode: Literal["bilinear", "area"] = "bilinear"
     crop: Literal["none", "head"] = "none"
+    simulate_window: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
         from ichd.preprocessing.normalize import preset
@@ -53,6 +59,11 @@ class PreprocessConfig:
         if self.crop not in CROP_MODES:
             raise ConfigError(f"crop must be one of {', '.join(CROP_MODES)}, got {self.crop!r}")
         preset(self.normalization)
+        if self.simulate_window is not None:
+            sw = tuple(self.simulate_window)
+            if len(sw) != 2 or not float(sw[1]) > 0:
+                raise ConfigError(f"simulate_window must be (level, width) with width > 0, got {self.simulate_window!r}")
+            self.simulate_window = (float(sw[0]), float(sw[1]))
 
     @property
     def n_channels(self) -> int:
@@ -77,6 +88,8 @@ class PreprocessConfig:
         d.pop("normalization")
         if d.get("crop") == "none":
             d.pop("crop")  # caches built before the option existed keep their key
+        if d.get("simulate_window") is None:
+            d.pop("simulate_window", None)  # likewise
         return d
 
     def replace(self, **changes: Any) -> PreprocessConfig:

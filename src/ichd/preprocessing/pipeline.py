@@ -1,5 +1,5 @@
-"""One function from a HU :class:`~ichd.types.CTSeries` to cached model input: [crop to the head ->] windows ->
-square -> resize."""
+"""One function from a HU :class:`~ichd.types.CTSeries` to cached model input: [crop to the head ->] [reduce to a
+display window ->] windows -> square -> resize."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from ichd.constants import AIR_HU
 from ichd.preprocessing.config import PreprocessConfig
 from ichd.preprocessing.head_mask import CropBox
 from ichd.preprocessing.resize import resize_slices
-from ichd.preprocessing.windows import window_channels
+from ichd.preprocessing.windows import simulate_display_window, window_channels
 from ichd.types import CTSeries
 
 
@@ -47,7 +47,8 @@ def preprocess_hu(hu: np.ndarray, cfg: PreprocessConfig, *, chunk: int = 8,
 
     With ``cfg.crop == "head"`` the slices are first cut to ``crop_box`` (computed from ``hu`` itself by
     :func:`input_crop_box` when not given; callers that preprocess a series in chunks pass the box of the whole
-    series, as the cache does, so chunks and cache agree).
+    series, as the cache does, so chunks and cache agree). With ``cfg.simulate_window`` the HU is then reduced to
+    that 8-bit display window (:func:`~ichd.preprocessing.windows.simulate_display_window`) before the windows.
     """
     hu = np.asarray(hu)
     if hu.ndim != 3:
@@ -63,6 +64,8 @@ def preprocess_hu(hu: np.ndarray, cfg: PreprocessConfig, *, chunk: int = 8,
             from ichd.preprocessing.head_mask import crop_to_box
 
             part = crop_to_box(np.asarray(part, dtype=np.float32), crop_box, AIR_HU)
+        if cfg.simulate_window is not None:
+            part = simulate_display_window(part, *cfg.simulate_window)
         x = window_channels(part, cfg.windows)
         x = resize_slices(x, s, mode=cfg.resize_mode)
         out[i:i + chunk] = to_cache_dtype(x, cfg.cache_dtype)

@@ -53,3 +53,14 @@ def window_channels(hu: np.ndarray, windows: WindowSpec | None = None) -> np.nda
     if hu.ndim < 2:
         raise ValueError(f"window_channels needs at least a 2-D image, got shape {hu.shape}")
     return np.stack([apply_window(hu, lv, wd) for lv, wd in window_list(windows)], axis=-3)
+
+
+def simulate_display_window(hu: np.ndarray, level: float, width: float) -> np.ndarray:
+    """The HU an 8-bit display-window export keeps: ``hu`` windowed at ``level``/``width``, rounded to 256 gray
+    levels and read back (:func:`ichd.io.images.window_to_hu`), i.e. clipped to ``[L - W/2, L + W/2]`` in steps of
+    ``W / 255`` HU. What :func:`ichd.preprocessing.export.write_window_pngs` writes and ``ichd predict --window``
+    reads back (without the export's resize), as float32."""
+    from ichd.io.images import window_to_hu
+
+    gray = np.rint(apply_window(hu, level, width) * np.float32(255.0))
+    return window_to_hu(gray, level, width)

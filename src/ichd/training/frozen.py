@@ -77,6 +77,13 @@ class FrozenDataConfig:
     #: loss weight of each source's slices (unnamed sources: 1), e.g. ``{rsna-series: 2.0}`` to give the few
     #: real-DICOM series more say than their share of slices
     source_weights: dict[str, float] | None = None
+    #: further caches of the same slices rendered differently (``ichd preprocess --simulate-window L,W``: what a
+    #: windowed PNG/JPG export keeps), whose rows are added to the *training* part of every fit (same patient, so
+    #: the same fold); the held-out predictions, the calibration and the OOF files stay on ``cache``. Their own
+    #: out-of-fold AUCs are reported in ``metrics.json`` (``augment``).
+    augment_caches: list[str] = field(default_factory=list)
+    #: loss weight of the augment caches' rows relative to the originals
+    augment_weight: float = 1.0
 
     @property
     def label_files(self) -> list[str]:
@@ -168,6 +175,8 @@ def embedding_key(encoder: str, input_size: int, cache: Any, channels: str = "wi
     preprocess = cache.config.to_dict()
     if preprocess.get("crop", "none") == "none":
         preprocess.pop("crop", None)  # the key of caches made before the crop option existed stays valid
+    if preprocess.get("simulate_window") is None:
+        preprocess.pop("simulate_window", None)  # likewise
     key = {"version": EMBEDDING_CACHE_VERSION, "encoder": encoder, "input_size": int(input_size),
            "preprocess": preprocess, "arrays_sha256": digest}
     if channels != "windows":  # keys of the default mode stay as they were (existing caches remain valid)
@@ -439,10 +448,12 @@ def _patient_split(patients: np.ndarray, y: np.ndarray, k: int, seed: int) -> di
 
 def fit_calibrated(x: np.ndarray, y: np.ndarray, patients: np.ndarray, scans: ScanRows, cfg: FrozenTrainConfig,
                    head_cfg: ContextHeadConfig, l2: float, seed: int,
-                   row_weight: np.ndarray | None = None) -> tuple[FeatureSelector, Any, Any]:
+                   row_weight: np.ndarray | None = None,
+                   calib_rows: np.ndarray | None = None) -> tuple[FeatureSelector, Any, Any]:
     """A head fitted on the rows of ``scans`` plus its calibration, fitted on an inner patient CV of those rows
     (out-of-sample logits of models that did not see the patient). Returns ``(selector, head, calibration)``;
-    the calibration is None when ``cfg.calibrate`` is off."""
+    the calibration is None when ``cfg.calibrate`` is off. ``calib_rows`` (N,) bool: the rows the calibration is
+    fitted on (default: all; augmented renderings are trained on but not calibrated on)."""
     from ichd.training.calibration import fit_platt
 
     selector, head = fit_head(x, y, scans, head_cfg, cfg.selector, cfg.optim, l2=l2, max_steps=cfg.max_steps,
@@ -460,6 +471,8 @@ def fit_calibrated(x: np.ndarray, y: np.ndarray, patients: np.ndarray, scans: Sc
                             row_weight=row_weight)
         lg, r = head_logits(s_i, h_i, x, te)
         logits[r] = lg
+    if calib_rows is not None:
+        rows = rows[np.asarray(calib_rows, dtype=bool)[rows]]
     calib = fit_platt(logits[rows], y[rows])
     return selector, head, calib
 
@@ -526,8 +539,22 @@ def train_frozen(cfg: FrozenTrainConfig, *, overwrite: bool = False) -> dict[str
     patients = labels["patient_id"].astype(str).to_numpy()
     scan_ids = labels["scan_id"].astype(str).to_numpy()
     sources = labels["source"].astype(str).to_numpy() if "source" in labels.columns else None
-    all_scans = ScanRows.from_table(scan_ids, labels["slice_index"].to_numpy())
     row_weight = source_row_weights(sources, cfg.data.source_weights)
+    # augment caches: the same slices rendered otherwise, stacked below the originals (render j > 0); they only
+    # ever join the training part of a fit
+    aug = augment_features(cfg, ids)
+    n, m = len(ids), 1 + len(aug)
+    render = np.repeat(np.arange(m), n)
+    if aug:
+        x_fit = np.concatenate([x, *aug.values()])
+        y_fit, p_fit = np.tile(y, (m, 1)), np.tile(patients, m)
+        scan_fit = np.concatenate([scan_ids] + [np.asarray([f"{s}#{j}" for s in scan_ids]) for j in range(1, m)])
+        base = row_weight if row_weight is not None else np.ones(n, dtype=np.float32)
+        w_fit: np.ndarray | None = np.concatenate([base] + [base * np.float32(cfg.data.augment_weight)] * len(aug))
+        calib_rows: np.ndarray | None = render == 0
+    else:
+        x_fit, y_fit, p_fit, scan_fit, w_fit, calib_rows = x, y, patients, scan_ids, row_weight, None
+    all_scans = ScanRows.from_table(scan_fit, np.tile(labels["slice_index"].to_numpy(), m))
     slice_cfg = ContextHeadConfig(kind="linear", context=0)
     metrics: dict[str, Any] = {"name": cfg.name, "encoder": cfg.encoder.describe(), "n_features": int(x.shape[1]),
                                "head": f"{cfg.head.kind}, context {cfg.head.context}", "repeats": []}
@@ -543,18 +570,25 @@ def train_frozen(cfg: FrozenTrainConfig, *, overwrite: bool = False) -> dict[str
             folds = patient_folds(labels, cfg.data.folds, seed)
         folds.rename("fold").to_frame().to_csv(rdir / "folds.csv")
         fold = np.asarray([int(folds[p]) for p in patients])
+        fold_fit = np.tile(fold, m)
         probs = np.full(y.shape, np.nan)
         slice_probs = np.full(y.shape, np.nan)
+        aug_probs = {name: np.full(y.shape, np.nan) for name in aug}
         per_fold = []
         for k in sorted(set(fold.tolist())):
-            tr = all_scans.subset(np.flatnonzero(fold != k))
-            te = all_scans.subset(np.flatnonzero(fold == k))
+            tr = all_scans.subset(np.flatnonzero(fold_fit != k))
+            te = all_scans.subset(np.flatnonzero((fold_fit == k) & (render == 0)))
             fits = []
             for head_cfg, l2, target in ((cfg.head, cfg.optim.l2, probs), (slice_cfg, cfg.optim.slice_l2, slice_probs)):
-                fit = fit_calibrated(x, y, patients, tr, cfg, head_cfg, l2, seed + 1000 * (k + 1), row_weight)
-                lg, rows = head_logits(fit[0], fit[1], x, te)
+                fit = fit_calibrated(x_fit, y_fit, p_fit, tr, cfg, head_cfg, l2, seed + 1000 * (k + 1), w_fit,
+                                     calib_rows)
+                lg, rows = head_logits(fit[0], fit[1], x_fit, te)
                 target[rows] = apply_platt(lg, fit[2])
                 fits.append(fit)
+            for j, name in enumerate(aug, start=1):  # the main head on the held-out patients' other rendering
+                lg, rows = head_logits(fits[0][0], fits[0][1], x_fit,
+                                       all_scans.subset(np.flatnonzero((fold_fit == k) & (render == j))))
+                aug_probs[name][rows - j * n] = apply_platt(lg, fits[0][2])
             if r == 0 and cfg.save_fold_models:
                 export_models(cfg, fits[1], fits[0], rdir / f"fold{k}", fold=k)
             te_rows = np.flatnonzero(fold == k)
@@ -571,6 +605,14 @@ def train_frozen(cfg: FrozenTrainConfig, *, overwrite: bool = False) -> dict[str
         if sources is not None:
             rep["per_source"] = {s: _summary(y[sources == s], probs[sources == s], scan_ids[sources == s])
                                  for s in sorted(set(sources))}
+        if aug:
+            rep["augment"] = {}
+            for name, p_aug in aug_probs.items():
+                entry: dict[str, Any] = {"pooled": _summary(y, p_aug, scan_ids)}
+                if sources is not None:
+                    entry["per_source"] = {s: _summary(y[sources == s], p_aug[sources == s], scan_ids[sources == s])
+                                           for s in sorted(set(sources))}
+                rep["augment"][name] = entry
         metrics["repeats"].append(rep)
         if r == 0:
             frame.to_csv(out / "oof.csv", float_format="%.6g")
@@ -580,7 +622,7 @@ def train_frozen(cfg: FrozenTrainConfig, *, overwrite: bool = False) -> dict[str
     _write_embedding_table(out / "embed_oof.npz", labels, x, first_slice_probs, first_fold, cfg)
     if cfg.final:
         t = time.perf_counter()
-        write_final(cfg, x, y, patients, all_scans, out / "final", row_weight)
+        write_final(cfg, x_fit, y_fit, p_fit, all_scans, out / "final", w_fit, calib_rows)
         metrics["final_seconds"] = round(time.perf_counter() - t, 1)
     metrics["wall_seconds"] = round(time.perf_counter() - t0, 1)
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2, default=float) + "\n")
@@ -603,6 +645,29 @@ def _write_embedding_table(path: Path, labels: Any, x: np.ndarray, probs: np.nda
     table.sorted().save(path)
 
 
+def augment_features(cfg: FrozenTrainConfig, slice_ids: list[str]) -> dict[str, np.ndarray]:
+    """The frozen features of ``slice_ids`` in each of ``cfg.data.augment_caches`` (name -> (N, F), rows in
+    ``slice_ids`` order). Each must hold every slice of the main cache at its image size and windows."""
+    from ichd.preprocessing.cache import open_cache
+
+    if not cfg.data.augment_weight > 0:
+        raise ConfigError(f"data.augment_weight must be > 0, got {cfg.data.augment_weight}")
+    main = open_cache(cfg.data.cache).config
+    out: dict[str, np.ndarray] = {}
+    for path in cfg.data.augment_caches:
+        cache = open_cache(path)
+        other = cache.config
+        if other.image_size != main.image_size or other.windows != main.windows:
+            raise ConfigError(f"augment cache {path!r} ({other.image_size} px, windows {other.windows}) does not "
+                              f"match data.cache {cfg.data.cache!r} ({main.image_size} px, windows {main.windows})",
+                              hint="build it with the same --size (and windows) as the main cache")
+        if path in out or path == cfg.data.cache:
+            raise ConfigError(f"data.augment_caches names {path!r} twice (or the main cache)")
+        out[path] = frozen_features(cfg.encoder, cache, slice_ids, cfg.embeddings_dir,
+                                    batch_size=cfg.embed_batch_size, threads=cfg.threads)
+    return out
+
+
 def source_row_weights(sources: np.ndarray | None, weights: dict[str, float] | None) -> np.ndarray | None:
     """Per-row loss weights from ``data.source_weights`` (None when not configured); an unknown source name in
     the config is a :class:`ConfigError` (with a suggestion)."""
@@ -622,12 +687,15 @@ def source_row_weights(sources: np.ndarray | None, weights: dict[str, float] | N
 
 
 def write_final(cfg: FrozenTrainConfig, x: np.ndarray, y: np.ndarray, patients: np.ndarray, scans: ScanRows,
-                out: Path, row_weight: np.ndarray | None = None) -> dict[str, Path]:
-    """Fit both heads on every patient, calibrate them (inner CV) and write them with :func:`export_models`."""
+                out: Path, row_weight: np.ndarray | None = None,
+                calib_rows: np.ndarray | None = None) -> dict[str, Path]:
+    """Fit both heads on every patient, calibrate them (inner CV, on ``calib_rows`` when given) and write them
+    with :func:`export_models`."""
     slice_cfg = ContextHeadConfig(kind="linear", context=0)
     slice_fit = fit_calibrated(x, y, patients, scans, cfg, slice_cfg, cfg.optim.slice_l2, cfg.optim.seed,
-                               row_weight)
-    main_fit = fit_calibrated(x, y, patients, scans, cfg, cfg.head, cfg.optim.l2, cfg.optim.seed, row_weight)
+                               row_weight, calib_rows)
+    main_fit = fit_calibrated(x, y, patients, scans, cfg, cfg.head, cfg.optim.l2, cfg.optim.seed, row_weight,
+                              calib_rows)
     return export_models(cfg, slice_fit, main_fit, out, fold="all")
 
 

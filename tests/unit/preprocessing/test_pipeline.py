@@ -57,5 +57,18 @@ def test_crop_to_the_head_frames_the_head_the_same_in_chunks_and_at_once():
     assert not np.array_equal(whole, plain)  # the crop changes the framing
     assert whole[0].mean() > plain[0].mean()  # the head fills more of the image
     assert PreprocessConfig().cache_key() == {k: v for k, v in PreprocessConfig().to_dict().items()
-                                              if k not in ("normalization", "crop")}  # old caches still match
+                                              if k not in ("normalization", "crop", "simulate_window")}  # old caches still match
     assert cfg.cache_key()["crop"] == "head"
+
+
+def test_simulate_window_renders_the_slices_as_a_windowed_export_would():
+    from ichd.preprocessing.windows import simulate_display_window
+    from ichd.testing.factories import phantom_hu
+
+    vol = np.stack([phantom_hu(64, 64), phantom_hu(64, 64, z=3.0)])
+    cfg = PreprocessConfig(image_size=32, simulate_window=(40, 80))
+    np.testing.assert_array_equal(preprocess_hu(vol, cfg),
+                                  preprocess_hu(simulate_display_window(vol, 40, 80), PreprocessConfig(image_size=32)))
+    assert not np.array_equal(preprocess_hu(vol, cfg), preprocess_hu(vol, PreprocessConfig(image_size=32)))
+    assert cfg.cache_key()["simulate_window"] == [40.0, 80.0]  # a cache of it never resumes a plain one
+    assert PreprocessConfig.from_dict(cfg.to_dict()) == cfg

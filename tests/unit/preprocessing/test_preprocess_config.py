@@ -20,7 +20,8 @@ def test_defaults_and_round_trip() -> None:
 
 
 @pytest.mark.parametrize("kwargs", [{"image_size": 4}, {"cache_dtype": "int16"}, {"normalization": "imagenet"},
-                                    {"resize_mode": "cubic"}, {"windows": {"a": (40, 0)}}])
+                                    {"resize_mode": "cubic"}, {"windows": {"a": (40, 0)}},
+                                    {"simulate_window": (40, 0)}, {"simulate_window": (40,)}])
 def test_invalid(kwargs: dict) -> None:
     with pytest.raises(ConfigError):
         PreprocessConfig(**kwargs)

@@ -44,3 +44,18 @@ def test_window_list() -> None:
         window_list([])
     with pytest.raises(ValueError):
         window_channels(np.zeros(3))
+
+
+def test_simulate_display_window_is_what_a_png_export_keeps():
+    from ichd.io.images import window_to_hu
+    from ichd.preprocessing.windows import apply_window, simulate_display_window
+
+    hu = np.array([[-1000.0, -5.0, 0.0, 17.3, 40.0, 79.9, 80.0, 300.0, 1500.0]], dtype=np.float32)
+    out = simulate_display_window(hu, 40, 80)
+    assert out.dtype == np.float32
+    assert out[0, 0] == out[0, 1] == out[0, 2] == 0.0  # below the window: black = L - W/2
+    assert out[0, -1] == out[0, -2] == out[0, -3] == 80.0  # above: white = L + W/2
+    assert np.all(np.abs(out[0, 3:6] - hu[0, 3:6]) <= 80 / 255 / 2 + 1e-4)  # inside: within half a gray step
+    # the same as an 8-bit image written and read back
+    gray = np.rint(apply_window(hu, 40, 80) * 255).astype(np.uint8)
+    np.testing.assert_allclose(out, window_to_hu(gray, 40, 80))

@@ -213,3 +213,33 @@ def test_source_weights_weigh_rows_and_unknown_sources_are_errors():
     _, heavy = fit_head(x, y, scans, ContextHeadConfig(context=0), sel_cfg, opt, row_weight=w)
     assert torch.allclose(plain.net.weight, same.net.weight, atol=1e-5)
     assert not torch.allclose(plain.net.weight, heavy.net.weight, atol=1e-3)
+
+
+def test_augment_caches_join_training_only_and_report_their_own_oof(cache_dir, labels_csv, tmp_path):
+    import pandas as pd
+
+    from ichd.errors import ConfigError
+    from ichd.preprocessing.cache import build_cache
+    from ichd.preprocessing.config import PreprocessConfig
+    from ichd.training.frozen import train_frozen
+
+    root = write_ctich_tree(tmp_path / "ctich", PATIENTS, size=40)
+    win = tmp_path / "win"
+    build_cache([root], win, PreprocessConfig(image_size=SIZE, normalization="half", simulate_window=(40, 80)),
+                workers=0)
+    cfg = FrozenTrainConfig(out=str(tmp_path / "run"), embeddings_dir=str(tmp_path / "emb"), inner_folds=2,
+                            encoder=FrozenEncoderConfig(encoders=[EncoderSpec("efficientnet_lite0", SIZE)]),
+                            head=ContextHeadConfig(kind="linear", context=1), max_steps=5, final=True)
+    cfg.data.cache, cfg.data.labels, cfg.data.sources = str(cache_dir), str(labels_csv), None
+    cfg.data.folds, cfg.data.fold_seeds, cfg.data.augment_caches = 2, [0], [str(win)]
+    m = train_frozen(cfg)
+    aug = m["repeats"][0]["augment"][str(win)]["pooled"]
+    assert aug["n"] == sum(PATIENTS.values()) and aug["auc/any"] is not None
+    oof = pd.read_csv(tmp_path / "run" / "oof.csv")
+    assert len(oof) == sum(PATIENTS.values())  # held-out predictions are on the main cache only
+    assert (tmp_path / "run" / "final" / "sequence.pt").is_file()
+    small = tmp_path / "small"
+    build_cache([root], small, PreprocessConfig(image_size=32, normalization="half"), workers=0)
+    cfg.data.augment_caches, cfg.out = [str(small)], str(tmp_path / "run2")
+    with pytest.raises(ConfigError, match="does not match"):
+        train_frozen(cfg)
