@@ -1,11 +1,13 @@
 """The versioned JSON result of ``ichd predict`` and its JSON Schema.
 
 One :class:`~ichd.types.Prediction` becomes one JSON object (layout: ``resources/schemas/prediction-v2.schema.json``,
-``schema_version`` "2.0"); several series of one input become an array of such objects. Consumers should check
+``schema_version`` "2.1"); several series of one input become an array of such objects. Consumers should check
 ``schema_version``; a breaking change of the layout gets a new schema file and version. Version 2 (version 1:
 ``prediction-v1.schema.json``) added ``scan_call`` (positive / negative / not_assessable, with
 ``not_assessable_reason``), ``null`` calls in ``scan_positive`` for a not-assessable scan, ``skipped_slices``
-(slices without head tissue), ``guards`` and ``provenance``.
+(slices without head tissue), ``guards`` and ``provenance``. Version 2.1 (same schema file; "2.0" results stay
+valid) adds the optional ``second_reader`` block: BLAST-CT's lesion volumes (``ichd predict --second-reader
+blast-ct``, :mod:`ichd.inference.second_reader`).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from ichd.paths import package_resource
 from ichd.types import Prediction
 
 #: Version written into every result (``schema_version``) and the schema file that describes it.
-SCHEMA_VERSION = "2.0"
+SCHEMA_VERSION = "2.1"
 SCHEMA_FILE = "prediction-v2.schema.json"
 
 
@@ -49,7 +51,8 @@ def _z(value: float) -> float | None:
 def prediction_to_dict(pred: Prediction, *, flagged: Sequence[tuple[int, str, float]] = (),
                        input_kind: str | None = None, generated_uids: bool | None = None,
                        demo: Mapping[str, Any] | None = None,
-                       source_files: Sequence[str] | None = None) -> dict[str, Any]:
+                       source_files: Sequence[str] | None = None,
+                       second_reader: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The JSON-able result for one series.
 
     Args:
@@ -61,6 +64,8 @@ def prediction_to_dict(pred: Prediction, *, flagged: Sequence[tuple[int, str, fl
             ``in_training_data`` true/false/null, ``note``); left out of the result for any other input.
         source_files: per-slice source file relative to the input (``CTSeries.source_files``), written as
             ``slices[].source_file``; left out when ``None`` (e.g. NIfTI input).
+        second_reader: the ``second_reader`` block (``SecondReading.to_dict()``, plus ``seg`` when a DICOM SEG
+            was written); left out when ``None``.
     """
     if source_files is not None and len(source_files) != pred.slice_probs.shape[0]:
         raise ValueError(f"{len(source_files)} source files for {pred.slice_probs.shape[0]} slices")
@@ -107,6 +112,8 @@ def prediction_to_dict(pred: Prediction, *, flagged: Sequence[tuple[int, str, fl
         out["guards"] = dict(pred.guards)
     if pred.provenance is not None:
         out["provenance"] = dict(pred.provenance)
+    if second_reader is not None:
+        out["second_reader"] = dict(second_reader)
     out["warnings"] = [w.to_dict() for w in pred.warnings]
     out["timing_s"] = {k: round(float(v), 4) for k, v in pred.timing_s.items()}
     return out

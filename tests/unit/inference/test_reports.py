@@ -197,7 +197,7 @@ def test_demo_block_in_json_and_banner_in_html():
     data = prediction_to_dict(pred, input_kind="ctich", generated_uids=True, demo=demo)
     validate_result(data)
     validate_result([data, data])
-    assert data["schema_version"] == "2.0"  # the block is optional and additive
+    assert data["schema_version"] == SCHEMA_VERSION  # the block is optional and additive
     assert data["demo"] == {"is_demo": True, "in_training_data": True, "note": NOTE_IN_TRAINING}
     assert "CT-ICH patient 071" in data["demo"]["note"] and "not an independent test" in data["demo"]["note"]
     text = render_html(pred, [], model_info={"name": "m"}, input_kind="ctich", demo=demo)
