@@ -325,7 +325,7 @@ class Predictor:
             A :class:`~ichd.types.Prediction` with per-slice (n, 6) and scan (6,) probabilities in LABELS order,
             the thresholds, the model identity, the series' ingest warnings and timings (seconds).
         """
-        from ichd.inference.guards import CONTRAST, NO_HEAD, guard_warnings, series_guards, unguarded
+        from ichd.inference.guards import NO_HEAD, guard_warnings, series_guards, unguarded
         from ichd.inference.provenance import provenance_block
         from ichd.models.scan_rules import scan_probabilities
 
@@ -373,10 +373,12 @@ class Predictor:
             "warnings": warnings,
             "timing_s": timing,
             "skipped_slices": [{"index": i, "reason": NO_HEAD} for i in guards.skipped],
-            "not_assessable": CONTRAST if guards.contrast_flagged and not allow_contrast else None,
+            "not_assessable": guards.not_assessable(allow_contrast=allow_contrast),
             "provenance": provenance_block(self.training_uids, series),
             "guards": {"contrast": guards.contrast.to_dict() if guards.contrast is not None else None,
-                       "allow_contrast": bool(allow_contrast)} if input_guards else {},
+                       "allow_contrast": bool(allow_contrast),
+                       "domain": guards.domain.to_dict() if guards.domain is not None else None}
+            if input_guards else {},
         }
         if not gradcam:
             timing["predict_total"] = time.perf_counter() - t0

@@ -7,7 +7,9 @@ One :class:`~ichd.types.Prediction` becomes one JSON object (layout: ``resources
 ``not_assessable_reason``), ``null`` calls in ``scan_positive`` for a not-assessable scan, ``skipped_slices``
 (slices without head tissue), ``guards`` and ``provenance``. Version 2.1 (same schema file; "2.0" results stay
 valid) adds the optional ``second_reader`` block: BLAST-CT's lesion volumes (``ichd predict --second-reader
-blast-ct``, :mod:`ichd.inference.second_reader`).
+blast-ct``, :mod:`ichd.inference.second_reader`), and the out-of-domain guards (:mod:`ichd.inference.guards`):
+``not_assessable_reason`` ``localizer`` / ``not_head`` / ``non_axial`` / ``extreme_noise`` beside
+``contrast_enhanced``, and ``guards.domain`` (their measures and the warning codes raised).
 """
 
 from __future__ import annotations

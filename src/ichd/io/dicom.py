@@ -16,7 +16,8 @@ Two passes, so non-image objects cost almost nothing:
 Files come from :mod:`ichd.io.sources` (folders, zips); a missing decoder plugin raises
 :class:`~ichd.errors.DependencyError` naming the package before anything is decoded. Nothing identifying is
 copied from the files: only UIDs, a SHA-1 prefix of PatientID (``meta["patient_id"]``) and technical facts
-(modality, manufacturer, kVp, transfer syntaxes).
+(modality, manufacturer, kVp, transfer syntaxes, BodyPartExamined as ``meta["body_part"]``, upper case, None when
+absent).
 """
 
 from __future__ import annotations
@@ -297,6 +298,7 @@ def _facts(ds: Any, transfer_syntax: str, sop_class: str) -> tuple[tuple[str, An
         "transfer_syntax": transfer_syntax,
         "kvp": float(kvp) if kvp is not None else None,
         "patient_id": _pseudonym(ds),
+        "body_part": str(_get(ds, "BodyPartExamined", "") or "").strip().upper() or None,
     }
     return tuple(facts.items())
 
@@ -614,6 +616,7 @@ def _plan_series(frames: list[FrameHeader], strict: bool) -> tuple[list[FrameHea
             "sop_class_uid": _most_common(f["sop_class_uid"] for f in facts),
             "transfer_syntaxes": sorted({f.transfer_syntax for f in ordered}),
             "patient_id": _most_common(f["patient_id"] for f in facts) or ordered[0].study_uid,
+            "body_part": _most_common(f["body_part"] for f in facts),
             "ordering": ordering.method,
             "tilt_source": tilt_source,
             "gaps": [{"after_index": k, "step_mm": round(step, 4), "expected_mm": round(ordering.spacing_mm, 4)}
