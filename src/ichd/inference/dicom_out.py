@@ -191,8 +191,10 @@ def sr_notes(pred: Prediction) -> list[str]:
     """The SR's extra comments: not-assessable scan, slices not scored, training data."""
     notes = []
     if pred.not_assessable:
-        notes.append(f"Scan call: NOT ASSESSABLE ({pred.not_assessable}). The model is for non-contrast head CT; "
-                     "no finding is called, the probabilities are for reference only.")
+        from ichd.inference.guards import not_assessable_text
+
+        notes.append(f"Scan call: NOT ASSESSABLE ({pred.not_assessable}): {not_assessable_text(pred)}. No finding "
+                     "is called, the probabilities are for reference only.")
     if pred.skipped_slices:
         idx = ", ".join(str(int(s["index"])) for s in pred.skipped_slices[:40])
         notes.append(f"{len(pred.skipped_slices)} slices without head tissue were not scored (probability 0): "

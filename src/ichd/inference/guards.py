@@ -256,6 +256,13 @@ def guard_warnings(guards: SeriesGuards, *, allow_contrast: bool) -> list[Ingest
     return out
 
 
+def not_assessable_text(pred: Any) -> str:
+    """Why ``pred`` (a :class:`~ichd.types.Prediction`) is not assessable, for reports: the message of the warning
+    whose code is its ``not_assessable`` reason (every reason has one), else the reason code."""
+    reason = pred.not_assessable or ""
+    return next((w.message for w in pred.warnings if w.code == reason), reason.replace("_", " "))
+
+
 def domain_message(code: str, m: DomainMeasure) -> str:
     """The warning text of an out-of-domain code (see the module doc)."""
     na = "; the scan call is 'not assessable'"

@@ -21,6 +21,7 @@ from ichd import __version__
 from ichd.calls import gated_subtypes
 from ichd.constants import LABEL_ABBREVIATIONS, LABELS
 from ichd.inference.evidence import SliceEvidence
+from ichd.inference.guards import not_assessable_text
 from ichd.types import Prediction
 
 DISCLAIMER = ("Research software. ichd is not a medical device and has not been cleared or approved for clinical "
@@ -224,7 +225,7 @@ def render_html(pred: Prediction, evidence: Sequence[SliceEvidence], *, model_in
     pos_labels = [lab for lab in LABELS if positive[lab] and lab != "any"]
     if pred.not_assessable:
         verdict = ('<span class="na">Not assessable</span> — '
-                   + html.escape(NOT_ASSESSABLE_TEXT.get(pred.not_assessable, pred.not_assessable)))
+                   + html.escape(NOT_ASSESSABLE_TEXT.get(pred.not_assessable) or not_assessable_text(pred)))
     elif positive["any"]:
         verdict = ('<span class="pos">Hemorrhage suspected</span>'
                    + (f" — subtypes above threshold: {', '.join(html.escape(lab) for lab in pos_labels)}"

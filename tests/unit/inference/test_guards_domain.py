@@ -144,3 +144,18 @@ def test_every_domain_code_has_a_message():
         assert g.domain_message(code, m)
     with pytest.raises(ValueError):
         g.domain_message("nonsense", m)
+
+
+def test_reports_say_why_a_body_ct_is_not_assessable(predictor, tmp_path):
+    from ichd.inference.dicom_out import sr_notes
+    from ichd.inference.report_html import render_html
+
+    write_series(tmp_path, make_ct_series(6, spacing=5.0, hu=_body_hu(), pixel_spacing=(3.0, 3.0)))
+    series = read_ct(tmp_path)[0]
+    pred = predictor.predict_series(series)
+    html = render_html(pred, predictor.explain(series, pred, at_least_one=True), model_info={"name": "m"},
+                       input_kind="dicom", generated_uids=False)
+    assert "Not assessable" in html and "does not look like a head CT" in html
+    notes = sr_notes(pred)
+    assert any("NOT ASSESSABLE (not_head)" in n and "does not look like a head CT" in n for n in notes)
+    assert not any("non-contrast" in n for n in notes)  # the contrast text is for contrast only

@@ -379,7 +379,8 @@
       findings.textContent = "Not assessable: " + (r.not_assessable_reason === "contrast_enhanced"
         ? "the series looks contrast-enhanced (or a CT angiography); the model is for non-contrast head CT, " +
           "where iodine looks like blood, so no call is made"
-        : (r.not_assessable_reason || "").replace(/_/g, " "));
+        : ((r.warnings || []).find((w) => w.code === r.not_assessable_reason) || {}).message
+          || (r.not_assessable_reason || "").replace(/_/g, " "));
       findings.className = "findings na";
     } else if (positive.length) {
       findings.textContent = "Hemorrhage suspected" + (subtypes.length ? ": " + subtypes.map((l) => `${l} (${ABBR[l]})`).join(", ") : "");
