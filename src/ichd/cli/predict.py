@@ -51,6 +51,20 @@ def register(app: typer.Typer) -> None:
         threads: int | None = typer.Option(None, "--threads", min=1,
                                            help="CPU threads for torch (default: torch's choice, one per core; on a "
                                                 "machine busy with other jobs, 1 is often much faster)."),
+        second_reader: str | None = typer.Option(
+            None, "--second-reader",
+            help="Also segment each series with a second reader: 'blast-ct' (BLAST-CT, an optional extra: pip "
+                 "install -e \".[blast-ct]\"). Adds its lesion volumes in mL (IPH, extra-axial, IVH, oedema, "
+                 "and IPH+EAH+IVH) to the JSON and HTML, and a DICOM SEG with --format dicom (DICOM input). "
+                 "About 1-3 min per scan with one model on 2 cores."),
+        blast_ct_models: Path | None = typer.Option(
+            None, "--blast-ct-models", metavar="DIR",
+            help="Folder of the BLAST-CT weights (model_1.pt, ...; nothing is downloaded). Default: $ICHD_BLAST_CT, "
+                 "else models/blast-ct beside the data folder."),
+        blast_ct_ensemble: str | None = typer.Option(
+            None, "--blast-ct-ensemble", metavar="NAMES",
+            help="Comma-separated weight files of --blast-ct-models to average (default model_1; e.g. "
+                 "model_1,model_3,model_6: three times as long)."),
         *,
         inputs: CTInputOptions,  # the options of @ct_input_options
     ) -> None:
@@ -85,7 +99,8 @@ def register(app: typer.Typer) -> None:
                               gradcam=gradcam, series_uid=inputs.series, device=device, window=inputs.window,
                               independent=inputs.independent, allow_secondary_capture=inputs.allow_secondary_capture,
                               strict=inputs.strict, workers=inputs.workers, overwrite=overwrite,
-                              batch_size=batch_size, allow_contrast=allow_contrast)
+                              batch_size=batch_size, allow_contrast=allow_contrast, second_reader=second_reader,
+                              blast_ct_models=blast_ct_models, blast_ct_ensemble=blast_ct_ensemble)
         result = run_predict(input_path, opts)
         if out is None:
             typer.echo(result.json_text, nl=False)
@@ -100,6 +115,8 @@ def register(app: typer.Typer) -> None:
                 verdict += f"; {len(pred.skipped_slices)} slice(s) without head not scored"
             if (pred.provenance or {}).get("in_training_data"):
                 verdict += "; input is in the model's training data"
+            if r.second_reading is not None:
+                verdict += f"; BLAST-CT hemorrhage {r.second_reading.hemorrhage_ml:.1f} mL"
             p_any = float(pred.scan_probs[list(pred.labels).index("any")])
             typer.echo(f"series {pred.series_instance_uid}: {pred.slice_probs.shape[0]} slices, "
                        f"any={p_any:.3f} -> {verdict}; {len(pred.warnings)} warning(s)", err=True)

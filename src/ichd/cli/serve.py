@@ -55,6 +55,15 @@ def register(app: typer.Typer) -> None:
         dicom_forward: str | None = typer.Option(None, "--dicom-forward", metavar=FORWARD_SYNTAX,
                                                  help="Send the DICOM SR and Secondary Captures of each study "
                                                       "received over DICOM to this node once its job is done."),
+        second_reader: str | None = typer.Option(
+            None, "--second-reader",
+            help="Segment every study with a second reader too: 'blast-ct' (the blast-ct extra). Its lesion volumes "
+                 "go into the results, its labels into the viewer (Seg toggle); a job reports its progress while "
+                 "it runs (GET /v1/jobs/ID: progress). About 1-3 min per scan with one model on 2 cores."),
+        blast_ct_models: Path | None = typer.Option(None, "--blast-ct-models", metavar="DIR",
+                                                    help="Folder of the BLAST-CT weights (as for predict)."),
+        blast_ct_ensemble: str | None = typer.Option(None, "--blast-ct-ensemble", metavar="NAMES",
+                                                     help="BLAST-CT weight files to average (default model_1)."),
     ) -> None:
         """Serve the HTTP API: upload a study, poll its job, read the JSON result, HTML report, DICOM SR and slice
         images (OpenAPI docs at /docs). Jobs persist in DATA_DIR and survive restarts (research use only)."""
@@ -70,7 +79,9 @@ def register(app: typer.Typer) -> None:
                                  forward=dicom_forward, prefix="dicom-")
         config = ServiceConfig(data_dir=data_dir, model=model, workers=workers, token=token, device=device,
                                max_upload_bytes=max_upload_mb * MiB, max_files=max_files,
-                               max_unpacked_bytes=max_unpacked_mb * MiB, max_zip_ratio=max_zip_ratio)
+                               max_unpacked_bytes=max_unpacked_mb * MiB, max_zip_ratio=max_zip_ratio,
+                               second_reader=second_reader, blast_ct_models=blast_ct_models,
+                               blast_ct_ensemble=blast_ct_ensemble)
         if threads is not None:
             import torch
 

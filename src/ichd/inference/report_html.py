@@ -3,7 +3,8 @@ no external style sheets or fonts, so it opens anywhere and can be archived or m
 
 Sections: a banner when the input is the bundled demo study (its results are not an independent test), disclaimer,
 scan summary (probability, threshold, call per subtype), probability curves along the slices, the flagged slices
-with Grad-CAM overlays, ingest and model warnings, the per-slice table (folded), a model card summary, and timings.
+with Grad-CAM overlays, the second reader (``--second-reader blast-ct``: its lesion volumes and segmentation
+overlays), ingest and model warnings, the per-slice table (folded), a model card summary, and timings.
 """
 
 from __future__ import annotations
@@ -215,11 +216,37 @@ def _demo_banner(demo: Mapping[str, Any] | None) -> str:
             f'{html.escape(str(demo.get("note", "")))}</p>\n')
 
 
+def _second_reader_section(second: Mapping[str, Any] | None) -> str:
+    """The second reader's volumes table and overlay figures ("" without a second reader)."""
+    if not second:
+        return ""
+    from ichd.inference.second_reader import CLASS_COLORS, CLASS_NAMES, CLASS_TITLES, HEMORRHAGE_CLASSES
+
+    block = second["block"]
+    vols = block["volumes_ml"]
+    rows = "".join(
+        f'<tr><td><span style="color:rgb{CLASS_COLORS[c]}">&#9632;</span> {html.escape(CLASS_TITLES[c])}</td>'
+        f'<td class=num>{vols[c]:.2f}</td></tr>' for c in CLASS_NAMES)
+    rows += (f"<tr><th>hemorrhage ({' + '.join(c.upper() for c in HEMORRHAGE_CLASSES)})</th>"
+             f"<th class=num>{block['hemorrhage_ml']:.2f}</th></tr>")
+    models = ", ".join(html.escape(m["file"]) for m in block["models"])
+    figures = "".join(
+        f'<figure><img alt="slice {i} with the BLAST-CT segmentation" src="{_png_data_uri(_rgb_png(rgb))}">'
+        f"<figcaption>slice {i}: BLAST-CT labels</figcaption></figure>" for i, rgb in second["slices"])
+    shown = (f"<div class=grid>{figures}</div>" if figures else
+             "<p>No slice has a BLAST-CT hemorrhage label or an ichd flag, so no overlay is shown.</p>")
+    return (f"<h2>Second reader: BLAST-CT</h2><p class=meta>{html.escape(block.get('note', ''))} Models: {models}; "
+            f"{block.get('seconds', 0):.0f} s.</p><table><thead><tr><th>class</th><th>volume (mL)</th></tr></thead>"
+            f"<tbody>{rows}</tbody></table>{shown}\n")
+
+
 def render_html(pred: Prediction, evidence: Sequence[SliceEvidence], *, model_info: dict[str, Any],
                 input_kind: str | None = None, generated_uids: bool = False, gradcam: bool = True,
-                created: _dt.datetime | None = None, demo: Mapping[str, Any] | None = None) -> str:
+                created: _dt.datetime | None = None, demo: Mapping[str, Any] | None = None,
+                second_reader: Mapping[str, Any] | None = None) -> str:
     """The report as one HTML document (text). ``demo``: the result's ``demo`` block when the input is the bundled
-    demo study (:func:`ichd.inference.demo.demo_block`); its note is shown as a banner at the top."""
+    demo study (:func:`ichd.inference.demo.demo_block`); its note is shown as a banner at the top.
+    ``second_reader``: ``{"block": the JSON second_reader block, "slices": [(slice index, RGB overlay)]}``."""
     created = created or _dt.datetime.now(_dt.UTC)
     positive = pred.scan_positive
     pos_labels = [lab for lab in LABELS if positive[lab] and lab != "any"]
@@ -279,7 +306,7 @@ ichd {html.escape(__version__)} · {created.strftime('%Y-%m-%d %H:%M UTC')}</p>
 <img class=curves alt="per-class probability curves along the slices" src="{curves}">
 <h2>Flagged slices</h2>
 {flagged_html}
-<h2>Warnings</h2>
+{_second_reader_section(second_reader)}<h2>Warnings</h2>
 {_warnings(pred)}
 <h2>Per-slice probabilities</h2>
 <details><summary>Show the table ({pred.slice_probs.shape[0]} slices)</summary>{_slice_table(pred)}</details>

@@ -11,6 +11,11 @@ Layout of ``--out`` (one series)::
     dicom/sr.dcm, dicom/sc-001.dcm, ...
     submission.csv    (--format rsna) the RSNA 2019 submission: ID,Label rows ID_<sop>_<subtype>
                       (:mod:`ichd.inference.submission`)
+    dicom/seg.dcm     (--second-reader blast-ct, DICOM input) the second reader's DICOM Segmentation
+                      (:mod:`ichd.inference.dicom_seg`)
+
+With ``--second-reader blast-ct`` (:mod:`ichd.inference.second_reader`) each series is also segmented by BLAST-CT:
+its lesion volumes go into the JSON (``second_reader``) and the HTML (table + overlays), its label map into the SEG.
 
 With several series in the input, each series gets the same layout in its own sub-folder named after its series
 UID, and ``prediction.json`` at the top holds the array of all results; ``submission.csv`` stays one file at the
@@ -29,6 +34,7 @@ import re
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -71,6 +77,12 @@ class PredictOptions:
     batch_size: int = 16
     max_flagged: int = DEFAULT_MAX_FLAGGED
     allow_contrast: bool = False
+    #: ``--second-reader`` ("blast-ct" or None), its weights folder and weight files (``--blast-ct-models``,
+    #: ``--blast-ct-ensemble``), and a callback ``(series_uid, done, total)`` called while it runs
+    second_reader: str | None = None
+    blast_ct_models: Path | None = None
+    blast_ct_ensemble: str | None = None
+    second_reader_progress: Callable[[str, int, int], None] | None = None
 
 
 @dataclass
@@ -81,6 +93,7 @@ class SeriesResult:
     evidence: list[SliceEvidence]
     result: dict[str, Any]
     folder: str  # relative output folder ("" for a single series)
+    second_reading: Any = None  # ichd.inference.second_reader.SecondReading with --second-reader
 
 
 @dataclass
@@ -250,7 +263,8 @@ def _commit(stage: Path, out: Path, planned: list[str]) -> list[Path]:
     return moved
 
 
-def run_predict(input_path: str | os.PathLike[str], opts: PredictOptions, *, predictor: Any = None) -> PredictRun:
+def run_predict(input_path: str | os.PathLike[str], opts: PredictOptions, *, predictor: Any = None,
+                second_reader: Any = None) -> PredictRun:
     """Predict every series of ``input_path`` (or the one ``opts.series_uid`` names) and write the results.
 
     Args:
@@ -258,6 +272,8 @@ def run_predict(input_path: str | os.PathLike[str], opts: PredictOptions, *, pre
         opts: the options.
         predictor: an already loaded :class:`~ichd.inference.predictor.Predictor` (else loaded from
             ``opts.model``).
+        second_reader: an already loaded second reader (:class:`~ichd.inference.second_reader.BlastCT`), else
+            loaded from ``opts.second_reader`` when set.
 
     Raises:
         InputError / ModelError: bad input, bad options, unknown model; nothing is written then.
@@ -272,6 +288,10 @@ def run_predict(input_path: str | os.PathLike[str], opts: PredictOptions, *, pre
         from ichd.inference.predictor import Predictor
 
         predictor = Predictor.load(opts.model, device=opts.device, batch_size=opts.batch_size)
+    if second_reader is None and opts.second_reader:
+        from ichd.inference.second_reader import load_reader
+
+        second_reader = load_reader(opts.second_reader, opts.blast_ct_models, opts.blast_ct_ensemble)
     t = time.perf_counter()
     all_series = read_ct(input_path, window=opts.window, strict=opts.strict, independent=opts.independent,
                          allow_secondary_capture=opts.allow_secondary_capture, workers=opts.workers)
@@ -291,7 +311,7 @@ def run_predict(input_path: str | os.PathLike[str], opts: PredictOptions, *, pre
     try:
         for series, folder in zip(chosen, folders):
             results.append(_predict_one(predictor, series, folder, formats, opts, stage, t_read, need_evidence,
-                                        demo=demo))
+                                        demo=demo, reader=second_reader))
         data: Any = results[0].result if len(results) == 1 else [r.result for r in results]
         validate_result(data)
         text = dumps(data)
@@ -359,7 +379,7 @@ def operating_thresholds(predictor: Any, *, independent: bool) -> tuple[dict[str
 
 def _predict_one(predictor: Any, series: CTSeries, folder: str, formats: tuple[str, ...], opts: PredictOptions,
                  stage: Path | None, t_read: float, need_evidence: bool,
-                 demo: dict[str, Any] | None = None) -> SeriesResult:
+                 demo: dict[str, Any] | None = None, reader: Any = None) -> SeriesResult:
     """Predict one series and write its HTML / DICOM files into the staging folder; returns its JSON result."""
     from ichd.inference.evidence import select_flagged
     from ichd.inference.report_json import prediction_to_dict
@@ -377,6 +397,7 @@ def _predict_one(predictor: Any, series: CTSeries, folder: str, formats: tuple[s
         if opts.gradcam:
             pred.timing_s["gradcam"] = time.perf_counter() - t
     flagged = select_flagged(pred, opts.max_flagged)
+    reading, block = _second_reading(reader, series, pred, opts) if reader is not None else (None, None)
     generated = series.source_kind != "dicom"
     pred.timing_s = {"read": t_read, **pred.timing_s}
     target = (stage / folder) if stage is not None and folder else stage
@@ -388,6 +409,8 @@ def _predict_one(predictor: Any, series: CTSeries, folder: str, formats: tuple[s
         if note is not None:
             pred.warnings.append(note)
         write_dicom_outputs(target / DICOM_DIR, pred, evidence, ctx)
+        if reading is not None and block is not None:
+            _write_seg(target / DICOM_DIR, folder, series, pred, reading, block)
         pred.timing_s["dicom"] = time.perf_counter() - t
     if "html" in formats and target is not None:
         from ichd.inference.report_html import render_html
@@ -395,11 +418,55 @@ def _predict_one(predictor: Any, series: CTSeries, folder: str, formats: tuple[s
 
         t = time.perf_counter()
         shown = [e for e in evidence if any(e.index == i for i, _, _ in flagged)]
+        second = None
+        if reading is not None and block is not None:
+            from ichd.inference.second_reader import overlay_rgb, shown_slices
+
+            second = {"block": block, "slices": [(i, overlay_rgb(series.hu[i], reading.labels[i])) for i in
+                                                 shown_slices(reading.labels, [i for i, _, _ in flagged])]}
         html = render_html(pred, shown, model_info=_model_info(predictor), input_kind=series.source_kind,
-                           generated_uids=generated, gradcam=opts.gradcam, demo=demo)
+                           generated_uids=generated, gradcam=opts.gradcam, demo=demo, second_reader=second)
         atomic_write_text(target / HTML_NAME, html)
         pred.timing_s["html"] = time.perf_counter() - t
     pred.timing_s["total"] = t_read + time.perf_counter() - t0
     result = prediction_to_dict(pred, flagged=flagged, input_kind=series.source_kind, generated_uids=generated,
-                                demo=demo, source_files=series.source_files)
-    return SeriesResult(prediction=pred, evidence=evidence, result=result, folder=folder)
+                                demo=demo, source_files=series.source_files, second_reader=block)
+    return SeriesResult(prediction=pred, evidence=evidence, result=result, folder=folder, second_reading=reading)
+
+
+def _second_reading(reader: Any, series: CTSeries, pred: Prediction,
+                    opts: PredictOptions) -> tuple[Any, dict[str, Any] | None]:
+    """Run the second reader on ``series``; (reading, JSON block), or (None, None) with a warning on ``pred``
+    when the series cannot be segmented (one slice, no spacing)."""
+    from ichd.inference.second_reader import NOTE
+
+    uid = series.series_instance_uid
+    callback = opts.second_reader_progress
+    progress = (lambda done, total: callback(uid, done, total)) if callback is not None else None
+    t = time.perf_counter()
+    try:
+        reading = reader.segment(series, progress=progress)
+    except InputError as e:
+        pred.warnings.append(IngestWarning("second_reader_skipped", e.message))
+        return None, None
+    pred.timing_s["second_reader"] = time.perf_counter() - t
+    return reading, {**reading.to_dict(), "note": NOTE}
+
+
+def _write_seg(dicom_dir: Path, folder: str, series: CTSeries, pred: Prediction, reading: Any,
+               block: dict[str, Any]) -> None:
+    """The second reader's DICOM SEG beside the SR (DICOM input only; otherwise a ``seg_not_written`` warning)."""
+    from ichd.inference.dicom_seg import SEG_NAME, can_write_seg, write_segmentation
+
+    why = can_write_seg(series)
+    if why is None:
+        try:
+            seg = write_segmentation(dicom_dir / SEG_NAME, reading.labels, series, algorithm_version=block["version"])
+        except ValueError as e:
+            why = str(e).removeprefix("no DICOM SEG: ")
+        else:
+            block["seg"] = {"file": f"{folder + '/' if folder else ''}{DICOM_DIR}/{SEG_NAME}",
+                            "series_instance_uid": str(seg.SeriesInstanceUID),
+                            "sop_instance_uid": str(seg.SOPInstanceUID)}
+            return
+    pred.warnings.append(IngestWarning("seg_not_written", f"no DICOM SEG of the second reader: {why}"))

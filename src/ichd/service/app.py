@@ -103,6 +103,9 @@ class JobOut(BaseModel):
     started_at: str | None = None
     finished_at: str | None = None
     error: str | None = Field(None, description="why it failed: the line `ichd predict` would print")
+    progress: dict[str, Any] | None = Field(
+        None, description="while running, what the job does now: {stage: 'second_reader', series_instance_uid, "
+                          "done, total} (blocks of the BLAST-CT segmentation)")
     links: dict[str, str]
 
 
@@ -114,6 +117,8 @@ class SeriesFindings(BaseModel):
     scan: dict[str, float] = Field(description="scan-level probability per label")
     scan_positive: dict[str, bool] = Field(description="scan probability at or above the model's threshold")
     findings: list[str] = Field(description="the labels called positive")
+    second_reader: dict[str, Any] | None = Field(
+        None, description="the second reader's result (ichd serve --second-reader): name, volumes_ml, hemorrhage_ml")
 
 
 class StudyOut(BaseModel):
@@ -176,10 +181,11 @@ def _job_links(job: Job) -> dict[str, str]:
     return {"job": f"/v1/jobs/{job.id}", "study": f"/v1/studies/{job.study_id}"}
 
 
-def job_out(job: Job) -> JobOut:
+def job_out(job: Job, progress: dict[str, Any] | None = None) -> JobOut:
     return JobOut(job_id=job.id, study_id=job.study_id, status=job.status, attempts=job.attempts,  # type: ignore[arg-type]
                   created_at=_iso(job.created_at) or "", started_at=_iso(job.started_at),
-                  finished_at=_iso(job.finished_at), error=job.error, links=_job_links(job))
+                  finished_at=_iso(job.finished_at), error=job.error,
+                  progress=progress if job.status == "running" else None, links=_job_links(job))
 
 
 def study_out(study: Study) -> StudyOut:
@@ -427,7 +433,7 @@ def _add_routes(app: FastAPI, service: StudyService) -> None:
         job = await run_in_threadpool(service.require_store().get_job, job_id)
         if job is None:
             raise ApiError(f"no job {job_id}", status=404, hint="POST /v1/studies returns the job id")
-        return job_out(job)
+        return job_out(job, service.progress(job_id))
 
     @app.get("/v1/studies", dependencies=secured, response_model=StudyList, tags=["studies"],
                 summary="Studies, newest first, with status and scan-level findings")
@@ -477,6 +483,7 @@ def _add_routes(app: FastAPI, service: StudyService) -> None:
     async def get_slice(study_id: str, index: str,
                         window: str = Query("brain", description="brain, subdural, soft_tissue or bone"),
                         overlay: str | None = Query(None, description="Grad-CAM of this class (e.g. subdural, SDH)"),
+                        seg: bool = Query(False, description="draw the second reader's (BLAST-CT) segmentation"),
                         series: int = Query(0, ge=0)) -> Response:
         from ichd.service.render import parse_label, parse_window, slice_png
 
@@ -488,7 +495,9 @@ def _add_routes(app: FastAPI, service: StudyService) -> None:
         series_folder(study, series)  # range check
         hu = await run_in_threadpool(service.load_slice, study_id, series, int(index))
         cam = await run_in_threadpool(service.gradcam, hu, label) if label is not None else None
-        png = await run_in_threadpool(slice_png, hu, win, cam)
+        labels = (await run_in_threadpool(service.load_segmentation_slice, study_id, series, int(index))
+                  if seg else None)
+        png = await run_in_threadpool(slice_png, hu, win, cam, labels)
         return Response(png, media_type="image/png")
 
 

@@ -50,6 +50,10 @@ class ServiceConfig:
         batch_size: slices per chunk through the CNN.
         poll_interval_s: how often idle workers look for jobs enqueued by another path than this process' API.
         shutdown_grace_s: how long stopping waits for running jobs before handing them back to the queue.
+        second_reader: ``"blast-ct"`` to segment every series with BLAST-CT too (``ichd serve --second-reader``;
+            per deployment: its volumes go into the results, its label map into the viewer's overlay); None: off.
+        blast_ct_models: the BLAST-CT weights folder (None: ``ICHD_BLAST_CT`` or ``models/blast-ct`` beside the
+            data folder); blast_ct_ensemble: its weight files to average (None: ``model_1``).
     """
 
     data_dir: Path
@@ -65,6 +69,9 @@ class ServiceConfig:
     batch_size: int = 16
     poll_interval_s: float = 1.0
     shutdown_grace_s: float = 30.0
+    second_reader: str | None = None
+    blast_ct_models: Path | None = None
+    blast_ct_ensemble: str | None = None
 
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir).expanduser()

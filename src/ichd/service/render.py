@@ -51,14 +51,26 @@ def display_slice(hu: np.ndarray) -> np.ndarray:
     return pad_to_square(np.asarray(hu, dtype=np.float32), AIR_HU)
 
 
-def slice_png(hu: np.ndarray, window: tuple[float, float], cam: np.ndarray | None = None) -> bytes:
-    """PNG bytes of one HU slice in ``window``: 8-bit grey, or RGB with ``cam`` (a [0, 1] map) blended on."""
+def slice_png(hu: np.ndarray, window: tuple[float, float], cam: np.ndarray | None = None,
+              labels: np.ndarray | None = None) -> bytes:
+    """PNG bytes of one HU slice in ``window``: 8-bit grey, or RGB with ``cam`` (a [0, 1] map) blended on; with
+    ``labels`` (the second reader's label map of the slice) its classes are drawn on top in their colours."""
     from PIL import Image
 
     from ichd.explain.overlay import display_image, overlay
 
     img = display_slice(hu)
-    if cam is None:
+    if labels is not None:
+        from ichd.inference.second_reader import draw_labels
+        from ichd.preprocessing.resize import pad_to_square
+
+        if cam is None:
+            base = np.repeat(np.clip(np.round(display_image(img, window) * 255.0), 0, 255).astype(np.uint8)[..., None],
+                             3, axis=2)
+        else:
+            base = overlay(img, cam, window=window)
+        pil = Image.fromarray(draw_labels(base, pad_to_square(np.asarray(labels, dtype=np.uint8), 0)))
+    elif cam is None:
         gray = np.clip(np.round(display_image(img, window) * 255.0), 0, 255).astype(np.uint8)
         pil = Image.fromarray(gray)
     else:

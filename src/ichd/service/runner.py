@@ -19,7 +19,8 @@ Data folder layout::
     DATA/tmp/                          uploads being received (emptied at start)
     DATA/studies/<study_id>/input/     the uploaded files
     DATA/studies/<study_id>/result/    prediction.json, report.html, dicom/ (as `ichd predict --out`)
-    DATA/studies/<study_id>/volumes/   series-000.npy, ... (int16 HU, for slice images)
+    DATA/studies/<study_id>/volumes/   series-000.npy, ... (int16 HU, for slice images); series-000-seg.npy, ...
+                                       (uint8 second-reader labels, with ServiceConfig.second_reader)
     DATA/dicom/                        the DICOM node's receive folders and forward queue (:mod:`.dicom_node`)
 
 At start (:meth:`StudyService.open`) leftovers of a crash are cleaned (``tmp/``; study folders the store does not
@@ -78,6 +79,10 @@ class StudyPaths:
     def volume(self, series_index: int) -> Path:
         return self.volumes / f"series-{series_index:03d}.npy"
 
+    def segmentation(self, series_index: int) -> Path:
+        """The second reader's label map (uint8, the volume's shape), when it ran."""
+        return self.volumes / f"series-{series_index:03d}-seg.npy"
+
 
 class _SeriesRecorder:
     """The Predictor as ``run_predict`` sees it, keeping each series it predicts (for the slice images)."""
@@ -125,6 +130,9 @@ class StudyService:
         self._viewer: Any = None
         self._viewer_lock = threading.Lock()
         self._close_hooks: list[Callable[[], None]] = []
+        #: job id -> what a running job is doing now (``{"stage", "series_instance_uid", "done", "total"}``), for
+        #: ``GET /v1/jobs/{id}`` while the second reader runs; in memory only (a finished job has none)
+        self._progress: dict[str, dict[str, Any]] = {}
         self.started = False
 
     # ------------------------------------------------------------------------------------------------ layout
@@ -194,12 +202,14 @@ class StudyService:
         self.open()
         try:
             predictors = [self._factory() for _ in range(self.config.workers)]
+            readers = [self._load_second_reader() for _ in range(self.config.workers)]
         except BaseException:
             self.close()  # e.g. an unknown model: release the data folder again
             raise
         self._stop.clear()
-        for k, predictor in enumerate(predictors):
-            t = threading.Thread(target=self._worker, args=(predictor,), name=f"ichd-worker-{k}", daemon=True)
+        for k, (predictor, reader) in enumerate(zip(predictors, readers)):
+            t = threading.Thread(target=self._worker, args=(predictor, reader), name=f"ichd-worker-{k}",
+                                 daemon=True)
             t.start()
             self._threads.append(t)
         self.started = True
@@ -356,7 +366,20 @@ class StudyService:
 
     # ---------------------------------------------------------------------------------------------- workers
 
-    def _worker(self, predictor: Any) -> None:
+    def _load_second_reader(self) -> Any:
+        """The configured second reader (one per worker thread), or None."""
+        if not self.config.second_reader:
+            return None
+        from ichd.inference.second_reader import load_reader
+
+        return load_reader(self.config.second_reader, self.config.blast_ct_models, self.config.blast_ct_ensemble)
+
+    def progress(self, job_id: str) -> dict[str, Any] | None:
+        """What the running job ``job_id`` is doing now (None when it is not running a stage that reports)."""
+        entry = self._progress.get(job_id)
+        return dict(entry) if entry is not None else None
+
+    def _worker(self, predictor: Any, reader: Any = None) -> None:
         store = self.require_store()
         while not self._stop.is_set():
             try:
@@ -373,7 +396,7 @@ class StudyService:
             with self._running_lock:
                 self._running[threading.current_thread().name] = job
             try:
-                self.run_job(job, predictor)
+                self.run_job(job, predictor, reader)
             except Exception as e:  # a bug outside the prediction itself: the worker goes on
                 log.exception("job %s: could not be recorded", job.id)
                 try:
@@ -384,7 +407,7 @@ class StudyService:
                 with self._running_lock:
                     self._running.pop(threading.current_thread().name, None)
 
-    def run_job(self, job: Job, predictor: Any) -> None:
+    def run_job(self, job: Job, predictor: Any, reader: Any = None) -> None:
         """Predict the study of a claimed (running) job and record the outcome in the store."""
         from ichd.inference import run as predict_run
 
@@ -405,13 +428,17 @@ class StudyService:
                                               overwrite=True, gradcam=True, device=self.config.device,
                                               workers=self.config.decode_workers,
                                               batch_size=self.config.batch_size)
-            result = predict_run.run_predict(paths.input, opts, predictor=recorder)
+            if reader is not None:
+                opts.second_reader_progress = self._progress_callback(job.id)
+            result = predict_run.run_predict(paths.input, opts, predictor=recorder, second_reader=reader)
             summary = self._save_volumes(paths, result, recorder.seen)
         except IchdError as e:
             reason = str(e)
         except Exception as e:
             log.exception("job %s: internal error", job.id)
             reason = f"internal error: {type(e).__name__}: {e} (see the service log)"
+        finally:
+            self._progress.pop(job.id, None)
         seconds = time.perf_counter() - t0
         if reason is None:
             if store.finish(job, summary):
@@ -424,6 +451,13 @@ class StudyService:
             reason = f"{reason} (attempt {job.attempts}, after an interrupted run)"
         if store.fail(job, reason):
             log.warning("job %s: failed after %.1f s: %s", job.id, seconds, reason)
+
+    def _progress_callback(self, job_id: str) -> Callable[[str, int, int], None]:
+        def report(series_uid: str, done: int, total: int) -> None:
+            self._progress[job_id] = {"stage": "second_reader", "series_instance_uid": series_uid,
+                                      "done": int(done), "total": int(total)}
+
+        return report
 
     @staticmethod
     def _public_reason(reason: str, paths: StudyPaths) -> str:
@@ -448,6 +482,9 @@ class StudyService:
             hu = np.clip(np.rint(np.asarray(series.hu, dtype=np.float32)), -32768, 32767).astype(np.int16)
             with atomic_path(paths.volume(k)) as tmp:
                 np.save(tmp, hu)
+            if r.second_reading is not None:
+                with atomic_path(paths.segmentation(k)) as tmp:
+                    np.save(tmp, np.asarray(r.second_reading.labels, dtype=np.uint8))
             res = r.result
             summary.append({
                 "index": k,
@@ -462,6 +499,8 @@ class StudyService:
                 "n_skipped_slices": len(res.get("skipped_slices", [])),
                 "in_training_data": (res.get("provenance") or {}).get("in_training_data"),
                 "findings": [lab for lab, v in res["scan_positive"].items() if v],
+                "second_reader": ({k: res["second_reader"][k] for k in ("name", "volumes_ml", "hemorrhage_ml")}
+                                  if "second_reader" in res else None),
             })
         fsync_dir(paths.volumes)
         return summary
@@ -478,6 +517,17 @@ class StudyService:
             raise InputError(f"slice {index} is out of range: the series has {vol.shape[0]} slices (0.."
                              f"{vol.shape[0] - 1})", hint="slices count from 0, most inferior first")
         return np.asarray(vol[index], dtype=np.float32)
+
+    def load_segmentation_slice(self, study_id: str, series_index: int, index: int) -> np.ndarray:
+        """One slice of the second reader's label map; :class:`InputError` when the study has none."""
+        path = self.paths(study_id).segmentation(series_index)
+        if not path.is_file():
+            raise InputError(f"study {study_id} series {series_index} has no second-reader segmentation",
+                             hint="start the service with --second-reader blast-ct to segment new studies")
+        vol = np.load(path, mmap_mode="r")
+        if not 0 <= index < vol.shape[0]:
+            raise InputError(f"slice {index} is out of range: the series has {vol.shape[0]} slices")
+        return np.asarray(vol[index], dtype=np.uint8)
 
     def gradcam(self, hu: np.ndarray, label: str) -> np.ndarray:
         """The slice CNN's Grad-CAM map of ``label`` on one HU slice (a Predictor of its own, loaded on first use,

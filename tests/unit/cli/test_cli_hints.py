@@ -37,6 +37,7 @@ REACH: dict[str, tuple[str, ...]] = {
     "ichd.preprocessing.dask_backend": ("preprocess",),
     "ichd.inference.run": ("predict",),
     "ichd.inference.submission": ("predict",),
+    "ichd.inference.second_reader": ("predict", "serve"),  # --second-reader blast-ct of both
     "ichd.inference.embed": ("embed",),
     "ichd.inference.bundle_build": ("evaluate",),  # scripts/build_bundle.py; its advice is about `ichd evaluate`
     "ichd.explain": ("explain",),

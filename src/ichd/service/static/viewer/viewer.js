@@ -35,6 +35,8 @@
     window: "brain",
     overlay: "",
     lastOverlay: "any",
+    seg: false,       // draw the second reader's (BLAST-CT) segmentation
+
     model: null,
     wheel: 0,
     uploadFiles: [],
@@ -318,6 +320,7 @@
                                              : `The study is ${study.status}; this page updates when it is done.`;
       $("study-wait").textContent = wait;
       show("study-wait", true);
+      if (study.status === "running") showProgress(study);
       if (study.status !== "failed") state.studyTimer = setTimeout(() => openStudy(studyId, series), STUDY_POLL_MS);
       return;
     }
@@ -349,6 +352,20 @@
     showSlice();
     $("stage").focus({preventScroll: true});
     loadModel().then(renderModelLine).catch(report);
+  }
+
+  /** A running job's progress (the second reader's blocks), under the waiting note. */
+  async function showProgress(study) {
+    try {
+      const job = await api(`v1/jobs/${study.job_id}`);
+      const p = job.progress;
+      if (p && p.total && state.route === "study") {
+        $("study-wait").textContent = `The study is running: second reader (BLAST-CT) segmenting, block ` +
+          `${p.done} of ${p.total} (${Math.round(100 * p.done / p.total)} %).`;
+      }
+    } catch (e) {
+      report(e);
+    }
   }
 
   /** The slice with the highest "any" probability (where to start looking). */
@@ -416,12 +433,14 @@
   // ------------------------------------------------------------------------------------------------- slices
 
   function sliceKey() {
-    return [state.study.study_id, state.series, state.slice, state.window, state.overlay].join("/");
+    return [state.study.study_id, state.series, state.slice, state.window, state.overlay, hasSeg() && state.seg]
+      .join("/");
   }
 
   function sliceUrl() {
     const q = new URLSearchParams({window: state.window, series: String(state.series)});
     if (state.overlay) q.set("overlay", state.overlay);
+    if (hasSeg() && state.seg) q.set("seg", "true");
     return `v1/studies/${state.study.study_id}/slices/${state.slice}.png?${q}`;
   }
 
@@ -512,7 +531,26 @@
     showSlice();
   }
 
+  /** Whether the shown series has a second-reader segmentation. */
+  function hasSeg() {
+    const s = state.study && state.study.series[state.series];
+    return Boolean(s && s.second_reader);
+  }
+
+  function setSeg(on) {
+    if (!hasSeg() || on === state.seg) return;
+    state.seg = on;
+    renderToolbar();
+    showSlice();
+  }
+
   function renderToolbar() {
+    show("seg-toggle", hasSeg());
+    $("seg-button").setAttribute("aria-pressed", String(hasSeg() && state.seg));
+    const sr = hasSeg() ? state.study.series[state.series].second_reader : null;
+    $("seg-volumes").textContent = sr ? `hemorrhage ${sr.hemorrhage_ml.toFixed(1)} mL (IPH ` +
+      `${sr.volumes_ml.iph.toFixed(1)}, EAH ${sr.volumes_ml.eah.toFixed(1)}, IVH ${sr.volumes_ml.ivh.toFixed(1)}; ` +
+      `oedema ${sr.volumes_ml.oedema.toFixed(1)})` : "";
     for (const b of $("windows").querySelectorAll("button")) {
       b.setAttribute("aria-pressed", String(b.dataset.window === state.window));
     }
@@ -716,6 +754,7 @@
     else if (e.key === "End") goTo(n - 1);
     else if (/^[1-4]$/.test(e.key)) setWindow(WINDOWS[Number(e.key) - 1]);
     else if (e.key === "o" || e.key === "O") setOverlay(state.overlay ? "" : state.lastOverlay);
+    else if ((e.key === "s" || e.key === "S") && hasSeg()) setSeg(!state.seg);
     else return;
     e.preventDefault();
   }
@@ -747,6 +786,7 @@
     $("overlays").addEventListener("click", (e) => {
       if (e.target.dataset.overlay !== undefined) setOverlay(e.target.dataset.overlay);
     });
+    $("seg-button").addEventListener("click", () => setSeg(!state.seg));
     $("stage").addEventListener("wheel", onWheel, {passive: false});
     $("slice-range").addEventListener("input", (e) => goTo(Number(e.target.value)));
     $("series-select").addEventListener("change", (e) => {
