@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from ichd.cli.inputs import CTInputOptions, ct_input_options
+from ichd.cli.inputs import ALLOW_CONTRAST_HELP, CTInputOptions, ct_input_options
 
 
 def register(app: typer.Typer) -> None:
@@ -34,6 +34,7 @@ def register(app: typer.Typer) -> None:
                                 "operating thresholds).")] = None,
         device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda[:N].")] = "auto",
         overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace results already in --out.")] = False,
+        allow_contrast: Annotated[bool, typer.Option("--allow-contrast", help=ALLOW_CONTRAST_HELP)] = False,
         *,
         inputs: CTInputOptions,  # the options of @ct_input_options
     ) -> None:
@@ -42,6 +43,9 @@ def register(app: typer.Typer) -> None:
         Slice probabilities come from the full predictor; the maps explain its slice CNN (registry's layer).
 
         Overlays: brain window L40/W80, map where >= 0.2 of its maximum, colour bar, class, probability, slice.
+
+        The input guards are those of ``ichd predict``: a scan it calls not assessable gets no finding and no
+        overlay (explain.json says why); slices without head tissue are never flagged. See ``ichd predict --help``.
 
         Research use only; not a medical device.
         """
@@ -57,10 +61,15 @@ def register(app: typer.Typer) -> None:
         predictor = Predictor.load(model, device=device)
         ident = predictor.identity
         indexes = explain_to_folder(all_series, predictor, out, classes=wanted, method=method,  # type: ignore[arg-type]
-                                    threshold=threshold, overwrite=overwrite,
+                                    threshold=threshold, overwrite=overwrite, allow_contrast=allow_contrast,
                                     model_info={"name": ident.name, "version": ident.version,
                                                 "sha256": ident.sha256})
         for idx in indexes:
+            if idx.get("not_assessable_reason"):
+                reason = idx["not_assessable_reason"]
+                hint = " (--allow-contrast explains it anyway)" if reason == "contrast_enhanced" else ""
+                typer.echo(f"scan {idx['scan_id']}: not assessable ({reason}): no finding explained{hint}", err=True)
+                continue
             typer.echo(f"scan {idx['scan_id']}: {len(idx['findings'])} finding(s) on "
                        f"{len(idx['flagged_slices'])} of {idx['n_slices']} slices", err=True)
         typer.echo(f"wrote results to {out}", err=True)

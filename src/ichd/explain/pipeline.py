@@ -164,12 +164,14 @@ def _tile_finding(findings: list[Finding]) -> Finding:
 def write_series_explanation(series: CTSeries, expl: SeriesExplanation, out_dir: str | Path, *,
                              model_info: Mapping[str, Any] | None = None,
                              window: tuple[float, float] | None = None, dpi: int = 100,
-                             crop_box: Any = None) -> dict[str, Any]:
+                             crop_box: Any = None, call: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Write the overlay PNGs, the montage and ``explain.json`` of one series; returns the index dict.
 
     Every file is written atomically. ``window`` is the display window (default the brain window L40/W80);
     ``crop_box``: the crop of the model input (``Predictor.crop_box``), None when the model saw whole slices.
-    Overlays are kept to the head (:func:`ichd.explain.overlay.head_masked_map`).
+    Overlays are kept to the head (:func:`ichd.explain.overlay.head_masked_map`). ``call``: what the predictor
+    said of the scan (``scan_call``, ``not_assessable_reason``, ``skipped_slices``, ``warnings``), added to the
+    index.
     """
     from ichd.explain.montage import MontageTile, montage_figure
     from ichd.explain.overlay import BRAIN_WINDOW, class_title, overlay_figure, save_figure
@@ -218,6 +220,7 @@ def write_series_explanation(series: CTSeries, expl: SeriesExplanation, out_dir:
         "findings": entries,
         "slice_probabilities": [[round(float(v), 6) for v in row] for row in expl.probabilities],
         "labels": list(LABELS),
+        **dict(call or {}),
     }
     atomic_write_text(root / "explain.json", json.dumps(index, indent=2, allow_nan=False))
     return index
@@ -231,20 +234,25 @@ class ExplainPredictor(Protocol):
 
     def model_inputs(self, series: CTSeries, start: int = 0, stop: int | None = None) -> torch.Tensor: ...
 
-    def predict_series(self, series: CTSeries) -> Any: ...
+    def predict_series(self, series: CTSeries, *, allow_contrast: bool = False) -> Any: ...
 
 
 def explain_to_folder(all_series: Sequence[CTSeries], predictor: ExplainPredictor, out: str | Path, *,
                       classes: Sequence[str | int] | None = None, method: CamMethod = "gradcam",
                       threshold: float | None = None, overwrite: bool = False,
                       model_info: Mapping[str, Any] | None = None,
-                      batch_size: int = DEFAULT_BATCH_SIZE) -> list[dict[str, Any]]:
+                      batch_size: int = DEFAULT_BATCH_SIZE, allow_contrast: bool = False) -> list[dict[str, Any]]:
     """Predict, explain and write every series of ``all_series`` under ``out`` (one sub-folder per scan).
 
     The slice probabilities that decide what is flagged are the predictor's (``predict_series``; with a
     sequence stage these are its slice outputs), the thresholds are the predictor's operating thresholds unless
     ``threshold`` overrides them for every class, and the maps explain the predictor's slice CNN on exactly the
     input it sees. Existing results are not replaced unless ``overwrite``. Returns the per-scan index dicts.
+
+    The input guards apply as in ``ichd predict`` (:mod:`ichd.inference.guards`): a scan the predictor calls not
+    assessable (contrast unless ``allow_contrast``, a localizer, not a head, non-axial, extreme noise) gets no
+    finding and no overlay; its ``explain.json`` says why (``scan_call``, ``not_assessable_reason``,
+    ``warnings``) and keeps the probabilities. Slices without a head have P = 0, so they are never flagged.
     """
     from ichd.preprocessing.cache import safe_file_stem
 
@@ -263,11 +271,20 @@ def explain_to_folder(all_series: Sequence[CTSeries], predictor: ExplainPredicto
                          hint="choose another --out folder, or pass --overwrite to replace them")
     indexes = []
     for series in all_series:
-        pred = predictor.predict_series(series)
+        pred = predictor.predict_series(series, allow_contrast=allow_contrast)
+        reason = getattr(pred, "not_assessable", None)
+        probs = np.asarray(pred.slice_probs)
         expl = explain_series(
             series, predictor.cnn, lambda a, b, s=series: predictor.model_inputs(s, a, b),
-            np.asarray(pred.slice_probs), thresholds=thresholds, classes=classes, method=method,
+            np.zeros_like(probs) if reason else probs, thresholds=thresholds, classes=classes, method=method,
             batch_size=batch_size)
+        expl.probabilities = probs  # the index keeps the model's probabilities, also when nothing is explained
+        call: dict[str, Any] = {"scan_call": getattr(pred, "scan_call", None)}
+        if reason:
+            call["not_assessable_reason"] = reason
+        call["skipped_slices"] = list(getattr(pred, "skipped_slices", []))
+        call["warnings"] = [w.to_dict() for w in getattr(pred, "warnings", [])]
         crop = predictor.crop_box(series) if hasattr(predictor, "crop_box") else None
-        indexes.append(write_series_explanation(series, expl, out, model_info=model_info, crop_box=crop))
+        indexes.append(write_series_explanation(series, expl, out, model_info=model_info, crop_box=crop,
+                                                call=call))
     return indexes

@@ -98,3 +98,18 @@ def test_explain_to_folder_refuses_to_overwrite(predictor, scan, tmp_path) -> No
     assert again["thresholds"] == {"any": 0.999}
     with pytest.raises(InputError, match="between 0 and 1"):
         explain_to_folder([series], predictor, tmp_path, threshold=1.5, overwrite=True)
+
+
+def test_a_not_assessable_scan_gets_no_overlay(predictor, scan, tmp_path) -> None:
+    """explain applies the guards as predict does: the same blob scan with 15 mm pixels images a 'head' wider than
+    any head (not_head), so nothing is explained, and --allow-contrast does not lift that reason."""
+    series, has, _ = scan
+    assert has.any()
+    series.spacing_mm = (5.0, 15.0, 15.0)
+    [index] = explain_to_folder([series], predictor, tmp_path, classes=["any"], allow_contrast=True)
+    assert index["scan_call"] == "not_assessable" and index["not_assessable_reason"] == "not_head"
+    assert index["findings"] == [] and index["montage"] is None and not (tmp_path / "1.2.3.4" / "overlays").exists()
+    assert any(w["code"] == "not_head" for w in index["warnings"])
+    assert max(max(row) for row in index["slice_probabilities"]) >= 0.5  # the probabilities are kept
+    on_disk = json.loads((tmp_path / "1.2.3.4" / "explain.json").read_text())
+    assert on_disk["not_assessable_reason"] == "not_head"
