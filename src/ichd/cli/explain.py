@@ -7,7 +7,8 @@ from typing import Annotated
 
 import typer
 
-from ichd.cli.inputs import ALLOW_CONTRAST_HELP, CTInputOptions, ct_input_options
+from ichd.cli.guard_help import ALLOW_CONTRAST_HELP
+from ichd.cli.inputs import CTInputOptions, ct_input_options
 
 
 def register(app: typer.Typer) -> None:

@@ -32,6 +32,7 @@ CT_COMMANDS = ("ingest", "preprocess", "predict", "explain")
 REACH: dict[str, tuple[str, ...]] = {
     "ichd.io": CT_COMMANDS,  # read_ct and the readers under it: every CT-reading command
     "ichd.cli.inputs": CT_COMMANDS,
+    "ichd.cli.guard_help": ("predict", "explain"),  # the guards' help texts of both
     "ichd.cli.main": ("",),  # top-level options (--debug, --help); its messages put them right after `ichd`
     "ichd.preprocessing.cache": ("preprocess",),
     "ichd.preprocessing.dask_backend": ("preprocess",),
