@@ -95,6 +95,8 @@ class Prediction:
     ``"no_head"``); ``not_assessable``: why the scan cannot be called (``"contrast_enhanced"``), else None;
     ``guards``: the measured values behind both (e.g. ``{"contrast": {...}}``), for the result file;
     ``provenance``: whether the input is in the model's training data (``ichd.inference.provenance``).
+    ``slabs``: for a thin-slice series read as slabs (``ichd.preprocessing.slabs``), ``[{"index",
+    "source_slices", "z_mm"}]`` per slab (each slice's probabilities are its slab's); None otherwise.
     """
 
     slice_probs: np.ndarray
@@ -112,6 +114,7 @@ class Prediction:
     not_assessable: str | None = None
     guards: dict[str, Any] = field(default_factory=dict)
     provenance: dict[str, Any] | None = None
+    slabs: list[dict[str, Any]] | None = None
 
     @property
     def scan_positive(self) -> dict[str, bool]:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from ichd.cli.guard_help import ALLOW_CONTRAST_HELP, NO_SLABS_HELP
 from ichd.cli.inputs import CTInputOptions, ct_input_options
 
 
@@ -41,13 +42,8 @@ def register(app: typer.Typer) -> None:
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace results already in --out."),
         batch_size: int = typer.Option(16, "--batch-size", min=1,
                                        help="Slices per chunk through preprocessing and the CNN (bounds memory)."),
-        allow_contrast: bool = typer.Option(
-            False, "--allow-contrast",
-            help="Call contrast-enhanced / CT-angiography series anyway. Without it such a series (detected from "
-                 "the image: iodine-bright vessels and sinuses inside the skull) gets the scan call 'not "
-                 "assessable' and a contrast_enhanced warning, because the model is for non-contrast head CT, "
-                 "where iodine looks like blood. Slices without head tissue are never scored (P = 0, listed as "
-                 "skipped_slices)."),
+        allow_contrast: bool = typer.Option(False, "--allow-contrast", help=ALLOW_CONTRAST_HELP),
+        no_slabs: bool = typer.Option(False, "--no-slabs", help=NO_SLABS_HELP),
         threads: int | None = typer.Option(None, "--threads", min=1,
                                            help="CPU threads for torch (default: torch's choice, one per core; on a "
                                                 "machine busy with other jobs, 1 is often much faster)."),
@@ -74,9 +70,13 @@ def register(app: typer.Typer) -> None:
         self-contained HTML report with Grad-CAM evidence, and optionally DICOM SR + Secondary Capture objects and
         an RSNA 2019 submission CSV of the per-slice probabilities.
 
-        Input guards: slices without head tissue are not scored (P = 0, listed as skipped_slices); a
-        contrast-enhanced series is called "not assessable" (see --allow-contrast); results say when the input is
-        part of the model's training data. Heat maps are drawn inside the head only.
+        Input guards: slices without head tissue are not scored (P = 0, listed as skipped_slices). The scan call
+        is "not assessable" (no finding called, probabilities kept) for a contrast-enhanced series (see
+        --allow-contrast), a localizer/scout image, an image larger than any head (not_head), non-axial slices
+        (non_axial) and extreme noise (extreme_noise); a series covering under 10 cm along z (short_coverage) and
+        a BodyPartExamined naming no part of the head (body_part) only get a warning. Thin-slice series (< 2.5 mm)
+        are read as ~5 mm slabs (see --no-slabs). Results say when the input is part of the model's training
+        data. Heat maps are drawn inside the head only. Details: docs/results.md, "Input guards".
         """
         from ichd.errors import InputError
         from ichd.inference.run import PredictOptions, parse_formats, run_predict
@@ -99,7 +99,7 @@ def register(app: typer.Typer) -> None:
                               gradcam=gradcam, series_uid=inputs.series, device=device, window=inputs.window,
                               independent=inputs.independent, allow_secondary_capture=inputs.allow_secondary_capture,
                               strict=inputs.strict, workers=inputs.workers, overwrite=overwrite,
-                              batch_size=batch_size, allow_contrast=allow_contrast, second_reader=second_reader,
+                              batch_size=batch_size, allow_contrast=allow_contrast, slabs=not no_slabs, second_reader=second_reader,
                               blast_ct_models=blast_ct_models, blast_ct_ensemble=blast_ct_ensemble)
         result = run_predict(input_path, opts)
         if out is None:

@@ -53,12 +53,18 @@ def select_flagged(pred: Prediction, max_slices: int = DEFAULT_MAX_FLAGGED, *,
     """``(slice index, label, probability)`` of the slices to show, at most ``max_slices``, in slice order.
 
     First, for every subtype positive at scan level (most probable subtype first), its most probable slice; then
-    slices with ``any`` at or above the ``any`` threshold, highest first. A slice appears once. Nothing is
+    slices with ``any`` at or above the ``any`` threshold, highest first. A slice appears once (for a series read
+    as slabs, only the middle slice of each slab is a candidate). Nothing is
     flagged when no slice reaches the ``any`` threshold and no subtype is positive, unless ``at_least_one``:
     then the slice with the highest ``any`` probability is returned (for outputs that must show one slice).
     """
     labels = list(pred.labels)
     probs = np.asarray(pred.slice_probs, dtype=np.float64)
+    if pred.slabs:  # the slices of a slab share its probabilities: show each slab once, by its middle slice
+        shown = np.full(len(probs), -1.0)
+        middle = [int(sl["source_slices"][(len(sl["source_slices"]) - 1) // 2]) for sl in pred.slabs]
+        shown[middle] = 0.0
+        probs = np.where(shown[:, None] < 0, -1.0, probs)
     chosen: dict[int, tuple[str, float]] = {}
     positive = pred.scan_positive
     subtypes = [lab for lab in labels if lab != "any" and positive[lab]]

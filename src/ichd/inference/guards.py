@@ -200,9 +200,10 @@ def measure_domain(series: CTSeries, masks: np.ndarray, *, noise_hu: np.ndarray 
 
 
 def series_guards(series: CTSeries, *, crop: bool = False, check_contrast: bool = True,
-                  masks: np.ndarray | None = None) -> SeriesGuards:
+                  masks: np.ndarray | None = None, slabs: Any = None) -> SeriesGuards:
     """Head masks of every slice (computed once, or given as ``masks``), the crop box when ``crop``, the contrast
-    measure and the out-of-domain measures."""
+    measure and the out-of-domain measures. ``slabs`` (:class:`ichd.preprocessing.slabs.Slabs`): the series is
+    read as these slabs, so the noise is measured on them (head mask of a slab: the union of its slices')."""
     import time
 
     from ichd.preprocessing.contrast import measure_contrast
@@ -217,7 +218,11 @@ def series_guards(series: CTSeries, *, crop: bool = False, check_contrast: bool 
     measure = None
     if check_contrast and head.any():
         measure = measure_contrast(series.hu, spacing, masks)
-    domain = measure_domain(series, masks)
+    if slabs is not None:
+        domain = measure_domain(series, masks, noise_hu=slabs.hu,
+                                noise_masks=np.logical_or.reduceat(masks, slabs.starts, axis=0))
+    else:
+        domain = measure_domain(series, masks)
     return SeriesGuards(has_head=head, crop_box=box, contrast=measure, seconds=time.perf_counter() - t,
                         domain=domain)
 
@@ -254,6 +259,16 @@ def guard_warnings(guards: SeriesGuards, *, allow_contrast: bool) -> list[Ingest
     if guards.domain is not None:
         out.extend(IngestWarning(code, domain_message(code, guards.domain)) for code in guards.domain.flags)
     return out
+
+
+def slab_warning(slabs: Any, n_slices: int) -> IngestWarning:
+    """The ``thin_slices_as_slabs`` note of a series read as slabs (:mod:`ichd.preprocessing.slabs`)."""
+    return IngestWarning(
+        "thin_slices_as_slabs",
+        f"{n_slices} slices {slabs.source_spacing_mm:.3g} mm apart were read as {slabs.n_slabs} slabs of about "
+        f"{slabs.thickness_mm:.1f} mm (the mean HU of consecutive slices; the model was trained on 5 mm slices): "
+        f"every slice reports its slab's probabilities (listed in 'slabs'); `ichd predict --no-slabs` scores the "
+        f"thin slices one by one")
 
 
 def not_assessable_text(pred: Any) -> str:

@@ -92,12 +92,15 @@ class Predictor:
             stage (with one, its own rule applies).
         identity: name, version and sha256 of the weights, reported with every result.
         notes: warnings about the model itself (e.g. uncalibrated thresholds), copied into every result.
+        slabs: read thin-slice series (spacing < 2.5 mm) as ~5 mm slabs (:mod:`ichd.preprocessing.slabs`;
+            ``ichd predict --no-slabs`` turns it off).
     """
 
     def __init__(self, cnn: torch.nn.Module, preprocess: PreprocessConfig, *, identity: ModelIdentity,
                  thresholds: dict[str, float], device: torch.device, sequence: SequenceBundle | None = None,
                  scan_rule: str = "max", min_run: int = 3, batch_size: int = DEFAULT_BATCH_SIZE,
-                 notes: list[IngestWarning] | None = None, bundle: BundledModel | None = None) -> None:
+                 notes: list[IngestWarning] | None = None, bundle: BundledModel | None = None,
+                 slabs: bool = True) -> None:
         if batch_size < 1:
             raise InputError(f"batch size must be >= 1, got {batch_size}")
         self.cnn = cnn
@@ -111,6 +114,7 @@ class Predictor:
         self.batch_size = int(batch_size)
         self.notes = list(notes or [])
         self.bundle = bundle
+        self.slabs = bool(slabs)
         self._training_uids: Any = None
         self._training_uids_read = False
 
@@ -128,12 +132,13 @@ class Predictor:
 
     @classmethod
     def load(cls, model: str | Path = "default", *, device: str | None = None,
-             batch_size: int = DEFAULT_BATCH_SIZE) -> Predictor:
+             batch_size: int = DEFAULT_BATCH_SIZE, slabs: bool = True) -> Predictor:
         """Load a bundled model by name or alias (``"default"``), a bundle folder, or a checkpoint file.
 
         A checkpoint may be a slice-CNN checkpoint (``ichd train cnn``) or a sequence checkpoint that embeds its
         CNN (``ichd train seq``). Bundles have their weights' sha256 checked; a mismatch is a
         :class:`ModelError`. An unknown name or a missing path is a :class:`ModelError` (exit code 2).
+        ``slabs``: read thin-slice series as ~5 mm slabs (:attr:`slabs`).
         """
         from ichd.models.bundled import get_bundled, read_bundle
         from ichd.utils.device import resolve_device
@@ -145,10 +150,12 @@ class Predictor:
                 raise ModelError(f"model path {str(path)!r} does not exist",
                                  hint="pass a checkpoint .pt file, a model bundle folder, or a bundled model name "
                                       "(`ichd models list`)")
-            if path.is_dir():
-                return cls._from_bundle(read_bundle(path), dev, batch_size)
-            return cls._from_checkpoint(path, dev, batch_size)
-        return cls._from_bundle(get_bundled(str(model)), dev, batch_size)
+            predictor = (cls._from_bundle(read_bundle(path), dev, batch_size) if path.is_dir()
+                         else cls._from_checkpoint(path, dev, batch_size))
+        else:
+            predictor = cls._from_bundle(get_bundled(str(model)), dev, batch_size)
+        predictor.slabs = bool(slabs)
+        return predictor
 
     @classmethod
     def _from_bundle(cls, bundle: BundledModel, dev: torch.device, batch_size: int) -> Predictor:
@@ -235,17 +242,38 @@ class Predictor:
             series.meta[key] = input_crop_box(series.hu, self.preprocess, pixel_spacing(series))
         return series.meta[key]
 
+    def slab_plan(self, series: CTSeries) -> Any:
+        """The slabs ``series`` is read as (:func:`ichd.preprocessing.slabs.make_slabs`: a thin-slice series, when
+        :attr:`slabs`), or None; computed once per series and kept in its ``meta``."""
+        if not self.slabs:
+            return None
+        from ichd.preprocessing.slabs import make_slabs
+
+        key = "_ichd_slabs"
+        if key not in series.meta:
+            series.meta[key] = make_slabs(series.hu, float(series.spacing_mm[0]))
+        return series.meta[key]
+
+    def model_hu(self, series: CTSeries, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """The HU the model sees for source slices ``start:stop``: the slices themselves, or for a series read as
+        slabs each slice's slab (the mean of its run of thin slices)."""
+        slabs = self.slab_plan(series)
+        if slabs is None:
+            return series.hu[start:stop]
+        return slabs.hu[slabs.slab_of[start:stop]]
+
     def model_inputs(self, series: CTSeries, start: int = 0, stop: int | None = None) -> torch.Tensor:
         """CNN input for slices ``start:stop``: ``(n, 3, S, S)`` float32 in [0, 1] on :attr:`device`.
 
         Not normalised (the slice CNN normalises internally). Exactly what :meth:`predict_series` feeds the CNN
-        (cropped to the head of the whole series when the model's preprocessing says so).
+        (cropped to the head of the whole series when the model's preprocessing says so; a slice of a series read
+        as slabs gets its slab, :meth:`model_hu`).
         """
         import torch
 
         from ichd.preprocessing.pipeline import from_cache_dtype, preprocess_hu
 
-        x = preprocess_hu(series.hu[start:stop], self.preprocess, crop_box=self.crop_box(series))
+        x = preprocess_hu(self.model_hu(series, start, stop), self.preprocess, crop_box=self.crop_box(series))
         return torch.from_numpy(from_cache_dtype(x)).to(self.device)
 
     def map_to_display(self, series: CTSeries, cam: np.ndarray) -> np.ndarray:
@@ -264,13 +292,16 @@ class Predictor:
                              hint=f"CT slices are usually 512x512; at least {MIN_SLICE_SIDE} px per side needed")
 
     def _embed(self, series: CTSeries, tta: bool) -> tuple[np.ndarray, np.ndarray, float, float]:
-        """CNN embeddings (n, D) and probabilities (n, 6), averaged over the TTA views; and the seconds spent in
-        preprocessing and in the CNN."""
+        """CNN embeddings (m, D) and probabilities (m, 6) of the model's slices (the m slabs of a series read as
+        slabs, else its n slices), averaged over the TTA views; and the seconds spent in preprocessing and in the
+        CNN."""
         from ichd.inference.embed import embed_slices
         from ichd.preprocessing.pipeline import preprocess_hu
         from ichd.utils.progress import progress_bar
 
-        n = series.n_slices
+        slabs = self.slab_plan(series)
+        volume = series.hu if slabs is None else slabs.hu
+        n = len(volume)
         box = self.crop_box(series)
         views = tta_views(self.preprocess.image_size, enabled=tta)
         feats: np.ndarray | None = None
@@ -281,7 +312,7 @@ class Predictor:
             for start in range(0, n, self.batch_size):
                 stop = min(n, start + self.batch_size)
                 t = time.perf_counter()
-                x = preprocess_hu(series.hu[start:stop], self.preprocess, crop_box=box)
+                x = preprocess_hu(volume[start:stop], self.preprocess, crop_box=box)
                 t_pre += time.perf_counter() - t
                 t = time.perf_counter()
                 for view in views:
@@ -308,7 +339,13 @@ class Predictor:
         The input checks of :mod:`ichd.inference.guards` apply here, after the model's probabilities, for every
         model family: slices without head tissue get P = 0 and are listed in ``skipped_slices`` (the scan
         probability, and the sequence stage, use the other slices only); a contrast-enhanced series is
-        ``not_assessable`` unless ``allow_contrast``.
+        ``not_assessable`` unless ``allow_contrast``, and so is an out-of-domain input (localizer, not a head,
+        non-axial, extreme noise), whatever ``allow_contrast``.
+
+        A thin-slice series (spacing < 2.5 mm) is read as ~5 mm slabs when :attr:`slabs` (the mean HU of runs of
+        consecutive slices, :mod:`ichd.preprocessing.slabs`): the model, the scan rule and the sequence stage see
+        the slabs; every source slice reports its slab's probabilities (0 for a slice without head tissue), the
+        result lists the slabs (``Prediction.slabs``) and evidence shows each slab's middle slice.
 
         Args:
             series: the CT series (slices inferior -> superior).
@@ -325,30 +362,38 @@ class Predictor:
             A :class:`~ichd.types.Prediction` with per-slice (n, 6) and scan (6,) probabilities in LABELS order,
             the thresholds, the model identity, the series' ingest warnings and timings (seconds).
         """
-        from ichd.inference.guards import NO_HEAD, guard_warnings, series_guards, unguarded
+        from ichd.inference.guards import NO_HEAD, guard_warnings, series_guards, slab_warning, unguarded
         from ichd.inference.provenance import provenance_block
         from ichd.models.scan_rules import scan_probabilities
 
         self._check(series)
         t0 = time.perf_counter()
-        guards = (series_guards(series, crop=self.preprocess.crop == "head") if input_guards
-                  else unguarded(series, crop=self.preprocess.crop == "head"))
+        slabs = self.slab_plan(series)
+        t_slabs = time.perf_counter() - t0
+        crop = self.preprocess.crop == "head"
+        guards = (series_guards(series, crop=crop, slabs=slabs) if input_guards else unguarded(series, crop=crop))
         if guards.crop_box is not None:
             series.meta["_ichd_head_crop_box"] = guards.crop_box
-        feats, cnn_probs, t_pre, t_cnn = self._embed(series, tta)
+        feats, cnn_probs, t_pre, t_cnn = self._embed(series, tta)  # per slab when read as slabs
         t = time.perf_counter()
         keep = guards.has_head
-        slice_probs = np.zeros_like(cnn_probs)
+        # a slab is scored when one of its slices has a head; each slice reports its slab (0 without a head)
+        keep_model = keep if slabs is None else np.logical_or.reduceat(keep, slabs.starts)
+        model_probs = np.zeros_like(cnn_probs)
         scan_probs = np.zeros(len(LABELS), dtype=np.float32)
-        if keep.any():
+        if keep_model.any():
             if self.sequence is not None:
-                kept_slices, scan_probs = self.sequence.predict(feats[keep], cnn_probs[keep])
+                kept_slices, scan_probs = self.sequence.predict(feats[keep_model], cnn_probs[keep_model])
             else:
-                kept_slices = cnn_probs[keep]
+                kept_slices = cnn_probs[keep_model]
                 scan_probs = scan_probabilities(kept_slices, self.scan_rule, min_run=self.min_run)
-            slice_probs[keep] = kept_slices
+            model_probs[keep_model] = kept_slices
+        slice_probs = model_probs if slabs is None else model_probs[slabs.slab_of]
+        slice_probs[~keep] = 0.0
         t_seq = time.perf_counter() - t
         warnings = list(series.warnings) + list(self.notes) + guard_warnings(guards, allow_contrast=allow_contrast)
+        if slabs is not None:
+            warnings.append(slab_warning(slabs, series.n_slices))
         if series.n_slices == 1:
             warnings.append(IngestWarning(
                 "single_slice", "the input has one slice: the scan result is that slice's result"
@@ -357,6 +402,8 @@ class Predictor:
         positions = (np.asarray(series.positions_mm, dtype=np.float64) if z_known
                      else np.full(series.n_slices, np.nan))
         timing = {"guards": guards.seconds, "preprocess": t_pre, "cnn": t_cnn}
+        if slabs is not None:
+            timing["slabs"] = t_slabs
         if self.sequence is not None:
             timing["sequence"] = t_seq
         pred_kwargs = {
@@ -375,6 +422,7 @@ class Predictor:
             "skipped_slices": [{"index": i, "reason": NO_HEAD} for i in guards.skipped],
             "not_assessable": guards.not_assessable(allow_contrast=allow_contrast),
             "provenance": provenance_block(self.training_uids, series),
+            "slabs": slabs.to_json(positions if z_known else None) if slabs is not None else None,
             "guards": {"contrast": guards.contrast.to_dict() if guards.contrast is not None else None,
                        "allow_contrast": bool(allow_contrast),
                        "domain": guards.domain.to_dict() if guards.domain is not None else None}
@@ -414,7 +462,7 @@ class Predictor:
                 maps.update((i, self.map_to_display(series, m)) for i, m in zip(idx, cam(x, lab)))
         evidence = []
         for i, lab, p in flagged:
-            img = pad_to_square(np.asarray(series.hu[i], dtype=np.float32), AIR_HU)
+            img = pad_to_square(np.asarray(self.model_hu(series, i, i + 1)[0], dtype=np.float32), AIR_HU)
             evidence.append(SliceEvidence(index=i, label=lab, probability=p, image_hu=img, cam=maps.get(i),
                                           pixel_spacing=pixel_spacing(series)))
         return evidence

@@ -9,7 +9,8 @@ One :class:`~ichd.types.Prediction` becomes one JSON object (layout: ``resources
 valid) adds the optional ``second_reader`` block: BLAST-CT's lesion volumes (``ichd predict --second-reader
 blast-ct``, :mod:`ichd.inference.second_reader`), and the out-of-domain guards (:mod:`ichd.inference.guards`):
 ``not_assessable_reason`` ``localizer`` / ``not_head`` / ``non_axial`` / ``extreme_noise`` beside
-``contrast_enhanced``, and ``guards.domain`` (their measures and the warning codes raised).
+``contrast_enhanced``, and ``guards.domain`` (their measures and the warning codes raised); and ``slabs`` (a
+thin-slice series read as ~5 mm slabs: each slab's source slices).
 """
 
 from __future__ import annotations
@@ -114,6 +115,8 @@ def prediction_to_dict(pred: Prediction, *, flagged: Sequence[tuple[int, str, fl
         out["guards"] = dict(pred.guards)
     if pred.provenance is not None:
         out["provenance"] = dict(pred.provenance)
+    if pred.slabs:
+        out["slabs"] = [dict(sl) for sl in pred.slabs]
     if second_reader is not None:
         out["second_reader"] = dict(second_reader)
     out["warnings"] = [w.to_dict() for w in pred.warnings]

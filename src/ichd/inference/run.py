@@ -77,6 +77,9 @@ class PredictOptions:
     batch_size: int = 16
     max_flagged: int = DEFAULT_MAX_FLAGGED
     allow_contrast: bool = False
+    #: read thin-slice series (< 2.5 mm) as ~5 mm slabs (``--no-slabs``: False); a predictor passed to
+    #: :func:`run_predict` keeps its own ``slabs`` setting
+    slabs: bool = True
     #: ``--second-reader`` ("blast-ct" or None), its weights folder and weight files (``--blast-ct-models``,
     #: ``--blast-ct-ensemble``), and a callback ``(series_uid, done, total)`` called while it runs
     second_reader: str | None = None
@@ -287,7 +290,7 @@ def run_predict(input_path: str | os.PathLike[str], opts: PredictOptions, *, pre
     if predictor is None:
         from ichd.inference.predictor import Predictor
 
-        predictor = Predictor.load(opts.model, device=opts.device, batch_size=opts.batch_size)
+        predictor = Predictor.load(opts.model, device=opts.device, batch_size=opts.batch_size, slabs=opts.slabs)
     if second_reader is None and opts.second_reader:
         from ichd.inference.second_reader import load_reader
 

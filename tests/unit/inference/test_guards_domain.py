@@ -159,3 +159,55 @@ def test_reports_say_why_a_body_ct_is_not_assessable(predictor, tmp_path):
     notes = sr_notes(pred)
     assert any("NOT ASSESSABLE (not_head)" in n and "does not look like a head CT" in n for n in notes)
     assert not any("non-contrast" in n for n in notes)  # the contrast text is for contrast only
+
+
+def _thin(make_series, n=24, dz=1.25):
+    series = make_series(n, spacing_z=dz)
+    series.hu[n - 1] = -1000.0  # the top slice shows no head
+    return series
+
+
+def test_thin_series_is_read_as_slabs(predictor, make_series):
+    from ichd.types import CTSeries
+
+    series = _thin(make_series)
+    pred = predictor.predict_series(series)
+    assert [sl["source_slices"] for sl in pred.slabs] == [list(range(k, k + 4)) for k in range(0, 24, 4)]
+    for sl in pred.slabs[:-1]:  # every slice of a slab reports the slab
+        rows = pred.slice_probs[sl["source_slices"]]
+        assert (rows == rows[0]).all()
+    assert (pred.slice_probs[23] == 0).all() and pred.slice_probs[20].max() > 0  # headless slice 0, its slab not
+    assert [s["index"] for s in pred.skipped_slices] == [23]
+    slab_hu = np.stack([series.hu[k:k + 4].mean(axis=0) for k in range(0, 24, 4)])
+    direct = predictor.predict_series(CTSeries(
+        hu=slab_hu, spacing_mm=(5.0, 0.5, 0.5), positions_mm=np.arange(6) * 5.0,
+        sop_instance_uids=[f"1.2.3.{i}" for i in range(6)], study_instance_uid="1.2", series_instance_uid="1.2.1"))
+    np.testing.assert_allclose(pred.slice_probs[[0, 4, 8, 12, 16]], direct.slice_probs[:5], atol=1e-5)
+    np.testing.assert_allclose(pred.scan_probs, direct.scan_probs, atol=1e-5)  # the scan rule saw the slabs
+    assert any(w.code == "thin_slices_as_slabs" for w in pred.warnings) and "slabs" in pred.timing_s
+    data = prediction_to_dict(pred)
+    validate_result(data)
+    assert data["slabs"][0] == {"index": 0, "source_slices": [0, 1, 2, 3], "z_mm": 1.875}
+    assert len(data["slices"]) == 24
+
+
+def test_evidence_of_slabs_is_their_middle_slice(predictor, make_series):
+    from ichd.inference.evidence import select_flagged
+
+    series = _thin(make_series)
+    pred = predictor.predict_series(series)
+    flagged = select_flagged(pred, 10, at_least_one=True)
+    assert flagged and {i for i, _, _ in flagged} <= {1, 5, 9, 13, 17, 21}
+    [ev] = predictor.explain(series, pred, max_slices=1, at_least_one=True)
+    shown = ev.image_hu[:series.hu.shape[1], :series.hu.shape[2]]  # square already: no padding
+    k = ev.index // 4 * 4
+    np.testing.assert_allclose(shown, series.hu[k:k + 4].mean(axis=0), atol=1e-4)  # the slab the model saw
+
+
+def test_no_slabs_scores_thin_slices_one_by_one(bundle_dir, make_series):
+    from ichd.inference.predictor import Predictor
+
+    p = Predictor.load(bundle_dir, device="cpu", slabs=False)
+    pred = p.predict_series(_thin(make_series))
+    assert pred.slabs is None and not any(w.code == "thin_slices_as_slabs" for w in pred.warnings)
+    assert "slabs" not in prediction_to_dict(pred)
