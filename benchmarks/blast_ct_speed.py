@@ -40,7 +40,8 @@ def run(args: argparse.Namespace) -> int:
     t = time.perf_counter()
     (series,) = read_ct(data_dir() / "rsna-series" / "dicom" / args.scan)
     read_s = time.perf_counter() - t
-    reader = BlastCT(args.models_dir, models, threads=args.threads, block=args.block)
+    reader = BlastCT(args.models_dir, models, threads=args.threads, block=args.block,
+                     channels_last=not args.no_channels_last)
     cpu0 = time.process_time()
     result = reader.segment(series)
     cpu_s = time.process_time() - cpu0
@@ -48,6 +49,7 @@ def run(args: argparse.Namespace) -> int:
     record = {
         "scan_id": args.scan, "slices": series.n_slices, "spacing_mm": [float(s) for s in series.spacing_mm],
         "models": list(models), "threads": args.threads, "block": args.block,
+        "channels_last": not args.no_channels_last,
         "minutes_segment": result.seconds / 60, "seconds_read": read_s,
         # CPU time of the process during the segmentation: on a shared machine the wall time depends on the other
         # jobs; CPU minutes / threads is what the wall time would be with the threads to itself
@@ -66,7 +68,8 @@ def run(args: argparse.Namespace) -> int:
         record["reference_threads"] = reference["threads"]
         record["equal_to_reference"] = all(abs(record["volumes_ml"][k] - reference["volumes_ml"][k]) < 0.005
                                            for k in reference["volumes_ml"])
-    name = f"{args.scan}-{'+'.join(models)}-b{args.block}-t{args.threads}.json"
+    name = (f"{args.scan}-{'+'.join(models)}-b{args.block}-t{args.threads}"
+            f"{'-nocl' if args.no_channels_last else ''}.json")
     atomic_write_text(OUT / name, json.dumps(record, indent=2) + "\n")
     print(json.dumps(record, indent=2))
     return 0
@@ -94,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
                                                                   "<ICHD_DATA>/../models/blast-ct)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--block", type=int, default=90, help="output block edge, a multiple of 30 (30 = BLAST-CT's)")
+    p.add_argument("--no-channels-last", action="store_true", help="torch's default memory layout (slower)")
     p.add_argument("--summary", action="store_true", help="print the table of the runs so far")
     args = p.parse_args(argv)
     if args.summary:

@@ -4,4 +4,5 @@
 # from fetching a multi-GB CUDA build. Do not install torchvision or timm beside it.
 set -euo pipefail
 python -m pip install -q "torch==2.13.0"
-python -m pip install -q -e ".[dev]"
+# blast-ct: the optional second reader (ichd predict --second-reader blast-ct); its tests run in the default set
+python -m pip install -q -e ".[dev,blast-ct]"

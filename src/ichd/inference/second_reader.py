@@ -169,7 +169,7 @@ class BlastCT:
     """BLAST-CT models loaded from a weights folder; :meth:`segment` runs them on a :class:`CTSeries`."""
 
     def __init__(self, models_dir: str | os.PathLike[str] | None = None, models: Sequence[str] | str | None = None,
-                 *, threads: int | None = None, block: int = DEFAULT_BLOCK) -> None:
+                 *, threads: int | None = None, block: int = DEFAULT_BLOCK, channels_last: bool = True) -> None:
         blast_ct = _blast_ct()
         import torch
         from blast_ct.read_config import get_model
@@ -193,6 +193,7 @@ class BlastCT:
         self.config = json.loads((Path(blast_ct.__file__).parent / "data" / "config.json").read_text())
         self.threads = threads
         self.block = int(block)
+        self.channels_last = bool(channels_last)
         self.models: list[Any] = []
         self.identity: list[dict[str, str]] = []
         for f in files:
@@ -205,6 +206,8 @@ class BlastCT:
                                  f"{str(e).splitlines()[0][:160] if str(e) else ''})",
                                  hint="use the model_N.pt files of BLAST-CT's v1 ensemble") from e
             model.eval()
+            if self.channels_last:
+                model.to(memory_format=torch.channels_last_3d)
             self.models.append(model)
             self.identity.append({"file": f.name, "sha256_16": _sha16(f)})
         data = self.config["data"]
@@ -289,6 +292,8 @@ class BlastCT:
         import torch
 
         x = torch.from_numpy(np.ascontiguousarray(patch, dtype=np.float32))[None, None]
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last_3d)
         total = None
         with torch.inference_mode():
             for model in self.models:
@@ -296,7 +301,7 @@ class BlastCT:
                 prob = torch.softmax(logits, dim=1)
                 total = prob if total is None else total + prob
         assert total is not None
-        return (total[0] / len(self.models)).numpy()
+        return (total[0] / len(self.models)).contiguous().numpy()
 
     def _segment_1mm(self, array: np.ndarray, progress: ProgressFn | None) -> tuple[np.ndarray, dict[str, Any]]:
         from blast_ct.nifti.patch_samplers import PatchSampler
@@ -370,7 +375,7 @@ class BlastCT:
         import torch
 
         settings = {"threads": int(torch.get_num_threads()) if self.threads is None else int(self.threads),
-                    "block": self.block, **info}
+                    "block": self.block, "channels_last": self.channels_last, **info}
         return SecondReading(labels=labels, volumes_ml=volumes,
                              hemorrhage_ml=float(sum(volumes[c] for c in HEMORRHAGE_CLASSES)),
                              models=list(self.identity), seconds=time.perf_counter() - t0, settings=settings)
