@@ -9,8 +9,9 @@ per series by the guards). The thresholds and what they do to the scan call are 
   21 cm long (glabella to opisthocranion, with scalp and nose); a chest or abdomen is 30-45 cm wide.
 * :func:`z_extent_mm`: how far the series reaches along the slice normal: the distance between the first and last
   slice positions plus one slice spacing (each slice images a slab of that thickness).
-* :func:`noise_sd_hu`: the image noise of the brain: on soft-tissue pixels well inside the head (the 5x5 local mean
-  between 0 and 80 HU, i.e. brain and CSF, not bone, air or the skull edge), the standard deviation of each pixel
+* :func:`noise_sd_hu`: the image noise of the brain: on soft-tissue pixels well inside the head (more than
+  :data:`NOISE_EDGE_MM` from its outline, measured on a ~2 mm grid) whose 5x5 local mean is between 0 and 80 HU
+  (brain and CSF, not bone, air or the skull edge), the standard deviation of each pixel
   minus its 5x5 local mean, estimated robustly (1.4826 x the median absolute deviation, so edges between grey and
   white matter do not count), per slice, then the median over the slices measured.
 """
@@ -72,7 +73,11 @@ def slice_noise_sd(hu: np.ndarray, mask: np.ndarray, pixel_spacing: Sequence[flo
     if box is None:
         return float("nan")
     img = np.asarray(hu[box], dtype=np.float32)
-    inner = distance_transform_edt(mask[box], sampling=mm) > NOISE_EDGE_MM
+    # "well inside the head" needs no pixel precision: the distance transform runs on a ~2 mm grid
+    step = max(1, int(2.0 // min(mm)))
+    sub = mask[box][::step, ::step]
+    inner_sub = distance_transform_edt(sub, sampling=(mm[0] * step, mm[1] * step)) > NOISE_EDGE_MM
+    inner = np.repeat(np.repeat(inner_sub, step, axis=0), step, axis=1)[:img.shape[0], :img.shape[1]]
     local = uniform_filter(img, size=NOISE_WINDOW, mode="nearest")
     lo, hi = NOISE_TISSUE_HU
     tissue = inner & (local >= lo) & (local < hi)
