@@ -68,8 +68,9 @@ def main(argv: list[str] | None = None) -> int:
         evidence = predictor.explain(series, pred, at_least_one=True)
         skipped = [s["index"] for s in pred.skipped_slices]
         any_j = list(pred.labels).index("any")
-        # what the CNN itself gives the skipped slices (before the guard sets them to 0)
-        raw = predictor._embed(series, False)[1][skipped, any_j] if skipped else np.zeros(0)
+        # what the model itself gives the skipped slices (before the guard sets them to 0)
+        raw = (predictor.predict_series(series, input_guards=False).slice_probs[skipped, any_j] if skipped
+               else np.zeros(0))
         row = {"set": set_name, "scan": path.name, "n_slices": series.n_slices, "skipped": skipped,
                "max_p_any_skipped": float(pred.slice_probs[skipped, any_j].max()) if skipped else None,
                "cnn_p_any_skipped": [round(float(v), 4) for v in raw],
