@@ -1,4 +1,4 @@
-"""``ichd explain``: Grad-CAM evidence for every positive finding (overlay PNGs, scan montages)."""
+"""``ichd explain``: evidence maps for every positive finding (overlay PNGs, scan montages, maps as data)."""
 
 from __future__ import annotations
 
@@ -29,7 +29,14 @@ def register(app: typer.Typer) -> None:
         model: Annotated[str, typer.Option(
             "--model", "-m", help="Bundled model name, model bundle folder, or checkpoint .pt file; the maps "
                                   "explain its slice CNN.")] = "default",
-        method: Annotated[str, typer.Option("--method", help="gradcam or gradcam++.")] = "gradcam",
+        method: Annotated[str | None, typer.Option(
+            "--method", help="The map: lesion (the model's lesion map head: per-pixel hemorrhage probability, "
+                             "trained on masks; the same map for every class), gradcam or gradcam++. Default: the "
+                             "model's own (lesion when it has a lesion head, else gradcam).")] = None,
+        save_maps: Annotated[bool, typer.Option(
+            "--save-maps", help="Also write each finding's map at the input's resolution as "
+                                "maps/slice_<i>_<class>.npy (float32, head-masked), to score against your own "
+                                "masks or boxes; explain.json always records each map's peak and energy.")] = False,
         threshold: Annotated[float | None, typer.Option(
             "--threshold", help="Flag slices at or above this probability for every class (default: the model's "
                                 "operating thresholds).")] = None,
@@ -39,9 +46,12 @@ def register(app: typer.Typer) -> None:
         *,
         inputs: CTInputOptions,  # the options of @ct_input_options
     ) -> None:
-        """Grad-CAM overlays for every slice/class at or above the operating threshold, and a montage per scan.
+        """Evidence-map overlays for every slice/class at or above the operating threshold, and a montage per scan.
 
-        Slice probabilities come from the full predictor; the maps explain its slice CNN (registry's layer).
+        Slice probabilities come from the full predictor. The map is the model's own: its lesion map (per-pixel
+        hemorrhage probability from a head trained on masks, the same for every class) when it has one, as the
+        default model does, else Grad-CAM of its slice CNN (registry's layer); explain.json says which ("map"),
+        and records each map's peak (row, column of the input slice) and energy.
 
         Overlays: brain window L40/W80, map where >= 0.2 of its maximum, colour bar, class, probability, slice.
 
@@ -51,17 +61,17 @@ def register(app: typer.Typer) -> None:
         Research use only; not a medical device.
         """
         from ichd.errors import InputError
-        from ichd.explain.gradcam import METHODS
+        from ichd.explain.lesion import MAP_METHODS
         from ichd.explain.pipeline import explain_to_folder
         from ichd.inference.predictor import Predictor
 
-        if method not in METHODS:
-            raise InputError(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
+        if method is not None and method not in MAP_METHODS:
+            raise InputError(f"--method must be one of {', '.join(MAP_METHODS)}, got {method!r}")
         wanted = [c for c in (classes or "").split(",") if c.strip()] or None
         all_series = inputs.read(input_path)  # before the model: bad input fails fast
         predictor = Predictor.load(model, device=device)
         ident = predictor.identity
-        indexes = explain_to_folder(all_series, predictor, out, classes=wanted, method=method,  # type: ignore[arg-type]
+        indexes = explain_to_folder(all_series, predictor, out, classes=wanted, method=method, save_maps=save_maps,
                                     threshold=threshold, overwrite=overwrite, allow_contrast=allow_contrast,
                                     model_info={"name": ident.name, "version": ident.version,
                                                 "sha256": ident.sha256})

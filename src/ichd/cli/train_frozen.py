@@ -1,4 +1,5 @@
-"""``ichd train frozen``: heads on a frozen pretrained encoder's cached embeddings, with repeated patient CV.
+"""``ichd train frozen``: heads on a frozen pretrained encoder's cached embeddings, with repeated patient CV; and
+``ichd train lesion-map``: the per-pixel lesion head of such a model, fitted on hemorrhage masks.
 
 The command is added to :data:`ichd.cli.train.train_app` when this module is imported (``train_frozen`` comes
 after ``train`` in :data:`ichd.cli.main.COMMAND_MODULES`); :func:`register` has nothing left to do.
@@ -58,6 +59,35 @@ def train_frozen_cmd(
         for src, s in (rep.get("per_source") or {}).items():
             typer.echo(f"    {src:<12} slice any-AUC {f(s['auc/any'])}, scan {f(s['scan/auc/any'])}")
     typer.echo(f"wrote {cfg.out}/oof.csv, {cfg.out}/metrics.json" + (f", {cfg.out}/final/" if cfg.final else ""))
+
+
+@train_app.command("lesion-map")
+def train_lesion_map_cmd(
+    cnn: Annotated[Path, typer.Option("--cnn", help="The frozen-encoder slice model to extend: a cnn.pt (e.g. "
+                                      "runs/frozen_default/final/cnn.pt).")],
+    masks: Annotated[Path | None, typer.Option("--masks", help="Masked slices in the hu-slices layout: labels.csv (file, "
+                                        "mask, patient, ctich_slice, labels), dicom/*.dcm in HU, masks/*.png; "
+                                        "default $ICHD_DATA/hu-slices.")] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run folder: cnn.pt (the model with its lesion head), "
+                                      "lopo_maps.npz, metrics.json.")] = Path("runs/lesion_map"),
+    c: Annotated[float, typer.Option("--C", help="Inverse L2 strength of the per-pixel logistic regression.")] = 0.01,
+    lopo: Annotated[bool, typer.Option("--lopo/--no-lopo", help="Also write leave-one-patient-out maps of every "
+                                       "slice (to measure the maps out of sample).")] = True,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a finished run in OUT.")] = False,
+) -> None:
+    """Fit the lesion map head of a frozen-encoder model on hemorrhage masks: a logistic regression per pixel over
+    the frozen encoder's multi-stage maps and the input windows on a 64 x 64 grid. The model's evidence map
+    (`ichd explain`, reports, viewer) becomes this map; its slice and scan outputs do not change."""
+    from ichd.explain.localization import read_masked_slices
+    from ichd.paths import data_dir
+    from ichd.training.lesion_map import LesionMapTrainConfig, MaskedCT, train_lesion_map
+
+    root = masks if masks is not None else data_dir() / "hu-slices"
+    items = [MaskedCT(s.name, s.patient_id, s.hu, s.mask, tuple(s.series.spacing_mm[1:]))  # type: ignore[arg-type]
+             for s in read_masked_slices(root)]
+    m = train_lesion_map(cnn, items, out, LesionMapTrainConfig(C=c), overwrite=overwrite, lopo=lopo)
+    typer.echo(f"lesion map head fitted on {m['slices']} slices of {m['patients']} patients in "
+               f"{m['wall_seconds']:.0f} s -> {out / 'cnn.pt'}" + (f", {out / 'lopo_maps.npz'}" if lopo else ""))
 
 
 def register(app: typer.Typer) -> None:

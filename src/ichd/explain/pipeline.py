@@ -25,7 +25,8 @@ import numpy as np
 
 from ichd.constants import LABEL_ABBREVIATIONS, LABELS
 from ichd.errors import InputError
-from ichd.explain.gradcam import CamMethod, GradCAM, class_index
+from ichd.explain.gradcam import class_index
+from ichd.explain.lesion import slice_explainer
 from ichd.utils.logging import get_logger
 from ichd.utils.progress import progress
 
@@ -97,7 +98,7 @@ ModelInputs = Callable[[int, int], "torch.Tensor"]
 
 def explain_series(series: CTSeries, model: nn.Module, model_inputs: ModelInputs, probabilities: np.ndarray, *,
                    thresholds: Mapping[str, float], classes: Sequence[str | int] | None = None,
-                   scan_id: str | None = None, method: CamMethod = "gradcam",
+                   scan_id: str | None = None, method: str | None = None,
                    batch_size: int = DEFAULT_BATCH_SIZE) -> SeriesExplanation:
     """Grad-CAM maps for every slice/class of ``series`` whose probability is at least its threshold.
 
@@ -111,7 +112,8 @@ def explain_series(series: CTSeries, model: nn.Module, model_inputs: ModelInputs
         thresholds: label -> operating threshold; every class in ``classes`` needs one.
         classes: classes to explain (names, abbreviations or indices); default all six.
         scan_id: name of the scan in outputs; default the series' SeriesInstanceUID.
-        method: ``"gradcam"`` or ``"gradcam++"``.
+        method: ``"gradcam"``, ``"gradcam++"`` or ``"lesion"`` (:data:`ichd.explain.lesion.MAP_METHODS`); None:
+            the model's own evidence map (:func:`ichd.explain.lesion.default_map_method`).
         batch_size: flagged slices per Grad-CAM pass.
     """
     import torch
@@ -128,12 +130,12 @@ def explain_series(series: CTSeries, model: nn.Module, model_inputs: ModelInputs
         hits = [c for c in names if probs[i, LABELS.index(c)] >= float(thresholds[c])]
         if hits:
             flagged[i] = hits
+    cam = slice_explainer(model, method)
     result = SeriesExplanation(scan_id=scan_id or series.series_instance_uid, probabilities=probs,
                                thresholds={c: float(thresholds[c]) for c in names}, classes=names,
-                               method=method)
+                               method=cam.method)
     if not flagged:
         return result
-    cam = GradCAM(model, method=method)
     slices = sorted(flagged)
     for start in progress(range(0, len(slices), batch_size), desc="Grad-CAM", unit="batch"):
         batch = slices[start:start + batch_size]
@@ -155,6 +157,16 @@ def _tile_label(slice_index: int, findings: list[Finding], shown: Finding) -> st
     return f"slice {slice_index}: {probs}\nmap: {LABEL_ABBREVIATIONS[shown.class_name]}"
 
 
+def map_summary(source_map: np.ndarray) -> dict[str, Any]:
+    """A map at source resolution as data: its peak (row, column) and value there, and its energy (sum)."""
+    m = np.asarray(source_map, dtype=np.float64)
+    if m.size == 0 or not np.isfinite(m).all() or m.max() <= 0:
+        return {"map_peak": None, "map_peak_value": 0.0, "map_energy": 0.0}
+    r, c = np.unravel_index(int(np.argmax(m)), m.shape)
+    return {"map_peak": [int(r), int(c)], "map_peak_value": round(float(m[r, c]), 6),
+            "map_energy": round(float(m.sum()), 3)}
+
+
 def _tile_finding(findings: list[Finding]) -> Finding:
     """The finding whose map a montage tile shows: the most probable subtype, else 'any'."""
     subtypes = [f for f in findings if f.class_name != "any"]
@@ -164,7 +176,8 @@ def _tile_finding(findings: list[Finding]) -> Finding:
 def write_series_explanation(series: CTSeries, expl: SeriesExplanation, out_dir: str | Path, *,
                              model_info: Mapping[str, Any] | None = None,
                              window: tuple[float, float] | None = None, dpi: int = 100,
-                             crop_box: Any = None, call: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                             crop_box: Any = None, call: Mapping[str, Any] | None = None,
+                             save_maps: bool = False) -> dict[str, Any]:
     """Write the overlay PNGs, the montage and ``explain.json`` of one series; returns the index dict.
 
     Every file is written atomically. ``window`` is the display window (default the brain window L40/W80);
@@ -172,9 +185,17 @@ def write_series_explanation(series: CTSeries, expl: SeriesExplanation, out_dir:
     Overlays are kept to the head (:func:`ichd.explain.overlay.head_masked_map`). ``call``: what the predictor
     said of the scan (``scan_call``, ``not_assessable_reason``, ``skipped_slices``, ``warnings``), added to the
     index.
+
+    Maps as data: every finding records the peak of its (head-masked) map in source-pixel coordinates
+    (``map_peak``: row, column of the input slice), the map's value there (1 unless the head mask cut the peak)
+    and its ``map_energy`` (the sum of the [0, 1] map over the slice, so that a user's own mask or box gives the
+    fraction of the energy inside it). With ``save_maps`` the map itself is written at source resolution as
+    ``maps/slice_<i>_<class>.npy`` (float32, rows x columns of the input slice).
     """
     from ichd.explain.montage import MontageTile, montage_figure
-    from ichd.explain.overlay import BRAIN_WINDOW, class_title, overlay_figure, save_figure
+    from ichd.explain.lesion import MAP_DESCRIPTIONS
+    from ichd.explain.overlay import BRAIN_WINDOW, class_title, head_masked_map, overlay_figure, save_figure
+    from ichd.utils.files import atomic_path
     from ichd.preprocessing.cache import safe_file_stem
     from ichd.utils.files import atomic_write_text
 
@@ -188,14 +209,22 @@ def write_series_explanation(series: CTSeries, expl: SeriesExplanation, out_dir:
     for f in progress(expl.findings, desc="overlays", unit="png"):
         by_slice.setdefault(f.slice_index, []).append(f)
         rel = f"overlays/slice_{f.slice_index:03d}_{f.class_name}.png"
-        fig = overlay_figure(series.hu[f.slice_index], map_to_image(f.cam, shape, crop_box),
+        source_map = map_to_image(f.cam, shape, crop_box)
+        fig = overlay_figure(series.hu[f.slice_index], source_map,
                              class_name=f.class_name, probability=f.probability, threshold=f.threshold,
                              slice_index=f.slice_index, subtitle=f"{expl.method}; slice 0 = most inferior",
                              window=window, dpi=dpi, pixel_spacing=spacing)
         save_figure(fig, root / rel)
-        entries.append({"slice_index": f.slice_index, "sop_instance_uid": series.sop_instance_uids[f.slice_index],
-                        "class": f.class_name, "probability": round(f.probability, 6),
-                        "threshold": f.threshold, "overlay": rel})
+        shown = head_masked_map(source_map, series.hu[f.slice_index], spacing)
+        entry = {"slice_index": f.slice_index, "sop_instance_uid": series.sop_instance_uids[f.slice_index],
+                 "class": f.class_name, "probability": round(f.probability, 6),
+                 "threshold": f.threshold, "overlay": rel, **map_summary(shown)}
+        if save_maps:
+            entry["map_file"] = f"maps/slice_{f.slice_index:03d}_{f.class_name}.npy"
+            (root / "maps").mkdir(parents=True, exist_ok=True)
+            with atomic_path(root / entry["map_file"]) as tmp, open(tmp, "wb") as fh:
+                np.save(fh, shown.astype(np.float32))
+        entries.append(entry)
     montage_rel = None
     if by_slice:
         tiles = []
@@ -212,6 +241,7 @@ def write_series_explanation(series: CTSeries, expl: SeriesExplanation, out_dir:
         "scan_id": expl.scan_id,
         "n_slices": int(series.n_slices),
         "method": expl.method,
+        "map": MAP_DESCRIPTIONS.get(expl.method, expl.method),
         "classes": list(expl.classes),
         "thresholds": expl.thresholds,
         "model": dict(model_info or {}),
@@ -238,10 +268,11 @@ class ExplainPredictor(Protocol):
 
 
 def explain_to_folder(all_series: Sequence[CTSeries], predictor: ExplainPredictor, out: str | Path, *,
-                      classes: Sequence[str | int] | None = None, method: CamMethod = "gradcam",
+                      classes: Sequence[str | int] | None = None, method: str | None = None,
                       threshold: float | None = None, overwrite: bool = False,
                       model_info: Mapping[str, Any] | None = None,
-                      batch_size: int = DEFAULT_BATCH_SIZE, allow_contrast: bool = False) -> list[dict[str, Any]]:
+                      batch_size: int = DEFAULT_BATCH_SIZE, allow_contrast: bool = False,
+                      save_maps: bool = False) -> list[dict[str, Any]]:
     """Predict, explain and write every series of ``all_series`` under ``out`` (one sub-folder per scan).
 
     The slice probabilities that decide what is flagged are the predictor's (``predict_series``; with a
@@ -286,5 +317,5 @@ def explain_to_folder(all_series: Sequence[CTSeries], predictor: ExplainPredicto
         call["warnings"] = [w.to_dict() for w in getattr(pred, "warnings", [])]
         crop = predictor.crop_box(series) if hasattr(predictor, "crop_box") else None
         indexes.append(write_series_explanation(series, expl, out, model_info=model_info, crop_box=crop,
-                                                call=call))
+                                                call=call, save_maps=save_maps))
     return indexes

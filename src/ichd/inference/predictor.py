@@ -451,9 +451,9 @@ class Predictor:
         if gradcam and flagged:
             import torch
 
-            from ichd.explain.gradcam import GradCAM
+            from ichd.explain.lesion import slice_explainer
 
-            cam = GradCAM(self.cnn)
+            cam = slice_explainer(self.cnn)  # the model's own evidence map (lesion map, else Grad-CAM)
             by_label: dict[str, list[int]] = {}
             for i, lab, _ in flagged:
                 by_label.setdefault(lab, []).append(i)

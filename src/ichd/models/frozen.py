@@ -24,6 +24,14 @@ embeddings measured better (docs/results.md, issue 20). This module holds the tw
     feature selector and the :class:`~ichd.inference.predictor.Predictor` runs it as the model's second stage.
 
 The heads are trained on cached embeddings by :mod:`ichd.training.frozen`.
+
+:class:`LesionMapHead` (optional part of a :class:`FrozenEncoderClassifier`, ``lesion_map`` in its kwargs)
+    a per-pixel linear head (a 1x1 convolution, i.e. a logistic regression per pixel) over the first encoder's
+    maps at several MBConv stages, upsampled to a ``grid`` x ``grid`` map, plus the model input's three windows
+    pooled to that grid and their local mean: the probability that a pixel is hemorrhage. It is trained on
+    hemorrhage masks (:mod:`ichd.training.lesion_map`), not on the slice labels, and is the model's evidence map
+    (``default_cfg["evidence_map"] == "lesion"``, :mod:`ichd.explain.lesion`): Grad-CAM of the frozen model's
+    linear head did not point at the bleed (docs/results.md, issue 22).
 """
 
 from __future__ import annotations
@@ -107,11 +115,44 @@ class FrozenEncoderConfig:
         return f"{enc} ({self.depth}, {self.pool} pool)"
 
 
+@dataclass
+class LesionMapConfig:
+    """The per-pixel lesion head: which MBConv blocks of the first encoder it reads (0-based indices into its
+    ``_blocks``), the side of its output grid, and the window of the local mean of the input channels."""
+
+    blocks: list[int] = field(default_factory=lambda: [2, 4, 10])
+    grid: int = 64
+    smooth: int = 5
+
+    def __post_init__(self) -> None:
+        self.blocks = [int(b) for b in self.blocks]
+        if not self.blocks or min(self.blocks) < 0 or len(set(self.blocks)) != len(self.blocks):
+            raise ConfigError(f"lesion_map.blocks must be distinct block indices >= 0, got {self.blocks}")
+        if self.grid < 8 or self.smooth < 1 or self.smooth % 2 == 0:
+            raise ConfigError(f"lesion_map needs grid >= 8 and an odd smooth >= 1, got {self.grid}, {self.smooth}")
+
+
+class LesionMapHead(nn.Module):
+    """Standardisation + a 1x1 convolution: (B, F, G, G) pixel features -> (B, 1, G, G) hemorrhage logits."""
+
+    def __init__(self, num_features: int) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(num_features))
+        self.register_buffer("std", torch.ones(num_features))
+        self.score = nn.Conv2d(num_features, 1, kernel_size=1)
+        for p in self.parameters():
+            p.requires_grad_(False)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        z = (features - self.mean.view(1, -1, 1, 1)) / self.std.view(1, -1, 1, 1)
+        return self.score(z)
+
+
 class FrozenEncoderClassifier(nn.Module):
     """Frozen EfficientNet-Lite encoder(s) + a linear slice head; see the module docstring."""
 
     def __init__(self, config: FrozenEncoderConfig, *, num_classes: int = NUM_CLASSES, pretrained: bool = False,
-                 dropout: float = 0.0, norm: str = "half") -> None:
+                 dropout: float = 0.0, norm: str = "half", lesion_map: dict[str, Any] | None = None) -> None:
         super().__init__()
         from ichd.models.efficientnet_lite import EfficientNetLiteFeatures
         from ichd.preprocessing.normalize import preset
@@ -151,6 +192,61 @@ class FrozenEncoderClassifier(nn.Module):
             "pretrained": "imagenet:" + "+".join(e.name for e in config.encoders) if pretrained else None,
             "encoder": config.describe(),
         }
+        self.lesion_config: LesionMapConfig | None = None
+        self.lesion_head: LesionMapHead | None = None
+        if lesion_map is not None:
+            self.add_lesion_head(LesionMapConfig(**lesion_map))
+
+    def add_lesion_head(self, cfg: LesionMapConfig) -> LesionMapHead:
+        """Attach an (untrained) :class:`LesionMapHead` for ``cfg``; it travels in ``model_kwargs`` and the state
+        dict, and makes it the model's evidence map (``default_cfg["evidence_map"] = "lesion"``)."""
+        n_blocks = len(self.encoders[0].net._blocks)
+        if max(cfg.blocks) >= n_blocks:
+            raise ConfigError(f"lesion_map.blocks {cfg.blocks} name a block the first encoder lacks "
+                              f"(it has {n_blocks}: 0..{n_blocks - 1})")
+        widths = [int(self.encoders[0].net._blocks[b]._bn2.num_features) for b in cfg.blocks]
+        self.lesion_config = cfg
+        self.lesion_head = LesionMapHead(sum(widths) + 2 * 3)
+        self.model_kwargs["lesion_map"] = asdict(cfg)
+        self.default_cfg["evidence_map"] = "lesion"
+        return self.lesion_head
+
+    def lesion_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Pixel features (B, F, G, G) of the model input ``x`` (as :meth:`forward` takes it: windows in [0, 1]
+        or uint8): the first encoder's maps after each of ``lesion_config.blocks`` (bilinear to G x G), the
+        normalised input's channels area-pooled to G x G, and their local mean over ``smooth`` x ``smooth``
+        grid cells."""
+        cfg = self.lesion_config
+        if cfg is None:
+            raise ModelError("this frozen-encoder model has no lesion map head",
+                             hint="train one with `ichd train lesion-map`")
+        spec, trunk = self.config.encoders[0], self.encoders[0]
+        x = self.normalize(x)
+        xe = x
+        if xe.shape[-1] != spec.input_size or xe.shape[-2] != spec.input_size:
+            xe = F.interpolate(xe, size=(spec.input_size, spec.input_size), mode="bilinear", align_corners=False,
+                               antialias=True)
+        net = trunk.net
+        h = trunk.stem_act(net._bn0(net._conv_stem(xe)))
+        size = (cfg.grid, cfg.grid)
+        parts: list[torch.Tensor] = []
+        wanted = set(cfg.blocks)
+        for i, block in enumerate(net._blocks):
+            h = block(h, drop_connect_rate=None)
+            if i in wanted:
+                parts.append(F.interpolate(h, size=size, mode="bilinear", align_corners=False))
+            if i >= max(cfg.blocks):
+                break
+        img = F.adaptive_avg_pool2d(x, size)
+        local = F.avg_pool2d(img, cfg.smooth, stride=1, padding=cfg.smooth // 2, count_include_pad=False)
+        return torch.cat([*parts, img, local], dim=1)
+
+    def lesion_probabilities(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, G, G) probability that each grid cell of the model input ``x`` is hemorrhage."""
+        if self.lesion_head is None:
+            self.lesion_features(x)  # raises the "no lesion map head" error
+        assert self.lesion_head is not None
+        return torch.sigmoid(self.lesion_head(self.lesion_features(x)))[:, 0]
 
     def train(self, mode: bool = True) -> FrozenEncoderClassifier:
         """Only the head trains: the encoders (and their batch-norm statistics) stay in eval mode."""
@@ -211,16 +307,19 @@ class FrozenEncoderClassifier(nn.Module):
                 description="frozen EfficientNet-Lite encoder(s) (ImageNet, offline) + linear slice head; "
                             "trained with `ichd train frozen`",
                 source="ImageNet EfficientNet-Lite (Tan & Le 2019) as a frozen feature extractor",
-                defaults={"encoders": None, "depth": "head", "pool": "avg", "dropout": 0.0, "norm": "half"})
+                defaults={"encoders": None, "depth": "head", "pool": "avg", "dropout": 0.0, "norm": "half",
+                          "lesion_map": None})
 def frozen_encoder(*, pretrained: bool, num_classes: int, weights: str | Path | None,
                    encoders: list[dict[str, Any]] | None, depth: str, pool: str, dropout: float, norm: str,
+                   lesion_map: dict[str, Any] | None = None,
                    input_size: int | None = None) -> FrozenEncoderClassifier:
     if weights is not None:
         raise ModelError("frozen_encoder takes its encoders' ImageNet weights (pretrained=True), not a weights file",
                          hint="load a trained frozen-encoder model from its checkpoint or bundle")
     specs = [EncoderSpec(**e) for e in encoders] if encoders else [EncoderSpec(input_size=input_size or 256)]
     cfg = FrozenEncoderConfig(encoders=specs, depth=depth, pool=pool)  # type: ignore[arg-type]
-    return FrozenEncoderClassifier(cfg, num_classes=num_classes, pretrained=pretrained, dropout=dropout, norm=norm)
+    return FrozenEncoderClassifier(cfg, num_classes=num_classes, pretrained=pretrained, dropout=dropout, norm=norm,
+                                   lesion_map=lesion_map)
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -530,9 +530,9 @@ class StudyService:
         return np.asarray(vol[index], dtype=np.uint8)
 
     def gradcam(self, hu: np.ndarray, label: str) -> np.ndarray:
-        """The slice CNN's Grad-CAM map of ``label`` on one HU slice (a Predictor of its own, loaded on first use,
+        """The model's evidence map of ``label`` on one HU slice (its lesion map, else Grad-CAM; a Predictor of its own, loaded on first use,
         so overlays never touch a model a worker is running)."""
-        from ichd.explain.gradcam import GradCAM
+        from ichd.explain.lesion import slice_explainer
         from ichd.types import CTSeries
 
         with self._viewer_lock:
@@ -541,7 +541,7 @@ class StudyService:
                            positions_mm=np.zeros(1), sop_instance_uids=["slice"], study_instance_uid="",
                            series_instance_uid="", source="slice")
             x = predictor.model_inputs(one, 0, 1)
-            return predictor.map_to_display(one, GradCAM(predictor.cnn)(x, label)[0])
+            return predictor.map_to_display(one, slice_explainer(predictor.cnn)(x, label)[0])
 
     def model_info(self) -> dict[str, Any]:
         """The loaded model's identity, thresholds and model card (:func:`ichd.service.model_info.describe_model`),

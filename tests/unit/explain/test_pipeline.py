@@ -113,3 +113,22 @@ def test_a_not_assessable_scan_gets_no_overlay(predictor, scan, tmp_path) -> Non
     assert max(max(row) for row in index["slice_probabilities"]) >= 0.5  # the probabilities are kept
     on_disk = json.loads((tmp_path / "1.2.3.4" / "explain.json").read_text())
     assert on_disk["not_assessable_reason"] == "not_head"
+
+
+def test_maps_as_data_peak_energy_and_saved_maps(predictor, scan, tmp_path) -> None:
+    series, _, _ = scan
+    probs = np.full((series.n_slices, 6), 0.1, np.float32)
+    probs[1, 0] = 0.9
+    expl = explain_series(series, predictor.cnn, lambda a, b: predictor.model_inputs(series, a, b), probs,
+                          thresholds=predictor.thresholds, classes=["any"], scan_id="s")
+    index = write_series_explanation(series, expl, tmp_path, save_maps=True)
+    [f] = index["findings"]
+    saved = np.load(tmp_path / "s" / f["map_file"])
+    assert saved.shape == series.hu.shape[1:] and saved.dtype == np.float32  # source resolution
+    r, c = f["map_peak"]
+    assert saved[r, c] == pytest.approx(saved.max()) and f["map_peak_value"] == pytest.approx(float(saved.max()), abs=1e-5)
+    assert f["map_energy"] == pytest.approx(float(saved.sum()), rel=1e-3)
+    assert index["method"] == "gradcam" and "Grad-CAM" in index["map"]  # the toy CNN has no lesion head
+    assert not (tmp_path / "t").exists()
+    plain = write_series_explanation(series, expl, tmp_path / "t")
+    assert "map_file" not in plain["findings"][0] and plain["findings"][0]["map_peak"] == f["map_peak"]

@@ -1,0 +1,208 @@
+"""The lesion map head of a frozen-encoder model (``ichd train lesion-map``), fitted on hemorrhage masks.
+
+Grad-CAM of a frozen encoder's linear slice head points at the bleed no more often than chance (4-8 % on the 26
+masked CT slices, docs/results.md, issue 22): the pooled head never had to know *where* the blood is. The masks
+say it directly, so the evidence map is learned from them: :class:`~ichd.models.frozen.LesionMapHead`, a logistic
+regression per pixel over the frozen encoder's multi-stage maps and the input windows on a coarse grid
+(:meth:`~ichd.models.frozen.FrozenEncoderClassifier.lesion_features`).
+
+- **Rows**: every grid cell inside the head (:func:`ichd.preprocessing.head_mask.head_mask` of the slice, on the
+  model's grid); the label is whether at least half the cell lies in the mask.
+- **Fit**: standardised features, scikit-learn's ``LogisticRegression(C, class_weight="balanced")``; the scaler
+  and coefficients become the head's buffers and 1x1 convolution.
+- **Out of sample**: :func:`lopo_lesion_maps` refits the head once per patient without that patient's slices and
+  maps them, which is how the maps are measured (``benchmarks/evidence_maps.py``). The encoder is the frozen
+  ImageNet one in every fold model, so the fold does not matter for the features.
+
+The input of each slice is the model's own (:func:`ichd.preprocessing.pipeline.preprocess_hu` with the
+checkpoint's preprocessing), so training and inference see the same pixels.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ichd.errors import ConfigError, InputError
+from ichd.utils.logging import get_logger
+
+log = get_logger(__name__)
+
+
+@dataclass
+class LesionMapTrainConfig:
+    """How the lesion map head is fitted: blocks/grid/smooth of :class:`~ichd.models.frozen.LesionMapConfig`,
+    the inverse L2 strength ``C`` of the per-pixel logistic regression, and its iteration cap."""
+
+    blocks: tuple[int, ...] = (2, 4, 10)
+    grid: int = 64
+    smooth: int = 5
+    C: float = 0.01
+    max_iter: int = 300
+
+    def __post_init__(self) -> None:
+        if not self.C > 0 or self.max_iter < 1:
+            raise ConfigError(f"lesion map C must be > 0 and max_iter >= 1, got {self.C}, {self.max_iter}")
+
+
+@dataclass
+class MaskedCT:
+    """One training slice: HU (H, W), a boolean hemorrhage mask of the same shape, its patient, pixel spacing."""
+
+    name: str
+    patient_id: str
+    hu: np.ndarray
+    mask: np.ndarray
+    pixel_spacing: tuple[float, float] | None = None
+
+
+def _grid_mask(mask: np.ndarray, grid: int, box_side: int) -> np.ndarray:
+    """``mask`` (H, W), padded to the model's square like the input, as cell fractions on a grid x grid map."""
+    import torch
+    import torch.nn.functional as F
+
+    h, w = mask.shape
+    sq = np.zeros((box_side, box_side), dtype=np.float32)
+    top, left = (box_side - h) // 2, (box_side - w) // 2
+    sq[top:top + h, left:left + w] = mask
+    t = torch.from_numpy(sq)[None, None]
+    return F.adaptive_avg_pool2d(t, (grid, grid))[0, 0].numpy()
+
+
+def slice_rows(model: Any, preprocess: Any, item: MaskedCT) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(features (G*G, F), label (G*G,) bool, in_head (G*G,) bool) of one slice on the model's grid."""
+    import torch
+
+    from ichd.preprocessing.head_mask import head_mask
+    from ichd.preprocessing.pipeline import preprocess_hu
+
+    cfg = model.lesion_config
+    if item.hu.shape != item.mask.shape:
+        raise InputError(f"{item.name}: mask shape {item.mask.shape} differs from the slice's {item.hu.shape}")
+    if preprocess.crop != "none":
+        raise ConfigError("lesion maps are trained on models without a crop to the head (crop: none)")
+    x = torch.from_numpy(preprocess_hu(np.asarray(item.hu, dtype=np.float32)[None], preprocess))
+    with torch.no_grad():
+        feats = model.lesion_features(x)[0].numpy()  # (F, G, G)
+    g = cfg.grid
+    side = max(item.hu.shape)
+    label = _grid_mask(item.mask.astype(np.float32), g, side) >= 0.5
+    head = _grid_mask(head_mask(np.asarray(item.hu, dtype=np.float32), item.pixel_spacing).astype(np.float32),
+                      g, side) >= 0.5
+    return feats.reshape(feats.shape[0], -1).T, label.ravel(), head.ravel()
+
+
+def fit_lesion_head(rows: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]], cfg: LesionMapTrainConfig
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """Fit on the head cells of ``rows``: ``(mean, std, coef, intercept)`` of the standardised logistic
+    regression."""
+    from sklearn.linear_model import LogisticRegression
+
+    x = np.concatenate([f[h] for f, _, h in rows]).astype(np.float64)
+    y = np.concatenate([lab[h] for _, lab, h in rows])
+    if y.all() or not y.any():
+        raise InputError("the masks give no hemorrhage cells (or nothing else) inside the head",
+                         hint="check that the masks are non-empty and aligned with their slices")
+    mean, std = x.mean(0), x.std(0)
+    std[std < 1e-6] = 1.0
+    lr = LogisticRegression(C=cfg.C, class_weight="balanced", max_iter=cfg.max_iter)
+    lr.fit((x - mean) / std, y)
+    return mean, std, lr.coef_[0], float(lr.intercept_[0])
+
+
+def set_lesion_head(model: Any, params: tuple[np.ndarray, np.ndarray, np.ndarray, float]) -> None:
+    """Write fitted ``(mean, std, coef, intercept)`` into the model's lesion head."""
+    import torch
+
+    mean, std, coef, intercept = params
+    head = model.lesion_head
+    with torch.no_grad():
+        head.mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
+        head.std.copy_(torch.as_tensor(std, dtype=torch.float32))
+        head.score.weight.copy_(torch.as_tensor(coef, dtype=torch.float32).view(1, -1, 1, 1))
+        head.score.bias.fill_(float(intercept))
+
+
+def _probabilities(rows: tuple[np.ndarray, np.ndarray, np.ndarray],
+                   params: tuple[np.ndarray, np.ndarray, np.ndarray, float], grid: int) -> np.ndarray:
+    mean, std, coef, intercept = params
+    z = ((rows[0] - mean) / std) @ coef + intercept
+    return (1.0 / (1.0 + np.exp(-z))).reshape(grid, grid).astype(np.float32)
+
+
+def lopo_lesion_maps(model: Any, preprocess: Any, items: Sequence[MaskedCT], cfg: LesionMapTrainConfig
+                     ) -> list[np.ndarray]:
+    """Out-of-sample lesion maps (G, G) of every slice: the head refitted without the slice's patient."""
+    from ichd.utils.progress import progress
+
+    rows = [slice_rows(model, preprocess, it) for it in items]
+    patients = sorted({it.patient_id for it in items})
+    if len(patients) < 2:
+        raise InputError("leave-one-patient-out needs slices of at least two patients")
+    maps: list[np.ndarray | None] = [None] * len(items)
+    for p in progress(patients, desc="lesion map, leave one patient out", unit="patient"):
+        params = fit_lesion_head([r for r, it in zip(rows, items) if it.patient_id != p], cfg)
+        for i, it in enumerate(items):
+            if it.patient_id == p:
+                maps[i] = _probabilities(rows[i], params, cfg.grid)
+    return [m for m in maps if m is not None]
+
+
+def attach_lesion_map(model: Any, cfg: LesionMapTrainConfig) -> None:
+    """Give ``model`` (a :class:`~ichd.models.frozen.FrozenEncoderClassifier`) an untrained lesion head."""
+    from ichd.models.frozen import FrozenEncoderClassifier, LesionMapConfig
+
+    if not isinstance(model, FrozenEncoderClassifier):
+        raise ConfigError(f"lesion maps need a frozen-encoder slice model, got {type(model).__name__}",
+                          hint="use the cnn.pt of a frozen-encoder run or bundle (e.g. the default model)")
+    model.add_lesion_head(LesionMapConfig(blocks=list(cfg.blocks), grid=cfg.grid, smooth=cfg.smooth))
+
+
+def train_lesion_map(cnn_path: str | Path, items: Sequence[MaskedCT], out: str | Path,
+                     cfg: LesionMapTrainConfig | None = None, *, overwrite: bool = False,
+                     lopo: bool = True) -> dict[str, Any]:
+    """Fit the lesion head of the slice model in ``cnn_path`` on ``items`` and write ``out/cnn.pt`` (the same
+    model with the head; every other weight unchanged), ``out/lopo_maps.npz`` (the leave-one-patient-out maps,
+    when ``lopo``) and ``out/metrics.json``. Refuses to replace a finished run unless ``overwrite``."""
+    from ichd.models.checkpoint import load_checkpoint, save_checkpoint
+    from ichd.utils.files import atomic_path, atomic_write_text
+
+    cfg = cfg or LesionMapTrainConfig()
+    out = Path(out)
+    if (out / "metrics.json").is_file() and not overwrite:
+        raise InputError(f"{str(out)!r} already holds a lesion map run (metrics.json)",
+                         hint="pass another --out, or --overwrite to replace it")
+    if not items:
+        raise InputError("no masked slices to train on")
+    t0 = time.perf_counter()
+    ckpt = load_checkpoint(cnn_path)
+    model = ckpt.model.eval()
+    attach_lesion_map(model, cfg)
+    if not ckpt.preprocess:
+        raise InputError(f"{str(cnn_path)!r} records no preprocessing", hint="use a checkpoint written by ichd")
+    from ichd.preprocessing.config import PreprocessConfig
+
+    preprocess = PreprocessConfig.from_dict(ckpt.preprocess)
+    metrics: dict[str, Any] = {"cnn": str(cnn_path), "config": {**cfg.__dict__, "blocks": list(cfg.blocks)},
+                               "slices": len(items), "patients": len({i.patient_id for i in items})}
+    out.mkdir(parents=True, exist_ok=True)
+    if lopo:
+        maps = lopo_lesion_maps(model, preprocess, items, cfg)
+        with atomic_path(out / "lopo_maps.npz") as tmp, open(tmp, "wb") as fh:
+            np.savez_compressed(fh, names=np.asarray([i.name for i in items]), maps=np.stack(maps))
+    rows = [slice_rows(model, preprocess, it) for it in items]
+    set_lesion_head(model, fit_lesion_head(rows, cfg))
+    extra = dict(ckpt.extra or {})
+    extra["lesion_map"] = {"trained_on": sorted(i.name for i in items), "C": cfg.C,
+                           "rows": "grid cells inside the head; label: >= half the cell in the mask"}
+    save_checkpoint(out / "cnn.pt", model, config=ckpt.config, preprocess=preprocess, fold=ckpt.fold,
+                    extra=extra, metrics=ckpt.metrics, half=ckpt.raw.get("weights_dtype") == "float16")
+    metrics["wall_seconds"] = round(time.perf_counter() - t0, 1)
+    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    return metrics
