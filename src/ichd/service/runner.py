@@ -530,8 +530,8 @@ class StudyService:
         return np.asarray(vol[index], dtype=np.uint8)
 
     def gradcam(self, hu: np.ndarray, label: str) -> np.ndarray:
-        """The model's evidence map of ``label`` on one HU slice (its lesion map, else Grad-CAM; a Predictor of its own, loaded on first use,
-        so overlays never touch a model a worker is running)."""
+        """The model's evidence map of ``label`` on one HU slice (its lesion map, else Grad-CAM; a Predictor of its
+        own, loaded on first use, so overlays never touch a model a worker is running)."""
         from ichd.explain.lesion import slice_explainer
         from ichd.types import CTSeries
 
