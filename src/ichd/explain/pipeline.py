@@ -192,12 +192,11 @@ def write_series_explanation(series: CTSeries, expl: SeriesExplanation, out_dir:
     fraction of the energy inside it). With ``save_maps`` the map itself is written at source resolution as
     ``maps/slice_<i>_<class>.npy`` (float32, rows x columns of the input slice).
     """
-    from ichd.explain.montage import MontageTile, montage_figure
     from ichd.explain.lesion import MAP_DESCRIPTIONS
+    from ichd.explain.montage import MontageTile, montage_figure
     from ichd.explain.overlay import BRAIN_WINDOW, class_title, head_masked_map, overlay_figure, save_figure
-    from ichd.utils.files import atomic_path
     from ichd.preprocessing.cache import safe_file_stem
-    from ichd.utils.files import atomic_write_text
+    from ichd.utils.files import atomic_path, atomic_write_text
 
     window = window or BRAIN_WINDOW
     root = Path(out_dir) / safe_file_stem(expl.scan_id)

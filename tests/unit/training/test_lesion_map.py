@@ -11,7 +11,13 @@ import torch
 
 from ichd.explain.localization import pointing_game
 from ichd.testing.factories import phantom_hu
-from ichd.training.lesion_map import LesionMapTrainConfig, MaskedCT, lopo_lesion_maps, slice_rows, train_lesion_map
+from ichd.training.lesion_map import (
+    LesionMapTrainConfig,
+    MaskedCT,
+    lopo_lesion_maps,
+    slice_rows,
+    train_lesion_map,
+)
 
 SIZE = 128
 
