@@ -234,7 +234,8 @@ def _training_section(sources: Sequence[TrainingSource] | None, weights: str, co
     return "\n".join(lines)
 
 
-def _limits_section(sources: Sequence[TrainingSource] | None, extra: Sequence[str] = ()) -> str:
+def _limits_section(sources: Sequence[TrainingSource] | None, extra: Sequence[str] = (),
+                    evidence_map: str = "gradcam") -> str:
     lines: list[str] = [f"- {text}" for text in extra]  # measured failures first (build_bundle(limits=...))
     if sources:
         total = _total_patients(sources)
@@ -268,7 +269,12 @@ def _limits_section(sources: Sequence[TrainingSource] | None, extra: Sequence[st
     lines.append("- Probabilities are not calibrated for other populations"
                  + (f"; the prevalence of ICH in the training data ({', '.join(prev)}) is far above that of a "
                     "typical emergency population." if prev else "."))
-    lines.append("- Grad-CAM heat maps show where the CNN found evidence; they are not segmentations.")
+    if evidence_map == "lesion":
+        lines.append("- The heat maps are the lesion map: a per-pixel hemorrhage probability from a head fitted on "
+                     "26 masked CT-ICH slices (16 patients), the same map for every subtype; it is not a "
+                     "segmentation and gives no volume.")
+    else:
+        lines.append("- Grad-CAM heat maps show where the CNN found evidence; they are not segmentations.")
     return "\n".join(lines)
 
 
@@ -324,7 +330,8 @@ def render_model_card(*, name: str, version: str, architecture: dict[str, Any], 
                       has_sequence: bool, training_sources: Sequence[TrainingSource] | None = None,
                       per_source: Mapping[str, Mapping[str, Any]] | None = None,
                       code_license: str | None = None, limits: Sequence[str] = (),
-                      slice_thresholds: Mapping[str, float] | None = None, method: str | None = None) -> str:
+                      slice_thresholds: Mapping[str, float] | None = None, method: str | None = None,
+                      evidence_map: str = "gradcam") -> str:
     """The model card (Markdown) from the facts of the bundle.
 
     ``training_sources`` (see :func:`resolve_training_sources`) drives the training data, licence and known-limits
@@ -355,7 +362,7 @@ def render_model_card(*, name: str, version: str, architecture: dict[str, Any], 
     weights = weights_licence([s.info for s in training_sources or []])
     data_section = _training_section(training_sources, weights, code_license or code_licence())
     per_source_section = _per_source_section(per_source or {}, thresholds["any"])
-    limits = _limits_section(training_sources, limits)
+    limits = _limits_section(training_sources, limits, evidence_map)
     pooled = "All training sources pooled. " if training_sources and len(training_sources) > 1 else ""
     return f"""# Model card: {name} {version}
 
@@ -557,7 +564,8 @@ def build_bundle(out_dir: str | Path, *, cnn: str | Path, evaluation: str | Path
                                  thresholds=thresholds, policy=policy, slice_thresholds=slice_thresholds,
                                  training=training or {},
                                  has_sequence=sequence is not None, training_sources=sources,
-                                 per_source=per_source, code_license=code, limits=limits, method=method)
+                                 per_source=per_source, code_license=code, limits=limits, method=method,
+                                 evidence_map=str(cnn_ckpt.default_cfg.get("evidence_map", "gradcam")))
         extra = {
             "description": f"ICH + subtype detector trained on {describe_training(sources)}: {kind}"
                            + "; research use only",

@@ -151,7 +151,7 @@ def _overlay_rgb(ev: SliceEvidence) -> np.ndarray:
 
 def build_secondary_captures(pred: Prediction, evidence: Sequence[SliceEvidence], ctx: DicomContext, *,
                              series_instance_uid: str | None = None) -> list[Any]:
-    """One ``SCImage`` per evidence slice (brain window + Grad-CAM overlay), in a new series."""
+    """One ``SCImage`` per evidence slice (brain window + the evidence map overlay), in a new series."""
     import highdicom as hd
 
     ref = _reference_for(ctx)
@@ -165,10 +165,11 @@ def build_secondary_captures(pred: Prediction, evidence: Sequence[SliceEvidence]
             transfer_syntax_uid="1.2.840.10008.1.2.1",
         )
         sc.BodyPartExamined = "HEAD"  # unpaired: Laterality (General Series, Type 2C) stays absent
-        sc.SeriesDescription = "ichd Grad-CAM overlays (research use only)"
+        sc.SeriesDescription = "ichd evidence overlays (research use only)"
         sc.BurnedInAnnotation = "NO"
         sc.ImageType = ["DERIVED", "SECONDARY"]
-        heat = "Grad-CAM heat map of the slice CNN" if ev.cam is not None else "no heat map"
+        heat = ({"lesion": "lesion map (per-pixel hemorrhage probability, trained on masks)"}.get(
+            ev.map_method or "", "Grad-CAM heat map of the slice CNN") if ev.cam is not None else "no heat map")
         sc.DerivationDescription = (f"slice {ev.index}, brain window L40/W80, {heat} for {ev.label} "
                                     f"(p={ev.probability:.3f}); ichd {__version__}, model {pred.model.get('name')}")[:1024]
         sc.ImageComments = "Research software, not a medical device. Heat maps are not segmentations."

@@ -27,7 +27,7 @@ class SliceEvidence:
         label: the subtype the slice is flagged for (and the class the heat map explains).
         probability: the slice's probability for ``label``.
         image_hu: the slice in HU, padded to a square like the model input (for display).
-        cam: Grad-CAM map float32 in [0, 1] on the grid of ``image_hu`` (the model-input map resized, any crop to
+        cam: the evidence map (the model's lesion map, else Grad-CAM; ``map_method``) float32 in [0, 1] on the grid of ``image_hu`` (the model-input map resized, any crop to
             the head undone: :meth:`ichd.inference.predictor.Predictor.map_to_display`), or None when not
             computed. Overlays keep it to the head (:func:`ichd.explain.overlay.head_masked_map`).
         pixel_spacing: (row, col) mm of the slice, or None when unknown (for the head mask of the overlays).
@@ -39,6 +39,8 @@ class SliceEvidence:
     image_hu: np.ndarray = field(repr=False)
     cam: np.ndarray | None = field(default=None, repr=False)
     pixel_spacing: tuple[float, float] | None = None
+    #: what ``cam`` is: ``"lesion"`` (the model's lesion map) or ``"gradcam"`` (see :mod:`ichd.explain.lesion`)
+    map_method: str | None = None
 
 
 @dataclass

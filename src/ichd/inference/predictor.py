@@ -448,6 +448,7 @@ class Predictor:
 
         flagged = select_flagged(pred, max_slices, at_least_one=at_least_one)
         maps: dict[int, np.ndarray] = {}
+        cam: Any = None
         if gradcam and flagged:
             import torch
 
@@ -464,5 +465,6 @@ class Predictor:
         for i, lab, p in flagged:
             img = pad_to_square(np.asarray(self.model_hu(series, i, i + 1)[0], dtype=np.float32), AIR_HU)
             evidence.append(SliceEvidence(index=i, label=lab, probability=p, image_hu=img, cam=maps.get(i),
-                                          pixel_spacing=pixel_spacing(series)))
+                                          pixel_spacing=pixel_spacing(series),
+                                          map_method=cam.method if i in maps else None))
         return evidence

@@ -273,9 +273,12 @@ def render_html(pred: Prediction, evidence: Sequence[SliceEvidence], *, model_in
         figures.append(f'<figure><img alt="slice {ev.index}" src="{_png_data_uri(evidence_png(ev, pred.thresholds[ev.label]))}">'
                        f"<figcaption>{cap}</figcaption></figure>")
     if figures:
-        heat_note = ("Heat maps (Grad-CAM) show where the slice CNN found evidence for the named subtype; they are "
-                     "relative to each map's own maximum and are not segmentations." if gradcam else
-                     "Grad-CAM was switched off for this run; the slices are shown without heat maps.")
+        from ichd.explain.lesion import MAP_DESCRIPTIONS
+
+        kinds = sorted({ev.map_method for ev in evidence if ev.map_method})
+        heat_note = ("Heat maps: " + "; ".join(MAP_DESCRIPTIONS.get(k, k) for k in kinds)
+                     + ". Each is scaled to its own maximum and kept to the head." if gradcam and kinds else
+                     "Heat maps were switched off for this run; the slices are shown without them.")
         flagged_html = f"<p class=meta>{heat_note}</p><div class=grid>{''.join(figures)}</div>"
     else:
         flagged_html = "<p>No slice reached the operating threshold, so no slice is flagged.</p>"
