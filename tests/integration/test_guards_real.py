@@ -110,3 +110,40 @@ def test_default_model_calls_cq500_ct0_not_assessable(data_root: Path, default_p
     assert pred.provenance["in_training_data"] is False
     allowed = default_predictor.predict_series(series, allow_contrast=True)
     assert allowed.scan_call in ("positive", "negative")
+    assert any(w.code == "thin_slices_as_slabs" for w in pred.warnings)
+    assert len(pred.slabs) == 30 and pred.slabs[0]["source_slices"] == list(range(8))  # 0.62 mm -> ~5 mm slabs
+    rows = pred.slice_probs[pred.slabs[5]["source_slices"]]
+    assert (rows == rows[0]).all()
+
+
+def _domain_calls(series) -> tuple[str | None, list[str]]:
+    from ichd.inference.guards import series_guards
+
+    g = series_guards(series)
+    return g.not_assessable(allow_contrast=False), list(g.domain.flags)
+
+
+def test_no_out_of_domain_call_on_the_small_sets(data_root: Path):
+    """Out-of-domain checks (issue 21 item 4) on real head CT: no reason and no warning."""
+    from ichd.io.reader import read_ct
+
+    for path in [*sorted(_need(data_root / "rsna-samples").glob("*.dcm")),
+                 *sorted(_need(data_root / "edge-cases" / "pydicom-693").glob("*.dcm")),
+                 _need(data_root / "cq500" / "CQ500-CT-1"),
+                 _need(data_root / "rsna-series" / "dicom" / "ID_84296c3845")]:
+        for series in read_ct(path):
+            assert _domain_calls(series) == (None, []), path.name
+    tilt = read_ct(_need(data_root / "edge-cases" / "ge-tilt"))[0]
+    assert _domain_calls(tilt) == (None, ["short_coverage"])  # an 8-slice, 38 mm excerpt: a true warning
+
+
+@pytest.mark.slow
+def test_no_out_of_domain_call_on_every_shared_set(data_root: Path):
+    """Every CT-ICH patient, rsna-series series and hu-slice: not assessable never, no out-of-domain warning
+    (benchmarks/results/ood has the measured values)."""
+    from ichd.io.reader import read_ct
+
+    for path in [_need(data_root / "ct-ich"), *sorted(_need(data_root / "rsna-series" / "dicom").iterdir()),
+                 *sorted(_need(data_root / "hu-slices" / "dicom").glob("*.dcm"))]:
+        for series in read_ct(path, allow_secondary_capture=True):
+            assert _domain_calls(series) == (None, []), series.series_instance_uid
