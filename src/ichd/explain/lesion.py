@@ -37,6 +37,10 @@ MAP_DESCRIPTIONS: dict[str, str] = {
 }
 
 
+#: Short names of the maps for figure titles and colour bars.
+MAP_NAMES: dict[str, str] = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "lesion": "Lesion map"}
+
+
 class LesionMap:
     """The lesion map of a model with a lesion head, with :class:`~ichd.explain.gradcam.GradCAM`'s interface
     (``__call__``, ``compute``); every class gets the same map."""

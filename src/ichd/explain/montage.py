@@ -43,7 +43,8 @@ class MontageTile:
 def montage_figure(tiles: list[MontageTile], *, title: str, ncols: int | None = None,
                    window: tuple[float, float] | None = BRAIN_WINDOW, cmap: str = DEFAULT_CMAP,
                    alpha: float = DEFAULT_ALPHA, min_value: float = DEFAULT_MIN_VALUE,
-                   tile_inches: float = 2.4, max_tiles: int = MAX_TILES, dpi: int = 100) -> Figure:
+                   tile_inches: float = 2.4, max_tiles: int = MAX_TILES, dpi: int = 100,
+                   map_name: str = "Grad-CAM") -> Figure:
     """A grid of ``tiles`` with a shared colour bar; ``ncols`` defaults to a near-square layout (at most 6)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -64,7 +65,7 @@ def montage_figure(tiles: list[MontageTile], *, title: str, ncols: int | None = 
         ax.set_title(tile.label, fontsize=7)
     for ax in axes[n:]:
         ax.set_axis_off()
-    add_colorbar(fig, list(axes), cmap=cmap, min_value=min_value)
+    add_colorbar(fig, list(axes), cmap=cmap, min_value=min_value, map_name=map_name)
     if dropped:
         title += f" (first {max_tiles} of {max_tiles + dropped} flagged slices shown)"
     fig.suptitle(title, fontsize=10)

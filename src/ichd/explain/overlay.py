@@ -161,14 +161,14 @@ def draw_overlay(ax: Axes, image: np.ndarray, cam_map: np.ndarray | None, *,
 
 
 def add_colorbar(fig: Figure, axes, *, cmap: str = DEFAULT_CMAP, min_value: float = DEFAULT_MIN_VALUE,
-                 label: str = "Grad-CAM (relative to the map's maximum)"):
+                 label: str = "Grad-CAM (relative to the map's maximum)", map_name: str | None = None):
     """A 0..1 colour bar beside ``axes``; the range below ``min_value`` (not drawn on the image) is greyed out."""
     from matplotlib.cm import ScalarMappable
     from matplotlib.colors import Normalize
 
     mappable = ScalarMappable(norm=Normalize(0.0, 1.0), cmap=cmap)
     cbar = fig.colorbar(mappable, ax=axes, fraction=0.046, pad=0.02)
-    cbar.set_label(label, fontsize=8)
+    cbar.set_label(f"{map_name} (relative to the map's maximum)" if map_name else label, fontsize=8)
     cbar.ax.tick_params(labelsize=7)
     if min_value > 0:
         cbar.ax.axhspan(0.0, min_value, color="0.85", zorder=3)
@@ -190,8 +190,9 @@ def overlay_figure(image: np.ndarray, cam_map: np.ndarray, *, class_name: str, p
                    window: tuple[float, float] | None = BRAIN_WINDOW, cmap: str = DEFAULT_CMAP,
                    alpha: float = DEFAULT_ALPHA, min_value: float = DEFAULT_MIN_VALUE,
                    side_by_side: bool = True, dpi: int = 100,
-                   pixel_spacing: tuple[float, float] | None = None) -> Figure:
-    """A labelled overlay figure: [plain brain window |] slice + heat map, colour bar, title.
+                   pixel_spacing: tuple[float, float] | None = None, map_name: str = "Grad-CAM") -> Figure:
+    """A labelled overlay figure: [plain brain window |] slice + heat map (``map_name``: what the map is, e.g.
+    "Grad-CAM" or "Lesion map"), colour bar, title.
 
     The title gives the class, its probability (and the operating threshold when given) and the slice index
     (0 = most inferior), so a PNG is self-explanatory when opened on its own.
@@ -208,8 +209,8 @@ def overlay_figure(image: np.ndarray, cam_map: np.ndarray, *, class_name: str, p
         axes[0].set_title(_window_caption(window), fontsize=8)
     draw_overlay(axes[-1], image, cam_map, window=window, cmap=cmap, alpha=alpha, min_value=min_value,
                  pixel_spacing=pixel_spacing)
-    axes[-1].set_title(f"Grad-CAM, shown where ≥ {min_value:g}", fontsize=8)
-    add_colorbar(fig, list(axes), cmap=cmap, min_value=min_value)
+    axes[-1].set_title(f"{map_name}, shown where ≥ {min_value:g}", fontsize=8)
+    add_colorbar(fig, list(axes), cmap=cmap, min_value=min_value, map_name=map_name)
     title = class_title(class_name, probability)
     if threshold is not None:
         title += f" (threshold {threshold:.2f})"

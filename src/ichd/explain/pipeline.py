@@ -1,7 +1,8 @@
-"""From a CT series and a slice CNN to Grad-CAM evidence for every positive finding.
+"""From a CT series and a slice model to evidence maps for every positive finding.
 
 :func:`explain_series` flags every (slice, class) whose probability (from the predictor) reaches the operating
-threshold and computes a Grad-CAM map of the slice CNN for each flagged pair. The CNN input comes from the
+threshold and computes the model's evidence map for each flagged pair (its lesion map when it has one, else a
+Grad-CAM map of the slice CNN: :func:`ichd.explain.lesion.slice_explainer`). The CNN input comes from the
 caller (``Predictor.model_inputs``), so there is one path from HU to model input. :func:`write_series_explanation` turns
 the result into one overlay PNG per finding, one montage per scan and an ``explain.json`` index::
 
@@ -137,7 +138,7 @@ def explain_series(series: CTSeries, model: nn.Module, model_inputs: ModelInputs
     if not flagged:
         return result
     slices = sorted(flagged)
-    for start in progress(range(0, len(slices), batch_size), desc="Grad-CAM", unit="batch"):
+    for start in progress(range(0, len(slices), batch_size), desc=f"maps ({cam.method})", unit="batch"):
         batch = slices[start:start + batch_size]
         needed = sorted({c for i in batch for c in flagged[i]}, key=LABELS.index)
         xb = torch.cat([model_inputs(i, i + 1) for i in batch], dim=0)
@@ -192,7 +193,7 @@ def write_series_explanation(series: CTSeries, expl: SeriesExplanation, out_dir:
     fraction of the energy inside it). With ``save_maps`` the map itself is written at source resolution as
     ``maps/slice_<i>_<class>.npy`` (float32, rows x columns of the input slice).
     """
-    from ichd.explain.lesion import MAP_DESCRIPTIONS
+    from ichd.explain.lesion import MAP_DESCRIPTIONS, MAP_NAMES
     from ichd.explain.montage import MontageTile, montage_figure
     from ichd.explain.overlay import BRAIN_WINDOW, class_title, head_masked_map, overlay_figure, save_figure
     from ichd.preprocessing.cache import safe_file_stem
@@ -212,6 +213,7 @@ def write_series_explanation(series: CTSeries, expl: SeriesExplanation, out_dir:
         fig = overlay_figure(series.hu[f.slice_index], source_map,
                              class_name=f.class_name, probability=f.probability, threshold=f.threshold,
                              slice_index=f.slice_index, subtitle=f"{expl.method}; slice 0 = most inferior",
+                             map_name=MAP_NAMES.get(expl.method, expl.method),
                              window=window, dpi=dpi, pixel_spacing=spacing)
         save_figure(fig, root / rel)
         shown = head_masked_map(source_map, series.hu[f.slice_index], spacing)
@@ -235,7 +237,8 @@ def write_series_explanation(series: CTSeries, expl: SeriesExplanation, out_dir:
         title = (f"{len(by_slice)} of {series.n_slices} slices flagged — "
                  + ", ".join(class_title(c, None) for c in flagged_names))
         montage_rel = "montage.png"
-        save_figure(montage_figure(tiles, title=title, window=window, dpi=dpi), root / montage_rel)
+        save_figure(montage_figure(tiles, title=title, window=window, dpi=dpi,
+                                   map_name=MAP_NAMES.get(expl.method, expl.method)), root / montage_rel)
     index = {
         "scan_id": expl.scan_id,
         "n_slices": int(series.n_slices),

@@ -110,15 +110,18 @@ def curves_png(pred: Prediction, flagged: Sequence[int] = ()) -> bytes:
 
 
 def evidence_png(ev: SliceEvidence, threshold: float | None) -> bytes:
-    """The flagged slice: brain window beside the Grad-CAM overlay with a colour bar (or the plain slice when
+    """The flagged slice: brain window beside the evidence-map overlay with a colour bar (or the plain slice when
     no map was computed)."""
     from ichd.explain.overlay import BRAIN_WINDOW, display_image, figure_png_bytes, overlay_figure
 
     if ev.cam is None:
         gray = display_image(ev.image_hu, BRAIN_WINDOW)
         return _rgb_png(np.clip(np.round(gray * 255.0), 0, 255).astype(np.uint8))
+    from ichd.explain.lesion import MAP_NAMES
+
     fig = overlay_figure(ev.image_hu, ev.cam, class_name=ev.label, probability=ev.probability,
-                         slice_index=ev.index, threshold=threshold, dpi=80, pixel_spacing=ev.pixel_spacing)
+                         slice_index=ev.index, threshold=threshold, dpi=80, pixel_spacing=ev.pixel_spacing,
+                         map_name=MAP_NAMES.get(ev.map_method or "gradcam", "Grad-CAM"))
     return figure_png_bytes(fig)
 
 
