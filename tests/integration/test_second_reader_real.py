@@ -3,8 +3,10 @@ cores). Needs the blast-ct extra and the weights in ``<ICHD_DATA>/../models/blas
 
 - the in-memory segmentation (``ichd.inference.second_reader``, 90^3 blocks) gives the same label map, voxel for
   voxel, as BLAST-CT's own ``run_inference`` on ``write_nifti``'s file of the same volume;
-- ``ichd predict --second-reader blast-ct --format json,html,dicom`` end to end on real DICOM slices: the JSON
-  block, the HTML section, and a DICOM SEG that dciodvfy accepts and highdicom reads back as the same labels;
+- ``ichd predict --second-reader blast-ct --format json,html,dicom`` end to end on real DICOM slices (CQ500-CT-0:
+  rsna-series' UIDs are not valid DICOM UIDs, so no SEG can reference them): the JSON block, the HTML section, and
+  a DICOM SEG that dciodvfy accepts and highdicom reads back with the JSON's volumes; on rsna-series the SEG is
+  left out with a ``seg_not_written`` warning;
 - ``ichd serve`` with the second reader configured: the job reports its progress while BLAST-CT runs, the study
   summary carries the volumes, and the slice PNG draws the segmentation.
 """
@@ -47,6 +49,21 @@ def scan_dir(data_root: Path) -> Path:
     if not path.is_dir():
         pytest.skip(f"{path} not in the data folder")
     return path
+
+
+@pytest.fixture(scope="module")
+def cq500_subset(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """40 consecutive slices (0.62 mm) of CQ500-CT-0, a real series with valid DICOM UIDs."""
+    from ichd.io import read_ct
+
+    src = data_root / "cq500" / "CQ500-CT-0"
+    if not src.is_dir():
+        pytest.skip(f"{src} not in the data folder")
+    (series,) = read_ct(src)
+    out = tmp_path_factory.mktemp("cq500")
+    for name in series.source_files[120:160]:
+        shutil.copy2(src / name, out / Path(name).name)
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -103,31 +120,34 @@ def test_same_labels_as_blast_cts_own_inference(scan_dir: Path, models_dir: Path
         assert round(reading.volumes_ml[name], 2) == pytest.approx(row[f"{name}_predicted_volume_ml"], abs=1e-9)
 
 
-def test_predict_cli_with_the_second_reader(dicom_subset: Path, models_dir: Path, test_bundle: Path,
+def test_predict_cli_with_the_second_reader(cq500_subset: Path, models_dir: Path, test_bundle: Path,
                                             tmp_path: Path):
     import highdicom as hd
+    import pydicom
 
     from ichd.cli.main import run
     from ichd.inference.report_json import validate_result
 
     out = tmp_path / "out"
-    assert run(["-q", "predict", str(dicom_subset), "--model", str(test_bundle), "--out", str(out), "--format",
+    assert run(["-q", "predict", str(cq500_subset), "--model", str(test_bundle), "--out", str(out), "--format",
                 "json,html,dicom", "--second-reader", "blast-ct", "--blast-ct-models", str(models_dir),
-                "--threads", "2"]) == 0
+                "--threads", "2", "--allow-contrast"]) == 0
     data = json.loads((out / "prediction.json").read_text())
     validate_result(data)
     block = data["second_reader"]
     assert block["name"] == "blast-ct" and [m["file"] for m in block["models"]] == ["model_1.pt"]
-    assert block["volumes_ml"]["iph"] > 10.0
     assert block["hemorrhage_ml"] == pytest.approx(sum(block["volumes_ml"][c] for c in ("iph", "eah", "ivh")),
                                                    abs=0.02)
     assert block["seg"]["file"] == "dicom/seg.dcm"
+    codes = [w["code"] for w in data["warnings"]]
+    assert "seg_not_written" not in codes and "seg_new_frame_of_reference" in codes  # CQ500 has no FrameOfReferenceUID
     html = (out / "report.html").read_text()
     assert "Second reader: BLAST-CT" in html and "BLAST-CT labels" in html
     # the SEG: valid, referencing the source slices, and the same voxels as the JSON's volumes
     seg_path = out / "dicom" / "seg.dcm"
     if shutil.which("dciodvfy") is not None:
-        report = subprocess.run(["dciodvfy", str(seg_path)], capture_output=True, text=True, timeout=120)
+        report = subprocess.run(["dciodvfy", str(seg_path)], check=False, capture_output=True, text=True,
+                                timeout=120)
         errors = [x for x in (report.stdout + report.stderr).splitlines() if x.startswith("Error")]
         assert not errors, report.stderr
     elif os.environ.get("CI") == "true":
@@ -140,6 +160,28 @@ def test_predict_cli_with_the_second_reader(dicom_subset: Path, models_dir: Path
     assert seg.StudyInstanceUID == data["study_instance_uid"]
     assert sorted(np.flatnonzero(np.isin(labels, [1, 2, 4]).any(axis=(1, 2))).tolist()) == \
         block["slices_with_hemorrhage"]
+    # the SEG's voxels give the JSON's volumes (voxel volume from the source geometry)
+    first = pydicom.dcmread(next(cq500_subset.iterdir()), stop_before_pixels=True)
+    z = np.diff([s["z_mm"] for s in data["slices"]])
+    voxel_ml = float(first.PixelSpacing[0]) * float(first.PixelSpacing[1]) * float(np.median(z)) / 1000.0
+    for k, name in enumerate(("iph", "eah", "oedema", "ivh"), start=1):
+        assert (labels == k).sum() * voxel_ml == pytest.approx(block["volumes_ml"][name], abs=0.01 + 0.01 * block[
+            "volumes_ml"][name])
+
+
+def test_rsna_series_uids_get_no_seg(dicom_subset: Path, models_dir: Path, test_bundle: Path, tmp_path: Path):
+    """rsna-series' UIDs (``ID_...``) are not DICOM UIDs: the volumes are reported, the SEG is left out, said why."""
+    from ichd.cli.main import run
+
+    out = tmp_path / "out"
+    assert run(["-q", "predict", str(dicom_subset), "--model", str(test_bundle), "--out", str(out), "--format",
+                "json,dicom", "--second-reader", "blast-ct", "--blast-ct-models", str(models_dir),
+                "--threads", "2"]) == 0
+    data = json.loads((out / "prediction.json").read_text())
+    assert data["second_reader"]["volumes_ml"]["iph"] > 10.0 and "seg" not in data["second_reader"]
+    notes = [w["message"] for w in data["warnings"] if w["code"] == "seg_not_written"]
+    assert notes == ["no DICOM SEG of the second reader: the input's UIDs are not valid DICOM UIDs"]
+    assert not (out / "dicom" / "seg.dcm").exists()
 
 
 def test_serve_with_the_second_reader(dicom_subset: Path, models_dir: Path, test_bundle: Path, tmp_path: Path):

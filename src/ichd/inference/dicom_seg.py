@@ -52,6 +52,9 @@ def source_headers(series: CTSeries) -> list[Any]:
         for kw in _PATIENT_STUDY_KEYWORDS:  # Type 2 attributes the SEG copies: empty where the source lacks them
             if kw not in ds:
                 setattr(ds, kw, "")
+        name = str(ds.PatientName)
+        if name and "^" not in name and "=" not in name:
+            ds.PatientName = name + "^"  # a one-component name is the family name (as dicom_out's SR and SCs)
         headers.append(ds)
     return headers
 
@@ -102,17 +105,40 @@ def build_segmentation(labels: np.ndarray, headers: Sequence[Any], *, algorithm_
         device_serial_number="none", content_description="BLAST-CT lesions (research use only)",
         content_label="BLASTCT", series_description="ichd BLAST-CT lesion segmentation (research use only)",
         omit_empty_frames=True)
+    source = headers[0]
+    if str(seg.get("PatientIdentityRemoved", "")).upper() == "YES" and "DeidentificationMethod" not in seg \
+            and "DeidentificationMethodCodeSequence" not in seg:
+        # Type 1C once PatientIdentityRemoved is YES (copied from the source): the source's method, else say so
+        seg.DeidentificationMethod = str(source.get("DeidentificationMethod") or
+                                         "de-identified source; its method is not recorded in the source")[:64]
+        if "DeidentificationMethodCodeSequence" in source:
+            seg.DeidentificationMethodCodeSequence = source.DeidentificationMethodCodeSequence
     return seg
 
 
-def write_segmentation(path: str | Path, labels: np.ndarray, series: CTSeries, *, algorithm_version: str) -> Any:
-    """Build the SEG for ``series`` and write it atomically to ``path``; returns the dataset."""
+def write_segmentation(path: str | Path, labels: np.ndarray, series: CTSeries, *, algorithm_version: str,
+                       notes: list[str] | None = None) -> Any:
+    """Build the SEG for ``series`` and write it atomically to ``path``; returns the dataset.
+
+    Source slices without a FrameOfReferenceUID (Type 1 in the CT IOD, but absent from some anonymised data, e.g.
+    CQ500) get one new UID for the SEG, and a line in ``notes`` says so: the frames still reference their source
+    slices by SOP Instance UID and carry the source's patient positions."""
     from ichd.utils.files import atomic_path
 
     why = can_write_seg(series)
     if why is not None:
         raise ValueError(f"no DICOM SEG: {why}")
     headers = source_headers(series)
+    with_frame = sum("FrameOfReferenceUID" in h for h in headers)
+    if with_frame == 0:
+        import highdicom as hd
+
+        frame = hd.UID()
+        for h in headers:
+            h.FrameOfReferenceUID = frame
+        if notes is not None:
+            notes.append(f"the source slices have no FrameOfReferenceUID: the SEG carries a new one ({frame}); its "
+                         "frames reference the source slices by SOP Instance UID")
     lacking = [kw for kw in ("FrameOfReferenceUID", "ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing")
                if any(kw not in h for h in headers)]
     if lacking:

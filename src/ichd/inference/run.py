@@ -463,13 +463,16 @@ def _write_seg(dicom_dir: Path, folder: str, series: CTSeries, pred: Prediction,
 
     why = can_write_seg(series)
     if why is None:
+        notes: list[str] = []
         try:
-            seg = write_segmentation(dicom_dir / SEG_NAME, reading.labels, series, algorithm_version=block["version"])
+            seg = write_segmentation(dicom_dir / SEG_NAME, reading.labels, series, algorithm_version=block["version"],
+                                     notes=notes)
         except ValueError as e:
             why = str(e).removeprefix("no DICOM SEG: ")
         else:
             block["seg"] = {"file": f"{folder + '/' if folder else ''}{DICOM_DIR}/{SEG_NAME}",
                             "series_instance_uid": str(seg.SeriesInstanceUID),
                             "sop_instance_uid": str(seg.SOPInstanceUID)}
+            pred.warnings.extend(IngestWarning("seg_new_frame_of_reference", n) for n in notes)
             return
     pred.warnings.append(IngestWarning("seg_not_written", f"no DICOM SEG of the second reader: {why}"))
