@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def summary() -> int:
-    rows = [json.loads(p.read_text()) for p in sorted(OUT.glob("*.json"))]
+    rows = [r for r in (json.loads(p.read_text()) for p in sorted(OUT.glob("*.json"))) if "scan_id" in r]
     print("| scan | slices | models | block | threads | wall minutes | CPU minutes | load before/after (1 min) | "
           "equal to BLAST-CT's run_inference | date |")
     print("|---|---|---|---|---|---|---|---|---|---|")
