@@ -52,7 +52,7 @@ def register(app: typer.Typer) -> None:
             help="Also segment each series with a second reader: 'blast-ct' (BLAST-CT, an optional extra: pip "
                  "install -e \".[blast-ct]\"). Adds its lesion volumes in mL (IPH, extra-axial, IVH, oedema, "
                  "and IPH+EAH+IVH) to the JSON and HTML, and a DICOM SEG with --format dicom (DICOM input). "
-                 "About 1-3 min per scan with one model on 2 cores."),
+                 "One model costs ~4 CPU-minutes per head CT (~2 min on 2 free cores); each further model as much."),
         blast_ct_models: Path | None = typer.Option(
             None, "--blast-ct-models", metavar="DIR",
             help="Folder of the BLAST-CT weights (model_1.pt, ...; nothing is downloaded). Default: $ICHD_BLAST_CT, "

@@ -59,7 +59,8 @@ def register(app: typer.Typer) -> None:
             None, "--second-reader",
             help="Segment every study with a second reader too: 'blast-ct' (the blast-ct extra). Its lesion volumes "
                  "go into the results, its labels into the viewer (Seg toggle); a job reports its progress while "
-                 "it runs (GET /v1/jobs/ID: progress). About 1-3 min per scan with one model on 2 cores."),
+                 "it runs (GET /v1/jobs/ID: progress). One model costs ~4 CPU-minutes per head CT (~2 min on 2 "
+                 "free cores); each further model as much."),
         blast_ct_models: Path | None = typer.Option(None, "--blast-ct-models", metavar="DIR",
                                                     help="Folder of the BLAST-CT weights (as for predict)."),
         blast_ct_ensemble: str | None = typer.Option(None, "--blast-ct-ensemble", metavar="NAMES",
