@@ -157,6 +157,8 @@ class ModelOut(BaseModel):
     scan_rule: str = Field(description="how the scan probability is made from the slices")
     thresholds: dict[str, float] = Field(description="operating threshold per label (scan level)")
     sequence_stage: bool
+    evidence_map: dict[str, str] = Field(description="the heat maps the viewer overlays: method (lesion or gradcam), "
+                                         "name and a sentence saying what they are")
     description: str
     intended_use: str
     training_data: str
@@ -482,7 +484,7 @@ def _add_routes(app: FastAPI, service: StudyService) -> None:
                 response_class=Response, responses={200: {"content": {"image/png": {}}}})
     async def get_slice(study_id: str, index: str,
                         window: str = Query("brain", description="brain, subdural, soft_tissue or bone"),
-                        overlay: str | None = Query(None, description="Grad-CAM of this class (e.g. subdural, SDH)"),
+                        overlay: str | None = Query(None, description="the model's evidence map (its lesion map, else Grad-CAM) for this class (e.g. subdural, SDH)"),
                         seg: bool = Query(False, description="draw the second reader's (BLAST-CT) segmentation"),
                         series: int = Query(0, ge=0)) -> Response:
         from ichd.service.render import parse_label, parse_window, slice_png

@@ -16,10 +16,13 @@ def describe_model(predictor: Any) -> dict[str, Any]:
     """The model facts of ``predictor`` as plain JSON-able data (no file system paths).
 
     Keys: ``name``, ``version``, ``sha256``, ``source`` (``bundle`` or ``checkpoint``), ``scan_rule``,
-    ``thresholds`` (per label), ``sequence_stage`` (bool), the bundle's :data:`BUNDLE_FIELDS` (empty strings for
-    a checkpoint), ``threshold_policy`` (per label, may be empty) and ``model_card`` (Markdown; empty when there is
-    none).
+    ``thresholds`` (per label), ``sequence_stage`` (bool), ``evidence_map`` (``method``, ``name`` and
+    ``description`` of the heat maps the viewer overlays: the model's lesion map, or Grad-CAM), the bundle's
+    :data:`BUNDLE_FIELDS` (empty strings for a checkpoint), ``threshold_policy`` (per label, may be empty) and
+    ``model_card`` (Markdown; empty when there is none).
     """
+    from ichd.explain.lesion import MAP_DESCRIPTIONS, MAP_NAMES, default_map_method
+
     ident = predictor.identity
     info: dict[str, Any] = {
         "name": ident.name,
@@ -30,6 +33,8 @@ def describe_model(predictor: Any) -> dict[str, Any]:
         "thresholds": dict(predictor.thresholds),
         "sequence_stage": predictor.sequence is not None,
     }
+    method = default_map_method(predictor.cnn)
+    info["evidence_map"] = {"method": method, "name": MAP_NAMES[method], "description": MAP_DESCRIPTIONS[method]}
     bundle = predictor.bundle
     manifest: dict[str, Any] = bundle.manifest if bundle is not None else {}
     for key in BUNDLE_FIELDS:

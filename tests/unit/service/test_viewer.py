@@ -58,6 +58,7 @@ def test_model_endpoint_needs_the_token_and_gives_the_card(client, h):
     assert m["name"] == "test-model" and m["version"] == "0.0.1" and m["source"] == "bundle"
     assert re.fullmatch(r"[0-9a-f]{64}", m["sha256"]) and m["thresholds"]["any"] == 0.5
     assert m["model_card"].startswith("# test model") and not m["sequence_stage"]
+    assert m["evidence_map"]["method"] == "gradcam" and m["evidence_map"]["name"] == "Grad-CAM"  # no lesion head
     assert "path" not in m and str(Path.home()) not in r.text  # no server paths
     assert "/v1/model" in client.app.openapi()["paths"]
 

@@ -648,6 +648,12 @@
 
   function renderModelLine(m) {
     $("model-line").textContent = modelLine(m);
+    if (m.evidence_map) {  // what the heat maps are (the model's lesion map, or Grad-CAM)
+      const label = $("overlays").querySelector(".seg-label");
+      label.textContent = m.evidence_map.name;
+      label.title = m.evidence_map.description;
+      $("overlays").setAttribute("aria-label", `${m.evidence_map.name} overlay`);
+    }
     const card = $("model-card");
     if (!card.childElementCount) renderMarkdown(m.model_card || "This model has no model card.", card);
   }
