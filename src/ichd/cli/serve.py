@@ -123,24 +123,54 @@ def run_server(config, *, host: str, port: int, dicom: Any = None) -> None:
         if config.token is None:
             log.warning("no token: anyone who can connect to %s:%d can use the API (loopback only)", host, port)
         typer.echo(f"ichd serve: http://{host}:{port} (docs at /docs), data in {config.data_dir}", err=True)
-        _announce_viewer(config.token, host=host, port=port, log=log)
+        _announce_viewer(config.token, host=host, port=port, log=log, data_dir=config.data_dir)
         uvicorn.run(create_app(service), host=host, port=port, log_config=None, access_log=True)
     finally:
         service.close()
 
 
-def _announce_viewer(token: str | None, *, host: str, port: int, log: Any) -> None:
-    """Log the web viewer's address; on a terminal, also print a link that opens it signed in (the token in the
-    URL fragment, which browsers never send). The token never goes to the log or to redirected output."""
+def _announce_viewer(token: str | None, *, host: str, port: int, log: Any, data_dir: Path | None = None) -> None:
+    """Log the web viewer's address and print the link that opens it signed in (the token in the URL fragment,
+    which browsers never send). The token never goes to the log or to redirected output: on a terminal the link is
+    printed; otherwise (a service manager, ``2>&1 | tee``) it is written to ``DATA/viewer-link.txt``, readable by
+    its owner only, and the line printed says where it is."""
     import sys
 
     from ichd.service.viewer import viewer_url
 
     log.info("web viewer at %s", viewer_url(host, port))
     if token is None:
-        typer.echo(f"ichd serve: viewer at {viewer_url(host, port)}", err=True)
-    elif sys.stderr.isatty():
-        typer.echo(f"ichd serve: viewer at {viewer_url(host, port, token)} (this link holds the token)", err=True)
+        typer.echo(f"ichd serve: viewer at {viewer_url(host, port)} (no token: open to this machine only)", err=True)
+        return
+    link = viewer_url(host, port, token)
+    if sys.stderr.isatty():
+        typer.echo(f"ichd serve: viewer at {link} (this link holds the token)", err=True)
+        return
+    where = _write_link_file(data_dir, link) if data_dir is not None else None
+    if where is not None:
+        typer.echo(f"ichd serve: viewer at {viewer_url(host, port)}; the link with the token (#token=...) is in "
+                   f"{where} (readable by you only)", err=True)
     else:
         typer.echo(f"ichd serve: viewer at {viewer_url(host, port)} (it asks for the token, or append "
                    f"#token=<token> to the address)", err=True)
+
+
+LINK_FILE = "viewer-link.txt"
+
+
+def _write_link_file(data_dir: Path, link: str) -> Path | None:
+    """Write ``link`` to ``DATA/viewer-link.txt`` with mode 0600 (created so, never readable by others); the path,
+    or None when it cannot be written."""
+    import os
+
+    path = Path(data_dir) / LINK_FILE
+    tmp = path.with_name(f".{LINK_FILE}.tmp")
+    try:
+        tmp.unlink(missing_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(link + "\n")
+        os.replace(tmp, path)
+    except OSError:
+        return None
+    return path

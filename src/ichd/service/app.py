@@ -18,8 +18,8 @@
                                                             soft_tissue|bone&overlay=<class>&series=K``
 ==========================================================  =====================================================
 
-Every endpoint but ``/health`` and the viewer's static files needs ``Authorization: Bearer <token>`` when the
-service has a token (enforced by :class:`BearerAuth` for every path but :data:`OPEN_PATHS`, so a new endpoint cannot
+Every endpoint but ``/health``, the API documentation (``/docs``, ``/redoc``, ``/openapi.json``: no data) and the
+viewer's static files needs ``Authorization: Bearer <token>`` when the service has a token (enforced by :class:`BearerAuth` for every path but :data:`OPEN_PATHS`, so a new endpoint cannot
 be left open). Errors are
 ``{"error": "...", "hint": "..."}`` with a 4xx status (500 with no traceback for a bug), never a traceback.
 """
@@ -66,8 +66,12 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
-#: Paths served without the token: liveness and the viewer's static files (no patient data).
-OPEN_PATHS = frozenset({"/health"}) | VIEWER_PATHS
+#: The API's documentation: the OpenAPI schema and the pages that render it. They hold no data, and a browser
+#: cannot send a bearer header when it opens a page, so they are open; the pages' "Authorize" button takes the
+#: token for the requests made from them ("Try it out"), which stay authenticated like every other request.
+DOCS_PATHS = frozenset({"/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
+#: Paths served without the token: liveness, the API documentation and the viewer's static files (no patient data).
+OPEN_PATHS = frozenset({"/health"}) | DOCS_PATHS | VIEWER_PATHS
 #: Request content types taken as a zip body.
 ZIP_TYPES = frozenset({"application/zip", "application/x-zip-compressed", "application/x-zip",
                        "application/octet-stream"})
@@ -300,8 +304,9 @@ def create_app(service: StudyService) -> FastAPI:
         summary="Intracranial hemorrhage detection on head CT (research software, not a medical device).",
         description=__doc__.split("\n\n", 1)[0] + "\n\nUpload a study, poll its job, then read the result, the "
                     "HTML report, the DICOM SR and slice images, or open the web viewer at `/viewer/`. Every "
-                    "endpoint but `/health` and the viewer's static files needs `Authorization: Bearer <token>` "
-                    "when the service runs with a token.",
+                    "endpoint but `/health`, these docs and the viewer's static files needs `Authorization: "
+                    "Bearer <token>` when the service runs with a token: press **Authorize** and paste the token "
+                    "to try the endpoints from this page.",
         lifespan=lifespan,
         responses={400: {"model": ErrorOut}, 401: {"model": ErrorOut}, 404: {"model": ErrorOut},
                    409: {"model": ErrorOut}},

@@ -85,18 +85,40 @@ class StudyPaths:
 
 
 class _SeriesRecorder:
-    """The Predictor as ``run_predict`` sees it, keeping each series it predicts (for the slice images)."""
+    """The Predictor as ``run_predict`` sees it, keeping each series it predicts (for the slice images).
 
-    def __init__(self, predictor: Any) -> None:
+    With ``upload`` (the study's input folder) the series' warnings name their files relative to the upload, as
+    the user sent them, never by the server's folders (the result, the report and the viewer show them)."""
+
+    def __init__(self, predictor: Any, upload: Path | None = None) -> None:
         self._predictor = predictor
+        self._upload = upload
         self.seen: list[Any] = []
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._predictor, name)
 
     def predict_series(self, series: Any, **kwargs: Any) -> Any:
+        if self._upload is not None:
+            series.warnings = [upload_relative_warning(w, self._upload) for w in series.warnings]
         self.seen.append(series)
         return self._predictor.predict_series(series, **kwargs)
+
+
+def upload_relative_warning(warning: Any, upload: Path) -> Any:
+    """``warning`` (an :class:`~ichd.types.IngestWarning`) with its files and message relative to ``upload``."""
+    import dataclasses
+
+    bases = sorted({str(upload.resolve()), str(upload), str(upload.absolute())}, key=len, reverse=True)
+
+    def relative(text: str) -> str:
+        for base in bases:
+            text = text.replace(base + os.sep, "").replace(base, "the upload")
+        return text
+
+    files = tuple(Path(f).name if os.path.isabs(rel := relative(f)) else Path(rel).as_posix()
+                  for f in warning.files)
+    return dataclasses.replace(warning, message=relative(warning.message), files=files)
 
 
 class ServiceBusy(IchdError):
@@ -423,14 +445,16 @@ class StudyService:
             if not paths.input.is_dir():
                 raise InputError("the study's uploaded files are missing from the data folder",
                                  hint="upload the study again")
-            recorder = _SeriesRecorder(predictor)
+            recorder = _SeriesRecorder(predictor, paths.input)
             opts = predict_run.PredictOptions(model=self.config.model, out=paths.result, formats=SERVICE_FORMATS,
                                               overwrite=True, gradcam=True, device=self.config.device,
                                               workers=self.config.decode_workers,
                                               batch_size=self.config.batch_size)
+            extra: dict[str, Any] = {}
             if reader is not None:
                 opts.second_reader_progress = self._progress_callback(job.id)
-            result = predict_run.run_predict(paths.input, opts, predictor=recorder, second_reader=reader)
+                extra["second_reader"] = reader
+            result = predict_run.run_predict(paths.input, opts, predictor=recorder, **extra)
             summary = self._save_volumes(paths, result, recorder.seen)
         except IchdError as e:
             reason = str(e)

@@ -259,3 +259,23 @@ def test_a_study_with_two_series(env, h, tmp_path):
         assert client.get(f"/v1/studies/{sid}/slices/{n - 1}.png?series={k}", headers=h.AUTH).status_code == 200
         assert client.get(f"/v1/studies/{sid}/slices/{n}.png?series={k}", headers=h.AUTH).status_code == 400
     assert client.get(f"/v1/studies/{sid}/slices/0.png?series=2", headers=h.AUTH).status_code == 404
+
+
+def test_warnings_name_files_relative_to_the_upload(env, h, tmp_path):
+    """The result, the report and so the viewer show the uploaded files' names, never the server's folders."""
+    client = env["client"]
+    datasets = make_ct_series(N_SLICES, rows=SIZE, columns=SIZE)
+    src = tmp_path / "upload"
+    write_series(src, datasets)
+    write_series(src, datasets[:1], names=["again.dcm"])  # a duplicate instance: a warning naming a file
+    (src / "broken.dcm").write_bytes((src / "IM0001.dcm").read_bytes()[:300])  # truncated: skipped, with a warning
+    r = client.post("/v1/studies", content=h.zip_folder(src), headers={**h.AUTH, "Content-Type": "application/zip"})
+    assert r.status_code == 202, r.text
+    assert h.wait_job(client, r.json()["job_id"])["status"] == "done"
+    sid = r.json()["study_id"]
+    result = client.get(f"/v1/studies/{sid}/result", headers=h.AUTH).json()
+    files = {f for w in result["warnings"] for f in w["files"]}
+    assert {"broken.dcm"} <= files and files & {"again.dcm", "IM0000.dcm"}, result["warnings"]
+    report = client.get(f"/v1/studies/{sid}/report", headers=h.AUTH).text
+    for text in (json.dumps(result["warnings"]), report):
+        assert str(env["data"]) not in text and "/input/" not in text

@@ -40,8 +40,9 @@ def test_every_endpoint_but_health_and_viewer_files_needs_the_token(client, h):
     # the iteration sees the whole API (and the docs), not a subset
     assert {"/v1/studies", f"/v1/jobs/{FAKE_ID}", f"/v1/studies/{FAKE_ID}/slices/1.png", "/v1/model", "/docs",
             "/openapi.json"} <= paths
-    # the only open paths: liveness and the viewer's static files (which hold no patient data), all real routes
-    assert OPEN_PATHS == {"/health", "/viewer", *ASSETS} and OPEN_PATHS <= paths
+    # the only open paths: liveness, the API docs and the viewer's static files (no patient data), all real routes
+    assert OPEN_PATHS == {"/health", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json", "/viewer",
+                          *ASSETS} and OPEN_PATHS <= paths
     assert {re.sub(r"\{[^}]+\}", FAKE_ID, p).replace(f"{FAKE_ID}.png", "1.png")
             for p in client.app.openapi()["paths"]} <= paths
     for method, path in routes:
@@ -60,6 +61,22 @@ def test_every_endpoint_but_health_and_viewer_files_needs_the_token(client, h):
     assert client.get("/nowhere").status_code == 401  # unknown paths too: nothing is revealed without the token
     for path in ("/viewer/nowhere.js", "/viewer/../v1/studies", "/viewer//index.html", "/viewer/index.html"):
         assert client.get(path).status_code == 401, path  # only the exact viewer files are open
+
+
+def test_api_docs_open_in_a_browser_without_the_token_and_the_api_stays_closed(client, h):
+    """A browser cannot send the bearer header when it opens /docs: the docs and the schema are open, they declare
+    the bearer scheme (Swagger's Authorize button), and the requests made from the page still need the token."""
+    page = client.get("/docs")
+    assert page.status_code == 200 and "/openapi.json" in page.text and "swagger" in page.text.lower()
+    assert client.get("/redoc").status_code == 200
+    spec = client.get("/openapi.json").json()
+    assert spec == client.get("/openapi.json", headers=h.AUTH).json()
+    assert spec["components"]["securitySchemes"]["HTTPBearer"] == {
+        "type": "http", "scheme": "bearer", "description": "the service token (ICHD_TOKEN or --token-file)"}
+    secured = [op for path, ops in spec["paths"].items() if path.startswith("/v1/") for op in ops.values()]
+    assert secured and all(op.get("security") == [{"HTTPBearer": []}] for op in secured)
+    assert client.get("/v1/studies").status_code == 401
+    assert client.get("/v1/studies", headers=h.AUTH).status_code == 200
 
 
 def test_viewer_files_are_open_and_hold_no_data(client, h):

@@ -92,3 +92,23 @@ def test_serve_prints_an_openable_link_on_a_terminal(capsys, monkeypatch, h):
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
     _announce_viewer(h.TOKEN, host="0.0.0.0", port=8123, log=get_logger("ichd.service"))
     assert f"http://127.0.0.1:8123/viewer/#token={h.TOKEN}" in capsys.readouterr().err
+
+
+def test_serve_writes_the_token_link_to_an_owner_only_file_when_not_on_a_terminal(capsys, caplog, tmp_path, h):
+    """Redirected output (a service manager, tee) never holds the token; the link that opens the viewer signed in
+    is in DATA/viewer-link.txt, mode 0600, and the printed line says so."""
+    import logging
+    import stat
+
+    from ichd.cli.serve import _announce_viewer
+    from ichd.utils.logging import get_logger
+
+    with caplog.at_level(logging.INFO, logger="ichd.service"):
+        _announce_viewer(h.TOKEN, host="0.0.0.0", port=8123, log=get_logger("ichd.service"), data_dir=tmp_path)
+    err = capsys.readouterr().err
+    link_file = tmp_path / "viewer-link.txt"
+    assert str(link_file) in err and "#token=" in err and h.TOKEN not in err and h.TOKEN not in caplog.text
+    assert link_file.read_text() == f"http://127.0.0.1:8123/viewer/#token={h.TOKEN}\n"
+    assert stat.S_IMODE(link_file.stat().st_mode) == 0o600
+    _announce_viewer(None, host="127.0.0.1", port=8123, log=get_logger("ichd.service"), data_dir=tmp_path)
+    assert "http://127.0.0.1:8123/viewer/ (no token" in capsys.readouterr().err

@@ -427,7 +427,11 @@
       list.replaceChildren(el("li", {class: "muted"}, "none"));
       return;
     }
-    list.replaceChildren(...warnings.map((w) => el("li", {}, el("code", {}, w.code), " ", w.message)));
+    // files are relative to the upload (the service never shows its own folders)
+    const files = (w) => (w.files && w.files.length
+      ? ` (files: ${w.files.slice(0, 5).join(", ")}${w.files.length > 5 ? `, and ${w.files.length - 5} more` : ""})`
+      : "");
+    list.replaceChildren(...warnings.map((w) => el("li", {}, el("code", {}, w.code), " ", w.message, files(w))));
   }
 
   // ------------------------------------------------------------------------------------------------- slices
