@@ -63,6 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tolerance", type=int, default=5)
     ap.add_argument("--n-boot", type=int, default=2000)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--examples", default="049_21,071_14,094_24,051_31",
+                    help="comma-separated slices drawn as example PNGs (lesion map and Grad-CAM, mask outline)")
     args = ap.parse_args(argv)
 
     import pandas as pd
@@ -95,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     lopo_maps = dict(zip(lopo["names"].tolist(), lopo["maps"], strict=True))
     lesion_model = load_checkpoint(lesion_run / "cnn.pt").model
     predictors: dict[int, Predictor] = {}
+    examples = {n.strip() for n in args.examples.split(",") if n.strip()}
     rows, sanity = [], []
     for s in slices:
         k = fold_of[s.patient_id]
@@ -121,6 +124,16 @@ def main(argv: list[str] | None = None) -> int:
         }
         lo = torch.from_numpy(lopo_maps[s.name])[None, None]
         maps["lesion_map"] = to_image(F.interpolate(lo, size=size, mode="bilinear", align_corners=False)[0, 0].numpy())
+        if s.name in examples:
+            from ichd.explain.overlay import overlay_figure, save_figure
+
+            for name, title in (("lesion_map", "Lesion map"), ("gradcam", "Grad-CAM")):
+                fig = overlay_figure(s.hu, maps[name] / max(float(maps[name].max()), 1e-12), class_name="any",
+                                     probability=None, map_name=title,
+                                     subtitle=f"{s.name} ({s.patient_id}), out of sample; cyan: hemorrhage mask")
+                for ax in fig.axes[:2]:
+                    ax.contour(s.mask, levels=[0.5], colors="cyan", linewidths=0.8)
+                save_figure(fig, out / "examples" / f"{s.name}_{name}.png")
         for name in VARIANTS:
             rows.append({"slice": s.name, "patient_id": s.patient_id, "variant": name,
                          "hit": int(pointing_game(maps[name], s.mask, tolerance_px=args.tolerance)),
