@@ -501,7 +501,11 @@ def _add_routes(app: FastAPI, service: StudyService) -> None:
         study = await run_in_threadpool(done_study, study_id)
         series_folder(study, series)  # range check
         hu = await run_in_threadpool(service.load_slice, study_id, series, int(index))
-        cam = await run_in_threadpool(service.gradcam, hu, label) if label is not None else None
+        cam = None
+        if label is not None:  # the map of what the model saw: the slice, or its slab (thin-slice series)
+            seen = await run_in_threadpool(service.model_slice, study_id, series, int(index),
+                                           result_file(study, series, "prediction.json"))
+            cam = await run_in_threadpool(service.gradcam, seen, label)
         labels = (await run_in_threadpool(service.load_segmentation_slice, study_id, series, int(index))
                   if seg else None)
         png = await run_in_threadpool(slice_png, hu, win, cam, labels)

@@ -30,6 +30,7 @@ know, i.e. uploads never acknowledged or deletions cut short) and interrupted jo
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
@@ -541,6 +542,18 @@ class StudyService:
             raise InputError(f"slice {index} is out of range: the series has {vol.shape[0]} slices (0.."
                              f"{vol.shape[0] - 1})", hint="slices count from 0, most inferior first")
         return np.asarray(vol[index], dtype=np.float32)
+
+    def model_slice(self, study_id: str, series_index: int, index: int, result_json: Path) -> np.ndarray:
+        """The HU the model saw for slice ``index`` (what its evidence map must be computed on): the slice, or for a
+        thin-slice series read as slabs (``slabs`` in its ``result_json``, :mod:`ichd.preprocessing.slabs`) the
+        mean of its slab's source slices."""
+        data = json.loads(Path(result_json).read_text(encoding="utf-8"))
+        if isinstance(data, list):
+            data = data[series_index] if 0 <= series_index < len(data) else {}
+        slab = next((sl["source_slices"] for sl in data.get("slabs") or () if index in sl["source_slices"]), None)
+        if not slab or len(slab) < 2:
+            return self.load_slice(study_id, series_index, index)
+        return np.mean([self.load_slice(study_id, series_index, int(i)) for i in slab], axis=0, dtype=np.float32)
 
     def load_segmentation_slice(self, study_id: str, series_index: int, index: int) -> np.ndarray:
         """One slice of the second reader's label map; :class:`InputError` when the study has none."""

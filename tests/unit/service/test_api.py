@@ -279,3 +279,23 @@ def test_warnings_name_files_relative_to_the_upload(env, h, tmp_path):
     report = client.get(f"/v1/studies/{sid}/report", headers=h.AUTH).text
     for text in (json.dumps(result["warnings"]), report):
         assert str(env["data"]) not in text and "/input/" not in text
+
+
+def test_overlays_of_a_thin_series_are_computed_on_its_slabs(client_for, tmp_path, h):
+    """A 1.25 mm series is read as 5 mm slabs: the viewer's evidence map of a slice is that of its slab (the mean of
+    the slab's slices, what the model saw), the slice image itself is the thin slice."""
+    src = tmp_path / "thin"
+    write_series(src, make_ct_series(8, spacing=1.25, rows=SIZE, columns=SIZE))
+    client = client_for(tmp_path / "data")
+    r = client.post("/v1/studies", content=h.zip_folder(src), headers={**h.AUTH, "Content-Type": "application/zip"})
+    sid = r.json()["study_id"]
+    assert h.wait_job(client, r.json()["job_id"])["status"] == "done"
+    result = client.get(f"/v1/studies/{sid}/result", headers=h.AUTH).json()
+    assert [sl["source_slices"] for sl in result["slabs"]] == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    service = client.service
+    result_json = service.paths(sid).result / "prediction.json"
+    seen = service.model_slice(sid, 0, 5, result_json)
+    np.testing.assert_allclose(seen, np.mean([service.load_slice(sid, 0, i) for i in range(4, 8)], axis=0),
+                               atol=1e-4)
+    assert not np.allclose(seen, service.load_slice(sid, 0, 5))  # the phantom's blob moves along z
+    assert client.get(f"/v1/studies/{sid}/slices/5.png?overlay=any", headers=h.AUTH).status_code == 200
