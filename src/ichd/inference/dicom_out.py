@@ -189,7 +189,8 @@ def build_secondary_captures(pred: Prediction, evidence: Sequence[SliceEvidence]
 
 
 def sr_notes(pred: Prediction) -> list[str]:
-    """The SR's extra comments: not-assessable scan, slices not scored, training data."""
+    """The SR's extra comments: not-assessable scan, slices not scored, thin slices read as slabs, training
+    data."""
     notes = []
     if pred.not_assessable:
         from ichd.inference.guards import not_assessable_text
@@ -200,6 +201,9 @@ def sr_notes(pred: Prediction) -> list[str]:
         idx = ", ".join(str(int(s["index"])) for s in pred.skipped_slices[:40])
         notes.append(f"{len(pred.skipped_slices)} slices without head tissue were not scored (probability 0): "
                      f"{idx}{' ...' if len(pred.skipped_slices) > 40 else ''}")
+    if pred.slabs:
+        notes.append(next((w.message for w in pred.warnings if w.code == "thin_slices_as_slabs"),
+                          f"Thin slices read as {len(pred.slabs)} slabs of about 5 mm."))
     prov = pred.provenance or {}
     if prov.get("in_training_data"):
         notes.append(str(prov.get("note", "This input is part of the model's training data.")))

@@ -189,6 +189,9 @@ def test_thin_series_is_read_as_slabs(predictor, make_series):
     validate_result(data)
     assert data["slabs"][0] == {"index": 0, "source_slices": [0, 1, 2, 3], "z_mm": 1.875}
     assert len(data["slices"]) == 24
+    from ichd.inference.dicom_out import sr_notes
+
+    assert any("6 slabs" in n for n in sr_notes(pred))
 
 
 def test_evidence_of_slabs_is_their_middle_slice(predictor, make_series):
