@@ -127,3 +127,17 @@ def test_default_model_on_the_demo(tmp_path: Path, capsys):
     assert data["thresholds"] == pytest.approx(bundle.thresholds, abs=1e-6)
     html = (out_dir / "report.html").read_text()
     assert bundle.name in html and "Not for clinical use" in html
+
+
+def test_thin_slices_are_read_as_slabs_unless_no_slabs(tmp_path: Path, test_bundle: Path, capsys):
+    write_series(tmp_path / "thin", make_ct_series(8, spacing=1.25, rows=48, columns=48))
+    code, out, err = _predict(capsys, str(tmp_path / "thin"), "--model", str(test_bundle), "--device", "cpu")
+    assert code == 0, err
+    data = json.loads(out)
+    validate_result(data)
+    assert [sl["source_slices"] for sl in data["slabs"]] == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    assert any(w["code"] == "thin_slices_as_slabs" for w in data["warnings"])
+    code, out, err = _predict(capsys, str(tmp_path / "thin"), "--model", str(test_bundle), "--device", "cpu",
+                              "--no-slabs")
+    assert code == 0, err
+    assert "slabs" not in json.loads(out)
