@@ -69,7 +69,9 @@ def register(app: typer.Typer) -> None:
             raise InputError(f"--method must be one of {', '.join(MAP_METHODS)}, got {method!r}")
         wanted = [c for c in (classes or "").split(",") if c.strip()] or None
         all_series = inputs.read(input_path)  # before the model: bad input fails fast
-        predictor = Predictor.load(model, device=device)
+        from ichd.models.bundled import model_for_input
+
+        predictor = Predictor.load(model_for_input(model, windowed=inputs.window is not None), device=device)
         ident = predictor.identity
         indexes = explain_to_folder(all_series, predictor, out, classes=wanted, method=method, save_maps=save_maps,
                                     threshold=threshold, overwrite=overwrite, allow_contrast=allow_contrast,

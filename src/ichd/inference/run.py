@@ -290,7 +290,10 @@ def run_predict(input_path: str | os.PathLike[str], opts: PredictOptions, *, pre
     if predictor is None:
         from ichd.inference.predictor import Predictor
 
-        predictor = Predictor.load(opts.model, device=opts.device, batch_size=opts.batch_size, slabs=opts.slabs)
+        from ichd.models.bundled import model_for_input
+
+        predictor = Predictor.load(model_for_input(opts.model, windowed=opts.window is not None), device=opts.device,
+                                   batch_size=opts.batch_size, slabs=opts.slabs)
     if second_reader is None and opts.second_reader:
         from ichd.inference.second_reader import load_reader
 

@@ -243,6 +243,19 @@ def list_bundled() -> list[BundledModel]:
     return sorted((read_bundle(d) for d in root.iterdir() if (d / MANIFEST_NAME).is_file()), key=lambda b: b.name)
 
 
+#: Alias of the bundle that ``default`` stands for when the input is windowed PNG/JPG slices (``--window``): the
+#: default model's variant trained on brain-window renderings too (configs/frozen_windowed.yaml).
+WINDOWED_ALIAS = "default-windowed"
+
+
+def model_for_input(model: str, *, windowed: bool) -> str:
+    """The model to load for an input: ``"default"`` becomes :data:`WINDOWED_ALIAS` for windowed PNG/JPG slices
+    when a bundle with that alias is installed; anything else (and every other input) is returned unchanged."""
+    if model != DEFAULT_ALIAS or not windowed:
+        return model
+    return WINDOWED_ALIAS if any(WINDOWED_ALIAS in b.aliases for b in list_bundled()) else model
+
+
 def get_bundled(name: str = DEFAULT_ALIAS) -> BundledModel:
     """The shipped bundle called ``name`` or carrying alias ``name`` (e.g. ``"default"``)."""
     bundles = list_bundled()

@@ -78,6 +78,14 @@ def test_lookup_by_name_and_alias(bundle_dir: Path, tmp_path: Path, monkeypatch:
     assert get_bundled("default").name == "m1" and get_bundled("m1").name == "m1"
     with pytest.raises(ModelError, match="did you mean 'm1'"):
         get_bundled("m2")
+    # windowed PNG/JPG input: "default" stands for the windowed variant only when one is installed
+    assert bundled.model_for_input("default", windowed=True) == "default"
+    write_bundle(root / "m1w", name="m1w", version="1", files={"cnn": read_bundle(bundle_dir).files["cnn"]},
+                 thresholds=dict.fromkeys(LABELS, 0.5), model_card="x", aliases=(bundled.WINDOWED_ALIAS,))
+    assert bundled.model_for_input("default", windowed=True) == "default-windowed"
+    assert get_bundled(bundled.model_for_input("default", windowed=True)).name == "m1w"
+    assert bundled.model_for_input("default", windowed=False) == "default"
+    assert bundled.model_for_input("m1", windowed=True) == "m1"  # an explicit model is never replaced
 
 
 def test_no_bundles_gives_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
