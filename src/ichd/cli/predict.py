@@ -23,8 +23,8 @@ def register(app: typer.Typer) -> None:
         demo: bool = typer.Option(False, "--demo", help="Predict the demo study shipped with ichd (no data needed)."),
         model: str = typer.Option("default", "--model", "-m",
                                   help="Bundled model name (`ichd models list`; 'default' is the shipped model, "
-                                       "and for windowed PNG/JPG slices given with --window its variant trained "
-                                       "on brain-window renderings too, 'default-windowed'), a model bundle "
+                                       "and for windowed PNG/JPG slices its variant trained on brain-window "
+                                       "renderings too, 'default-windowed'), a model bundle "
                                        "folder, or a checkpoint .pt file."),
         out: Path | None = typer.Option(None, "--out", "-o",
                                         help="Output folder for prediction.json, report.html, dicom/ and "
