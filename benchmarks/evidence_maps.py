@@ -109,8 +109,8 @@ def main(argv: list[str] | None = None) -> int:
         head = head_mask(s.hu)
         ic = intracranial(s.hu, head)
 
-        def to_image(m: np.ndarray) -> np.ndarray:
-            return map_to_image(np.asarray(m, dtype=np.float32), s.mask.shape) * head
+        def to_image(m: np.ndarray, shape: tuple[int, int] = s.mask.shape, head: np.ndarray = head) -> np.ndarray:
+            return map_to_image(np.asarray(m, dtype=np.float32), shape) * head
 
         g = GradCAM(pr.cnn)(x, "any")[0]
         flip = GradCAM(pr.cnn)(x.flip(-1), "any")[0][:, ::-1]

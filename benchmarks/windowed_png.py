@@ -19,8 +19,6 @@ import platform
 import time
 from pathlib import Path
 
-import numpy as np
-
 VARIANTS: dict[str, tuple[tuple[float, float], int | None]] = {
     "png_40_80_512": ((40, 80), 512),
     "png_40_80_224": ((40, 80), 224),

@@ -67,10 +67,9 @@ def register(app: typer.Typer) -> None:
         """Window, resize and cache CT scans (resumable: re-running skips what is already cached; parallel over a
         process pool or a Dask cluster)."""
         from ichd.errors import InputError
+        from ichd.io.images import parse_window
         from ichd.preprocessing.cache import build_cache
         from ichd.preprocessing.config import PreprocessConfig
-
-        from ichd.io.images import parse_window
 
         cfg = PreprocessConfig(image_size=size, cache_dtype=dtype, normalization=normalization,  # type: ignore[arg-type]
                                resize_mode=resize_mode, crop=crop,  # type: ignore[arg-type]

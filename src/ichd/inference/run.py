@@ -289,7 +289,6 @@ def run_predict(input_path: str | os.PathLike[str], opts: PredictOptions, *, pre
         raise InputError("HTML, DICOM and RSNA submission results are files: give an output folder with --out DIR")
     if predictor is None:
         from ichd.inference.predictor import Predictor
-
         from ichd.models.bundled import model_for_input
 
         predictor = Predictor.load(model_for_input(opts.model, windowed=opts.window is not None), device=opts.device,
