@@ -3,6 +3,12 @@
 Usage::
 
     python benchmarks/ingest.py [SERIES_FOLDER] [--repeats 5] [--workers 2] [--json out.json]
+    python benchmarks/ingest.py --vs-sitk [--repeats 5] [--json out.json]   # ichd vs SimpleITK, both series
+
+``--vs-sitk``: only ``sitk`` and ``ichd``, on the 34-slice JPEG-LS rsna-series ``ID_7518324893`` and the 238-slice
+CQ500 series, reported as the median of the paired ratios (the target of issue 23: ichd at least 1.2x as fast),
+without the memory monitor (``--no-memory``: it reads ``/proc/PID/smaps`` every 10 ms, which slows the watched
+process, the more the more it allocates).
 
 Default folder: the 238-slice JPEG-lossless CQ500 series in ``$ICHD_DATA`` (``../shared/data``). Every measurement
 runs in a fresh child process (so peak memory is per measurement), modes interleaved, after one warm-up pass that
@@ -88,8 +94,9 @@ def _monitor(pid: int) -> None:
             peak = max(peak, _tree_pss_mb(pid))
 
 
-def _child(mode: str, folder: str, workers: int) -> dict[str, Any]:
-    """One measurement (runs in a fresh interpreter)."""
+def _child(mode: str, folder: str, workers: int, memory: bool = True) -> dict[str, Any]:
+    """One measurement (runs in a fresh interpreter); ``memory``: with the PSS monitor (it reads the process's
+    ``/proc/PID/smaps`` every 10 ms, which slows the read it watches: speed comparisons run without it)."""
     import numpy as np
     import pydicom
     import pydicom.pixels
@@ -100,13 +107,25 @@ def _child(mode: str, folder: str, workers: int) -> dict[str, Any]:
     from ichd.utils.progress import set_progress_enabled
 
     set_progress_enabled(False)
+    # imports are not timed: each mode's libraries are loaded before the clock starts (SimpleITK; for ichd the
+    # imagecodecs plugin and pydicom's decoders), as in a service that reads series after series
+    if mode == "sitk":
+        import SimpleITK  # noqa: F401
+    elif mode.startswith("ichd"):
+        import imagecodecs  # noqa: F401
+
+        from ichd.io.codecs import register
+
+        register()
     files = sorted(str(p) for p in Path(folder).rglob("*") if p.is_file())
-    monitor = subprocess.Popen([sys.executable, __file__, "--monitor", str(os.getpid())], stdin=subprocess.PIPE,
-                               stdout=subprocess.PIPE, text=True)  # a process, not a thread: see decode.start_method
-    assert monitor.stdin is not None and monitor.stdout is not None
-    monitor.stdin.write("mark\n")
-    monitor.stdin.flush()
-    monitor.stdout.readline()
+    monitor = None
+    if memory:
+        monitor = subprocess.Popen([sys.executable, __file__, "--monitor", str(os.getpid())], stdin=subprocess.PIPE,
+                                   stdout=subprocess.PIPE, text=True)  # a process, not a thread: see start_method
+        assert monitor.stdin is not None and monitor.stdout is not None
+        monitor.stdin.write("mark\n")
+        monitor.stdin.flush()
+        monitor.stdout.readline()
     base_mb = _rss_mb()
     cpu0 = _cpu_s()
 
@@ -138,12 +157,16 @@ def _child(mode: str, folder: str, workers: int) -> dict[str, Any]:
         raise SystemExit(f"unknown mode {mode}")
     seconds = time.perf_counter() - t0
     cpu = _cpu_s() - cpu0
-    monitor.stdin.write("stop\n")
-    monitor.stdin.flush()
-    pss = json.loads(monitor.stdout.readline())
+    pss = {"base_pss_mb": 0.0, "peak_pss_mb": 0.0}
+    if monitor is not None:
+        assert monitor.stdin is not None and monitor.stdout is not None
+        monitor.stdin.write("stop\n")
+        monitor.stdin.flush()
+        pss = json.loads(monitor.stdout.readline())
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     worker_peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # before reaping the monitor
-    monitor.wait()
+    if monitor is not None:
+        monitor.wait()
     volume_mb = volume.nbytes / 2**20
     return {
         "mode": mode, "slices": int(volume.shape[0]), "seconds": seconds, "slices_per_s": volume.shape[0] / seconds,
@@ -155,8 +178,9 @@ def _child(mode: str, folder: str, workers: int) -> dict[str, Any]:
     }
 
 
-def _measure(mode: str, folder: str, workers: int) -> dict[str, Any]:
-    cmd = [sys.executable, __file__, "--child", mode, folder, "--workers", str(workers)]
+def _measure(mode: str, folder: str, workers: int, memory: bool = True) -> dict[str, Any]:
+    cmd = [sys.executable, __file__, "--child", mode, folder, "--workers", str(workers),
+           *([] if memory else ["--no-memory"])]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -170,6 +194,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--modes", default=",".join(MODES),
                         help=f"comma-separated subset of {', '.join(MODES)} (plain and ichd are always run; sitk "
                              "needs SimpleITK, in the dev extra)")
+    parser.add_argument("--vs-sitk", action="store_true",
+                        help="ichd against SimpleITK only, on the 34-slice rsna-series and the 238-slice CQ500 series")
+    parser.add_argument("--no-memory", action="store_true",
+                        help="measure speed only, without the PSS monitor (which slows the read it watches); "
+                             "implied by --vs-sitk")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--monitor", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -178,27 +207,44 @@ def main(argv: list[str] | None = None) -> int:
         _monitor(args.monitor)
         return 0
     if args.child:
-        print(json.dumps(_child(args.child, args.folder, args.workers)))
+        print(json.dumps(_child(args.child, args.folder, args.workers, memory=not args.no_memory)))
         return 0
 
     from ichd.paths import data_dir
 
-    folder = args.folder or str(data_dir() / "cq500" / "CQ500-CT-0" / "series-6_4cc-sec-150cc-D3D-on")
+    cq500 = str(data_dir() / "cq500" / "CQ500-CT-0" / "series-6_4cc-sec-150cc-D3D-on")
+    if args.vs_sitk:
+        folders = [str(data_dir() / "rsna-series" / "dicom" / "ID_7518324893"), cq500]
+        modes = ["sitk", "ichd"]
+    else:
+        folders = [args.folder or cq500]
+        modes = [m for m in MODES if m in {"plain", "ichd", *args.modes.split(",")}]
+    print(f"date: {time.strftime('%Y-%m-%d %H:%M:%S %Z')}  host: {os.uname().nodename}  cpus: {os.cpu_count()}")
+    results = {}
+    memory = not (args.no_memory or args.vs_sitk)
+    for folder in folders:
+        results[folder] = _compare(folder, modes, args.repeats, args.workers, memory)
+    if args.json:
+        args.json.write_text(json.dumps(results if args.vs_sitk else results[folders[0]], indent=2))
+    return 0
+
+
+def _compare(folder: str, modes: list[str], repeats: int, workers: int, memory: bool) -> dict[str, Any]:
+    """Run ``modes`` on ``folder`` ``repeats`` times, interleaved, print the table; the measurements."""
     for p in Path(folder).rglob("*"):  # warm the page cache so every mode reads from memory
         if p.is_file():
             p.read_bytes()
     load_before = os.getloadavg()
-    modes = [m for m in MODES if m in {"plain", "ichd", *args.modes.split(",")}]
     runs: dict[str, list[dict[str, Any]]] = {m: [] for m in modes}
     t0 = time.perf_counter()
-    for _ in range(args.repeats):
+    for _ in range(repeats):
         for mode in modes:
-            runs[mode].append(_measure(mode, folder, args.workers))
+            runs[mode].append(_measure(mode, folder, workers, memory))
     wall = time.perf_counter() - t0
     load_after = os.getloadavg()
 
     print(f"folder: {folder}")
-    print(f"cpus: {os.cpu_count()}  workers: {args.workers}  repeats: {args.repeats}  total wall: {wall:.1f} s  "
+    print(f"cpus: {os.cpu_count()}  workers: {workers}  repeats: {repeats}  total wall: {wall:.1f} s  "
           f"load average before/after: {load_before[0]:.2f}/{load_after[0]:.2f}")
     print(f"{'mode':<12} {'slices':>6} {'median sl/s':>12} {'best sl/s':>10} {'CPU ms/slice':>13} "
           f"{'tree PSS +MB':>13} {'/volume':>8} {'main RSS +MB':>13} {'worker MB':>10}")
@@ -218,9 +264,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{mode:<12} {rs[0]['slices']:>6} {med:>12.1f} {best:>10.1f} {cpu:>13.1f} {pss_extra:>13.0f} "
               f"{pss_over:>8.2f} {extra:>13.0f} {worker:>10.0f}")
     print(f"volume: {runs['ichd'][0]['volume_mb']:.0f} MB float32")
-    speedup = summary["ichd"]["median_slices_per_s"] / summary["plain"]["median_slices_per_s"]
-    best_speedup = summary["ichd"]["best_slices_per_s"] / summary["plain"]["best_slices_per_s"]
-    print(f"speed-up of ichd over the plain loop: {speedup:.2f}x (medians), {best_speedup:.2f}x (best runs)")
+    out: dict[str, Any] = {"folder": folder, "runs": runs, "summary": summary, "wall_s": wall,
+                           "load_before": load_before, "load_after": load_after}
+    if "plain" in runs:
+        speedup = summary["ichd"]["median_slices_per_s"] / summary["plain"]["median_slices_per_s"]
+        best_speedup = summary["ichd"]["best_slices_per_s"] / summary["plain"]["best_slices_per_s"]
+        print(f"speed-up of ichd over the plain loop: {speedup:.2f}x (medians), {best_speedup:.2f}x (best runs)")
+        out.update(speedup_median=speedup, speedup_best=best_speedup)
     vs_sitk: dict[str, float] = {}
     if "sitk" in runs:
         # paired ratios: each repeat ran every mode back to back, so the ratio of one repeat shares its load
@@ -229,11 +279,8 @@ def main(argv: list[str] | None = None) -> int:
             vs_sitk[mode] = statistics.median(ratios)
             print(f"{mode} vs SimpleITK: {vs_sitk[mode]:.2f}x as fast (median of {len(ratios)} paired repeats; "
                   f"range {min(ratios):.2f}-{max(ratios):.2f})")
-    if args.json:
-        args.json.write_text(json.dumps({"folder": folder, "runs": runs, "summary": summary, "vs_sitk": vs_sitk,
-                                         "speedup_median": speedup, "speedup_best": best_speedup,
-                                         "load_before": load_before, "load_after": load_after}, indent=2))
-    return 0
+    out["vs_sitk"] = vs_sitk
+    return out
 
 
 if __name__ == "__main__":

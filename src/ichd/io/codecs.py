@@ -62,22 +62,32 @@ def _decode_frame(src: bytes, runner: DecodeRunner) -> bytes:
 
     Only single-sample (grayscale) images are handled; anything else raises, so pydicom's own plugins take it.
     """
-    import imagecodecs
-    import numpy as np
 
     if runner.samples_per_pixel != 1:
         raise ValueError(f"{PLUGIN} decodes grayscale images only")
-    if runner.transfer_syntax in JPEG_LS:
-        arr = imagecodecs.jpegls_decode(src)
-    else:
-        arr = imagecodecs.jpeg8_decode(src)
-    arr = np.asarray(arr)
-    if arr.ndim != 2:
-        raise ValueError(f"{PLUGIN}: decoded {arr.ndim}-D data, expected one grayscale frame")
+    arr = decode_codestream(src, runner.transfer_syntax)
     # the container follows the codestream's precision, as with the other plugins; pydicom then applies the
     # pixel representation (a signed view) and, for JPEG-LS, its sign correction
     runner.set_option("bits_allocated", 8 if arr.dtype.itemsize == 1 else 16)
     return arr.astype(arr.dtype.newbyteorder("<"), copy=False).tobytes()
+
+
+def decode_codestream(src: bytes, transfer_syntax: str) -> Any:
+    """One grayscale frame's codestream (JPEG Lossless or JPEG-LS) decoded to a 2-D array of the codestream's
+    precision (uint8 or uint16 samples); raises ValueError for anything else."""
+    import imagecodecs
+    import numpy as np
+
+    if transfer_syntax in JPEG_LS:
+        arr = imagecodecs.jpegls_decode(src)
+    elif transfer_syntax in JPEG_LOSSLESS:
+        arr = imagecodecs.jpeg8_decode(src)
+    else:
+        raise ValueError(f"{PLUGIN} does not decode transfer syntax {transfer_syntax}")
+    arr = np.asarray(arr)
+    if arr.ndim != 2:
+        raise ValueError(f"{PLUGIN}: decoded {arr.ndim}-D data, expected one grayscale frame")
+    return arr
 
 
 @functools.cache

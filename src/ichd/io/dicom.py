@@ -27,6 +27,7 @@ import functools
 import hashlib
 import os
 import re
+import statistics
 import struct
 import warnings as pywarnings
 import zipfile
@@ -521,8 +522,8 @@ def _majority_matrix(frames: list[FrameHeader], strict: bool) -> tuple[list[Fram
 
 def _tilt(frames: Sequence[FrameHeader]) -> tuple[float, str | None]:
     tags = [f.tilt_tag for f in frames if f.tilt_tag is not None]
-    if tags and abs(float(np.median(tags))) >= TILT_MIN_DEG:
-        return float(np.median(tags)), "GantryDetectorTilt"
+    if tags and abs(float(statistics.median(tags))) >= TILT_MIN_DEG:
+        return float(statistics.median(tags)), "GantryDetectorTilt"
     orientations = [f.geometry.orientation for f in frames if f.geometry.orientation is not None]
     if orientations:
         angle = oblique_angle_deg(Counter(orientations).most_common(1)[0][0])

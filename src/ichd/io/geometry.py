@@ -10,6 +10,7 @@ too, by file name (with a warning). Tilted series are reported, never resampled.
 
 from __future__ import annotations
 
+import statistics
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -150,7 +151,7 @@ def order_slices(slices: Sequence[SliceGeometry]) -> Ordering:
 
 def _check_spacing(result: Ordering, names: Sequence[str]) -> None:
     steps = np.diff(result.positions_mm)
-    median = float(np.median(steps))
+    median = float(statistics.median(float(x) for x in steps))  # np.median would import numpy.ma (~10 ms)
     result.spacing_mm = median
     for k, step in enumerate(steps):
         if step > GAP_FACTOR * median:

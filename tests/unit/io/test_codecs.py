@@ -86,16 +86,59 @@ def test_gil_free_series_decode_in_threads_and_agree_with_serial(tmp_path: Path,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     from ichd.io import decode
 
-    n = decode.MIN_SLICES_FOR_POOL + 4
+    n = decode.MIN_SLICES_FOR_THREADS + 4
     write_series(tmp_path, make_ct_series(n, transfer_syntax=JPEGLSLossless), shuffle_seed=2)
     (serial,) = read_ct(tmp_path, workers=1)
 
     def no_processes(self: decode.FrameDecoder) -> None:
         raise AssertionError("a GIL-free series must not start worker processes")
 
+    pools: list[int] = []
+
+    class CountingThreads(decode.ThreadPoolExecutor):
+        def __init__(self, workers: int, **kwargs: object) -> None:
+            pools.append(workers)
+            super().__init__(workers, **kwargs)  # type: ignore[arg-type]
+
     monkeypatch.setattr(decode.FrameDecoder, "_process_pool", no_processes)
+    monkeypatch.setattr(decode, "ThreadPoolExecutor", CountingThreads)
     (threaded,) = read_ct(tmp_path, workers=2)
+    assert pools == [2]
     np.testing.assert_array_equal(threaded.hu, serial.hu)
     np.testing.assert_array_equal(serial.hu, _expected(n))
+    # a smaller series is decoded in the calling process: no thread pool to start
+    small = tmp_path / "small"
+    write_series(small, make_ct_series(decode.MIN_SLICES_FOR_THREADS - 1, transfer_syntax=JPEGLSLossless))
+    (in_process,) = read_ct(small, workers=2)
+    assert pools == [2] and in_process.hu.shape[0] == decode.MIN_SLICES_FOR_THREADS - 1
     assert decode.releases_gil([decode.DecodeJob("x", None, None, JPEGLSLossless, None, (1, 1))])  # type: ignore[arg-type]
     assert not decode.releases_gil([decode.DecodeJob("x", None, None, RLELossless, None, (1, 1))])  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("ts", [JPEGLosslessSV1, JPEGLSLossless], ids=["jpeg-lossless", "jpeg-ls"])
+@pytest.mark.parametrize("pixel_representation", [0, 1], ids=["unsigned", "signed"])
+@pytest.mark.parametrize("bits_stored", [12, 16])
+def test_direct_decode_equals_pydicoms_pipeline(tmp_path: Path, ts: str, pixel_representation: int,
+                                                bits_stored: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Unsigned single-frame images, and signed ones with 16 bits stored, skip pydicom's pixel pipeline
+    (decode.decode_direct) with the same result; other signed ones go through pydicom (its sign handling)."""
+    from ichd.io import decode
+
+    intercept = -1024.0 if pixel_representation == 0 else 0.0
+    write_series(tmp_path, make_ct_series(4, transfer_syntax=ts, pixel_representation=pixel_representation,
+                                          intercept=intercept, bits_stored=bits_stored))
+    direct_calls: list[bool] = []
+    real = decode.decode_direct
+
+    def spy(job: decode.DecodeJob) -> np.ndarray | None:
+        got = real(job)
+        direct_calls.append(got is not None)
+        return got
+
+    monkeypatch.setattr(decode, "decode_direct", spy)
+    (fast,) = read_ct(tmp_path, workers=1)
+    assert direct_calls == [pixel_representation == 0 or bits_stored == 16] * 4
+    monkeypatch.setattr(decode, "decode_direct", lambda job: None)
+    (through_pydicom,) = read_ct(tmp_path, workers=1)
+    np.testing.assert_array_equal(fast.hu, through_pydicom.hu)
+    np.testing.assert_array_equal(fast.hu, _expected(4))
