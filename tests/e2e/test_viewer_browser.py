@@ -37,6 +37,7 @@ SERIES = "ID_7518324893"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 START_TIMEOUT_S = 120.0
+DICOM_IDLE_S = 600  # longer than the module runs: a series sent over DICOM stays in the "receiving" state
 JOB_TIMEOUT_MS = 150_000
 #: The probability curve's SVG geometry (viewer.js: CURVE): width, left and right margins.
 CURVE_W, CURVE_L, CURVE_R = 640, 36, 10
@@ -77,6 +78,7 @@ def _get_json(url: str, token: str | None = None) -> Any:
 class Server:
     url: str
     log: Path
+    dicom_port: int = 0
 
     def api(self, path: str) -> Any:
         return _get_json(self.url + path, TOKEN)
@@ -98,12 +100,14 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     root = tmp_path_factory.mktemp("viewer-e2e")
     token_file = root / "token"
     token_file.write_text(TOKEN + "\n")
-    port = _free_port()
+    port, dicom_port = _free_port(), _free_port()
     log = root / "serve.log"
     env = {k: v for k, v in os.environ.items() if k != "ICHD_TOKEN"}
     env["NO_ALBUMENTATIONS_UPDATE"] = "1"
     cmd = [sys.executable, "-m", "ichd", "serve", "--host", "127.0.0.1", "--port", str(port), "--data-dir",
-           str(root / "data"), "--token-file", str(token_file), "--device", "cpu"]
+           str(root / "data"), "--token-file", str(token_file), "--device", "cpu",
+           # a DICOM node whose series stay "receiving" for the whole module (test_worklist_shows_...)
+           "--dicom-port", str(dicom_port), "--dicom-idle-timeout", str(DICOM_IDLE_S)]
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"
@@ -120,7 +124,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
             if time.monotonic() > deadline:
                 pytest.fail(f"ichd serve did not answer /health in {START_TIMEOUT_S:.0f} s:\n{log.read_text()[-3000:]}")
             time.sleep(0.25)
-        yield Server(url=url, log=log)
+        yield Server(url=url, log=log, dicom_port=dicom_port)
     finally:
         _stop(proc)
         _keep(log)
@@ -299,3 +303,41 @@ def _open_with_token_in_the_link(browser: Any, expect: Any, server: Server, stud
     assert page.evaluate("sessionStorage.getItem('ichd.viewer.token')") == TOKEN
     expect(page.locator("#slice-img")).to_have_attribute("src", re.compile(r"^blob:"))
     context.close()
+
+
+def test_worklist_shows_a_series_being_received_over_dicom(chromium: str, server: Server, series_files: list[Path],
+                                                           tmp_path: Path) -> None:
+    """Three instances of a real series sent to the DICOM node (pynetdicom's SCU; the SOP Class UID copied from
+    the file meta into the data set, as a PACS holds it): the API and the viewer's list show the series as
+    "receiving 3 instances", with the sender, before the idle timeout makes it a study."""
+    import pydicom
+    from playwright.sync_api import expect, sync_playwright
+    from pynetdicom import AE
+
+    sent = []
+    for f in series_files[:3]:
+        ds = pydicom.dcmread(f)
+        ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID
+        sent.append(ds)
+    ae = AE(ae_title="CTSCANNER")
+    ae.add_requested_context(str(sent[0].SOPClassUID), str(sent[0].file_meta.TransferSyntaxUID))
+    assoc = ae.associate("127.0.0.1", server.dicom_port, ae_title="ICHD")
+    assert assoc.is_established
+    try:
+        assert [int(assoc.send_c_store(ds).Status) for ds in sent] == [0, 0, 0]
+    finally:
+        assoc.release()
+    (receiving,) = server.api("/v1/studies")["receiving"]
+    assert receiving["n_instances"] == 3 and receiving["calling_ae"] == "CTSCANNER"
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_context(viewport={"width": 1360, "height": 700}).new_page()
+            page.goto(f"{server.url}/viewer/#token={TOKEN}")
+            row = page.locator('tr[data-status="receiving"]')
+            expect(row).to_have_count(1)
+            expect(row).to_contain_text("receiving 3 instances")
+            expect(row).to_contain_text("from CTSCANNER")
+            page.screenshot(path=str(_artifacts(tmp_path) / "viewer-receiving.png"))
+        finally:
+            browser.close()

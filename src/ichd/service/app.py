@@ -8,7 +8,8 @@
 ``POST /v1/studies``                                        upload a study: a zip body, or multipart files (DICOM,
                                                             NIfTI, or one zip) -> 202 ``{study_id, job_id}``
 ``GET /v1/jobs/{job_id}``                                   queued / running / done / failed (+ the one-line reason)
-``GET /v1/studies``                                         studies, newest first, with status and scan findings
+``GET /v1/studies``                                         studies, newest first, with status and scan findings,
+                                                            and the series still being received over DICOM
 ``GET /v1/studies/{study_id}``                              one study
 ``DELETE /v1/studies/{study_id}``                           the study, its jobs and every file of it
 ``GET /v1/studies/{study_id}/result``                       ``prediction.json`` (exactly what ``ichd predict`` writes)
@@ -138,8 +139,24 @@ class StudyOut(BaseModel):
     links: dict[str, str]
 
 
+class ReceivingOut(BaseModel):
+    status: Literal["receiving"] = "receiving"
+    source: str = Field(description="how it arrives: dicom")
+    study_instance_uid: str
+    series_instance_uid: str
+    n_instances: int = Field(description="instances received so far")
+    received_at: str = Field(description="when the first instance arrived")
+    last_instance_at: str = Field(description="when the latest instance arrived")
+    calling_ae: str = Field(description="the sender's AE title")
+    series_description: str
+    complete_in_s: float = Field(description="seconds until the series is complete (the idle timeout) if no more "
+                                             "instances arrive; it then becomes a study with a queued job")
+
+
 class StudyList(BaseModel):
     studies: list[StudyOut]
+    receiving: list[ReceivingOut] = Field(
+        default_factory=list, description="series arriving over DICOM that are not studies yet (first page only)")
 
 
 class SubmitOut(BaseModel):
@@ -204,6 +221,14 @@ def study_out(study: Study) -> StudyOut:
                     created_at=_iso(study.created_at) or "", source=study.source, n_files=study.n_files,
                     n_bytes=study.n_bytes, error=study.job.error,
                     series=[SeriesFindings(**s) for s in study.summary], links=links)
+
+
+def receiving_out(item: dict[str, Any]) -> ReceivingOut:
+    return ReceivingOut(source=str(item["source"]), study_instance_uid=str(item["study_instance_uid"]),
+                        series_instance_uid=str(item["series_instance_uid"]), n_instances=int(item["n_instances"]),
+                        received_at=_iso(item["received_at"]) or "", last_instance_at=_iso(item["last_instance_at"]) or "",
+                        calling_ae=str(item["calling_ae"]), series_description=str(item["series_description"]),
+                        complete_in_s=round(float(item["complete_in_s"]), 1))
 
 
 # ----------------------------------------------------------------------------------------------- middleware
@@ -446,7 +471,8 @@ def _add_routes(app: FastAPI, service: StudyService) -> None:
                 summary="Studies, newest first, with status and scan-level findings")
     async def list_studies(limit: int = Query(100, ge=1, le=1000), offset: int = Query(0, ge=0)) -> StudyList:
         studies = await run_in_threadpool(service.require_store().list_studies, limit=limit, offset=offset)
-        return StudyList(studies=[study_out(s) for s in studies])
+        receiving = service.receiving() if offset == 0 else []
+        return StudyList(studies=[study_out(s) for s in studies], receiving=[receiving_out(r) for r in receiving])
 
     @app.get("/v1/studies/{study_id}", dependencies=secured, response_model=StudyOut, tags=["studies"], summary="One study")
     async def get_study(study_id: str) -> StudyOut:

@@ -72,6 +72,7 @@ STATUS_CANNOT_UNDERSTAND = 0xC000
 
 STUDY_INSTANCE_UID_TAG = 0x0020000D
 SERIES_INSTANCE_UID_TAG = 0x0020000E
+SERIES_DESCRIPTION_TAG = 0x0008103E
 #: Polling period of the forward thread (seconds).
 FORWARD_POLL_S = 0.5
 
@@ -269,7 +270,9 @@ class DicomNode:
             self._count(event, 1)
             return STATUS_DATASET_MISMATCH
         try:
-            self.staging.store(study_uid, series_uid, sop_uid, event.encoded_dataset())
+            self.staging.store(study_uid, series_uid, sop_uid, event.encoded_dataset(),
+                               calling_ae=str(event.assoc.requestor.ae_title).strip(),
+                               description=_raw_text(event.dataset, SERIES_DESCRIPTION_TAG))
         except StagingFull as e:
             log.warning("C-STORE from %s: instance %s of series %s refused: %s (at most %d per study)", peer,
                         sop_uid, series_uid, e, self.staging.max_instances)
@@ -431,4 +434,5 @@ def attach_dicom_node(service: StudyService, config: DicomNodeConfig) -> DicomNo
         service.close()
         raise
     service.add_close_hook(node.stop)
+    service.add_receiving_source(node.staging.receiving)
     return node

@@ -49,13 +49,20 @@ class StagingFull(Exception):
 
 @dataclass
 class StagedSeries:
-    """One series being received: its folder and activity."""
+    """One series being received: its folder and activity (``received_at`` / ``last_received_at``: wall clock,
+    for the service's "receiving" state; the UIDs, sender and description as received, when known)."""
 
     folder: Path
     last_activity: float
     in_flight: int = 0
     handing_over: bool = False
     instances: set[str] = field(default_factory=set)
+    received_at: float = field(default_factory=time.time)
+    last_received_at: float = field(default_factory=time.time)
+    study_uid: str = ""
+    series_uid: str = ""
+    calling_ae: str = ""
+    description: str = ""
 
     @property
     def key(self) -> tuple[str, str]:
@@ -87,12 +94,18 @@ class SeriesStaging:
 
     # ------------------------------------------------------------------------------------------------ receive
 
-    def store(self, study_uid: str, series_uid: str, sop_uid: str, data: bytes) -> Path:
-        """Write one instance (Part 10 bytes) durably into its series folder; returns the file.
+    def store(self, study_uid: str, series_uid: str, sop_uid: str, data: bytes, *, calling_ae: str = "",
+              description: str = "") -> Path:
+        """Write one instance (Part 10 bytes) durably into its series folder; returns the file. ``calling_ae``
+        and ``description`` (the sender's AE title, the Series Description) are kept for :meth:`receiving`.
 
         Raises :class:`StagingFull` when the series is full, :class:`OSError` when the file cannot be written.
         """
         series = self._begin((safe_name(study_uid), safe_name(series_uid)), safe_name(sop_uid))
+        with self._cond:
+            series.study_uid, series.series_uid = study_uid, series_uid
+            series.calling_ae = calling_ae or series.calling_ae
+            series.description = description or series.description
         try:
             target = series.folder / f"{safe_name(sop_uid)}{SUFFIX}"
             tmp = series.folder / f"{TMP_PREFIX}{os.getpid()}-{threading.get_ident()}-{target.name}"
@@ -127,6 +140,7 @@ class SeriesStaging:
             series.instances.add(instance)
             series.in_flight += 1
             series.last_activity = self._clock()
+            series.last_received_at = time.time()
             return series
 
     def _end(self, series: StagedSeries) -> None:
@@ -194,6 +208,24 @@ class SeriesStaging:
                         found += 1
                 _remove_if_empty(study)
         return found
+
+    def receiving(self) -> list[dict[str, object]]:
+        """The series being received, oldest first: UIDs (the folder names for series an earlier run left),
+        ``n_instances``, ``received_at`` / ``last_instance_at`` (epoch seconds), ``calling_ae``,
+        ``series_description``, and ``complete_in_s``: seconds until the idle timeout completes the series if
+        nothing more arrives (0 while it is being handed over)."""
+        now = self._clock()
+        with self._cond:
+            out = []
+            for s in sorted(self._series.values(), key=lambda s: s.received_at):
+                idle = 0.0 if s.in_flight else now - s.last_activity
+                out.append({"study_instance_uid": s.study_uid or s.key[0],
+                            "series_instance_uid": s.series_uid or s.key[1],
+                            "n_instances": len(s.instances), "received_at": s.received_at,
+                            "last_instance_at": s.last_received_at, "calling_ae": s.calling_ae,
+                            "series_description": s.description,
+                            "complete_in_s": 0.0 if s.handing_over else max(0.0, self.idle_timeout_s - idle)})
+            return out
 
     def pending(self) -> int:
         """Series received but not handed over yet."""

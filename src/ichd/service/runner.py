@@ -153,6 +153,7 @@ class StudyService:
         self._viewer: Any = None
         self._viewer_lock = threading.Lock()
         self._close_hooks: list[Callable[[], None]] = []
+        self._receiving_sources: list[Callable[[], list[dict[str, Any]]]] = []
         #: job id -> what a running job is doing now (``{"stage", "series_instance_uid", "done", "total"}``), for
         #: ``GET /v1/jobs/{id}`` while the second reader runs; in memory only (a finished job has none)
         self._progress: dict[str, dict[str, Any]] = {}
@@ -243,6 +244,19 @@ class StudyService:
         """Run ``hook`` once, first thing in the next :meth:`close` (while the data folder is still held): e.g. to
         stop a DICOM listener that submits studies (:mod:`ichd.service.dicom_node`)."""
         self._close_hooks.append(hook)
+
+    def add_receiving_source(self, source: Callable[[], list[dict[str, Any]]]) -> None:
+        """Register what reports series being received and not yet studies (a DICOM node's
+        :meth:`~ichd.service.dicom_staging.SeriesStaging.receiving`), for :meth:`receiving`."""
+        self._receiving_sources.append(source)
+
+    def receiving(self) -> list[dict[str, Any]]:
+        """Series arriving over DICOM that are not studies yet (``source: "dicom"``), oldest first; empty without
+        a DICOM node in this process."""
+        out: list[dict[str, Any]] = []
+        for source in list(self._receiving_sources):
+            out.extend({**item, "source": "dicom"} for item in source())
+        return out
 
     def close(self) -> None:
         """Stop the workers (waiting up to ``shutdown_grace_s`` for running jobs, which are otherwise handed back

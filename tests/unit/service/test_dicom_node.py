@@ -291,6 +291,41 @@ def test_the_http_api_lists_studies_received_over_dicom(tmp_path: Path, service_
     assert not node.running and service.store is None
 
 
+def test_a_series_being_received_shows_as_receiving_until_the_idle_timeout(tmp_path: Path, service_bundle: Path,
+                                                                          h: Any) -> None:
+    """GET /v1/studies lists a series arriving over DICOM as "receiving n instances" (with the sender and the
+    series description) until the idle timeout makes it a study."""
+    from fastapi.testclient import TestClient
+
+    from ichd.service.app import create_app
+
+    service = StudyService(h.make_config(tmp_path / "data", service_bundle))
+    node = attach_dicom_node(service, DicomNodeConfig(aet=AET, port=0, idle_timeout_s=5.0))
+    datasets = make_ct_series(4, transfer_syntax=JPEGLSLossless)
+    for ds in datasets:
+        ds.SeriesDescription = "Head 5mm axial"
+    series = write_series(tmp_path / "s", datasets)
+    with TestClient(create_app(service)) as client:
+        assert client.get("/v1/studies", headers=h.AUTH).json() == {"studies": [], "receiving": []}
+        assert send(node.port, series[:3], calling="CTSCANNER") == [0] * 3
+        listed = client.get("/v1/studies", headers=h.AUTH).json()
+        assert listed["studies"] == []
+        (receiving,) = listed["receiving"]
+        assert receiving["status"] == "receiving" and receiving["source"] == "dicom"
+        assert receiving["n_instances"] == 3 and receiving["calling_ae"] == "CTSCANNER"
+        assert receiving["series_description"] == "Head 5mm axial"
+        assert receiving["series_instance_uid"] == str(datasets[0].SeriesInstanceUID)
+        assert receiving["study_instance_uid"] == str(datasets[0].StudyInstanceUID)
+        assert 0 < receiving["complete_in_s"] <= 5.0
+        assert send(node.port, series[3:], calling="CTSCANNER") == [0]
+        assert client.get("/v1/studies", headers=h.AUTH).json()["receiving"][0]["n_instances"] == 4
+        assert client.get("/v1/studies?offset=1", headers=h.AUTH).json()["receiving"] == []  # first page only
+        (study,) = wait_studies(service, 1)
+        listed = client.get("/v1/studies", headers=h.AUTH).json()
+        assert listed["receiving"] == [] and [s["study_id"] for s in listed["studies"]] == [study.id]
+        assert study.n_files == 4
+
+
 def test_a_port_in_use_is_an_input_error_and_releases_the_data_folder(tmp_path: Path, service_bundle: Path,
                                                                       h: Any) -> None:
     with socket.socket() as busy:

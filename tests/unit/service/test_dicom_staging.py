@@ -120,6 +120,27 @@ def test_a_series_is_due_after_the_idle_timeout_and_handed_over_once(tmp_path: P
     assert [s.key for s in staging.take_due()] == [("1.2.3", "1.2.3.5")]
 
 
+def test_receiving_reports_each_series_until_it_is_handed_over(tmp_path: Path) -> None:
+    clock = FakeClock()
+    staging = SeriesStaging(tmp_path / "in", idle_timeout_s=5.0, max_instances=10, clock=clock)
+    assert staging.receiving() == []
+    staging.store("1.2.3", "1.2.3.4", "1.2.3.4.1", b"one", calling_ae="CT1", description="Head 5mm")
+    clock.now += 1.0
+    staging.store("1.2.3", "1.2.3.4", "1.2.3.4.2", b"two", calling_ae="CT1")
+    staging.store("1.2.3", "1.2.3.4", "1.2.3.4.2", b"two again")  # the same instance: still 2
+    clock.now += 2.0
+    (item,) = staging.receiving()
+    assert item["study_instance_uid"] == "1.2.3" and item["series_instance_uid"] == "1.2.3.4"
+    assert item["n_instances"] == 2 and item["calling_ae"] == "CT1" and item["series_description"] == "Head 5mm"
+    assert item["complete_in_s"] == pytest.approx(3.0)  # 5 s idle timeout, the last instance 2 s ago
+    assert item["received_at"] <= item["last_instance_at"]
+    clock.now += 3.0
+    (due,) = staging.take_due()
+    assert staging.receiving()[0]["complete_in_s"] == 0.0  # being handed over
+    staging.finish(due, handed_over=True)
+    assert staging.receiving() == []
+
+
 def test_resent_instances_replace_and_full_series_refuse(tmp_path: Path) -> None:
     staging = SeriesStaging(tmp_path, idle_timeout_s=1.0, max_instances=2)
     staging.store("1.2", "1.2.3", "1.2.3.1", b"old")

@@ -214,6 +214,18 @@
       el("td", {}, `${study.n_files} (${(study.n_bytes / 1048576).toFixed(1)} MB)`), actions);
   }
 
+  // a series still arriving over DICOM: not a study yet (no id), shown until the idle timeout completes it
+  function receivingRow(r) {
+    const what = `receiving ${r.n_instances} instance${r.n_instances === 1 ? "" : "s"}`;
+    const from = [r.series_description, r.calling_ae ? `from ${r.calling_ae}` : "", "DICOM"].filter(Boolean);
+    return el("tr", {"data-receiving": r.series_instance_uid, "data-status": "receiving"},
+      el("td", {}, when(r.received_at)),
+      el("td", {}, el("span", {class: "badge receiving"}, what)),
+      el("td", {class: "muted"}, `${from.join(" · ")}; complete after ${Math.ceil(r.complete_in_s)} s without a ` +
+                                 "new instance"),
+      el("td", {}, String(r.n_instances)), el("td", {class: "actions"}, el("span", {class: "muted"}, "receiving…")));
+  }
+
   async function refreshList() {
     clearTimeout(state.listTimer);
     if (state.route !== "list") return;
@@ -226,10 +238,12 @@
     }
     if (state.route !== "list") return;
     const body = $("studies").querySelector("tbody");
-    body.replaceChildren(...data.studies.map(studyRow));
-    show("studies-empty", data.studies.length === 0);
-    show("studies", data.studies.length > 0);
-    const busy = data.studies.some((s) => s.status === "queued" || s.status === "running");
+    const receiving = data.receiving || [];
+    body.replaceChildren(...receiving.map(receivingRow), ...data.studies.map(studyRow));
+    const any = data.studies.length + receiving.length > 0;
+    show("studies-empty", !any);
+    show("studies", any);
+    const busy = receiving.length > 0 || data.studies.some((s) => s.status === "queued" || s.status === "running");
     clearTimeout(state.listTimer);
     if (busy) state.listTimer = setTimeout(refreshList, LIST_POLL_MS);
   }
