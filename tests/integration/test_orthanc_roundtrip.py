@@ -189,6 +189,7 @@ def scenario(request: pytest.FixtureRequest, data_root: Path, calling_bundle: Pa
     listener = subprocess.Popen(
         [sys.executable, "-m", "ichd", "listen", "--aet", "ICHD", "--port", str(ichd_port), "--host", "127.0.0.1",
          "--data-dir", str(out.data), "--idle-timeout", str(IDLE_S), "--forward", f"ORTHANC@127.0.0.1:{dicom_port}",
+         "--allow-aet", "ORTHANC",  # docs/pacs.md's setting: only Orthanc may send
          "--model", str(calling_bundle), "--device", "cpu", "--threads", "1"],
         stdout=listener_log, stderr=subprocess.STDOUT, env={**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"})
     try:

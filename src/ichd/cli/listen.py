@@ -26,7 +26,7 @@ def register(app: typer.Typer) -> None:
         port: int = typer.Option(DEFAULT_PORT, "--port", min=1, max=65535, help="TCP port for DICOM."),
         host: str = typer.Option("127.0.0.1", "--host",
                                  help="Address to listen on (0.0.0.0: every interface; DICOM has no "
-                                      "authentication, so restrict access with a firewall)."),
+                                      "authentication: restrict the callers with --allow-aet and a firewall)."),
         data_dir: Path = typer.Option(Path("ichd-data"), "--data-dir",
                                       help="Service data folder (job store, studies, results, log); the same "
                                            "layout as `ichd serve`, but one process at a time."),
@@ -36,6 +36,10 @@ def register(app: typer.Typer) -> None:
         forward: str | None = typer.Option(None, "--forward", metavar=FORWARD_SYNTAX,
                                            help="Send each result's DICOM SR and Secondary Captures to this node "
                                                 "(C-STORE) once its job is done."),
+        allow_aet: list[str] = typer.Option([], "--allow-aet", metavar="AET",
+                                            help="Accept associations only from this calling AE title (repeat "
+                                                 "for several); others are rejected, with the reason logged. "
+                                                 "Default: any caller."),
         model: str = typer.Option("default", "--model", "-m",
                                   help="Bundled model name, model bundle folder or checkpoint (as for predict)."),
         workers: int = typer.Option(1, "--workers", min=1,
@@ -50,7 +54,8 @@ def register(app: typer.Typer) -> None:
         DICOM results (research use only). Stop with Ctrl-C or SIGTERM."""
         from ichd.service.config import ServiceConfig
 
-        dicom = dicom_config(aet=aet, host=host, port=port, idle_timeout=idle_timeout, forward=forward)
+        dicom = dicom_config(aet=aet, host=host, port=port, idle_timeout=idle_timeout, forward=forward,
+                             allow=allow_aet)
         config = ServiceConfig(data_dir=data_dir, model=model, workers=workers, device=device, max_files=max_files)
         if threads is not None:
             import torch
@@ -60,14 +65,16 @@ def register(app: typer.Typer) -> None:
 
 
 def dicom_config(*, aet: str, host: str, port: int, idle_timeout: float, forward: str | None,
-                 prefix: str = "") -> Any:
+                 allow: list[str] | None = None, prefix: str = "") -> Any:
     """The :class:`~ichd.service.dicom_config.DicomNodeConfig` of the command line (InputError for bad values,
-    naming the options ``--{prefix}aet`` and ``--{prefix}forward``)."""
+    naming the options ``--{prefix}aet``, ``--{prefix}forward`` and ``--{prefix}allow-aet``)."""
     from ichd.service.dicom_config import DicomNodeConfig, parse_aet, parse_forward
 
     aet = parse_aet(aet, option=f"--{prefix}aet")
     target = parse_forward(forward, option=f"--{prefix}forward") if forward is not None else None
-    return DicomNodeConfig(aet=aet, host=host, port=port, idle_timeout_s=idle_timeout, forward=target)
+    allowed = tuple(parse_aet(a, option=f"--{prefix}allow-aet") for a in allow or ())
+    return DicomNodeConfig(aet=aet, host=host, port=port, idle_timeout_s=idle_timeout, forward=target,
+                           allowed_aets=allowed)
 
 
 def run_listener(config: Any, dicom: Any) -> None:

@@ -55,6 +55,9 @@ def register(app: typer.Typer) -> None:
         dicom_forward: str | None = typer.Option(None, "--dicom-forward", metavar=FORWARD_SYNTAX,
                                                  help="Send the DICOM SR and Secondary Captures of each study "
                                                       "received over DICOM to this node once its job is done."),
+        dicom_allow_aet: list[str] = typer.Option([], "--dicom-allow-aet", metavar="AET",
+                                                  help="Accept DICOM associations only from this calling AE title "
+                                                       "(repeat for several; default: any caller)."),
         second_reader: str | None = typer.Option(
             None, "--second-reader",
             help="Segment every study with a second reader too: 'blast-ct' (the blast-ct extra). Its lesion volumes "
@@ -77,7 +80,7 @@ def register(app: typer.Typer) -> None:
             from ichd.cli.listen import dicom_config
 
             dicom = dicom_config(aet=dicom_aet, host=host, port=dicom_port, idle_timeout=dicom_idle_timeout,
-                                 forward=dicom_forward, prefix="dicom-")
+                                 forward=dicom_forward, allow=dicom_allow_aet, prefix="dicom-")
         config = ServiceConfig(data_dir=data_dir, model=model, workers=workers, token=token, device=device,
                                max_upload_bytes=max_upload_mb * MiB, max_files=max_files,
                                max_unpacked_bytes=max_unpacked_mb * MiB, max_zip_ratio=max_zip_ratio,

@@ -52,6 +52,8 @@ class DicomNodeConfig:
         network_timeout_s: an idle connection is closed after this long.
         connect_timeout_s: TCP connection timeout when forwarding.
         max_pdu: largest PDU this node receives (bytes; 0 = unlimited).
+        allowed_aets: calling AE titles allowed to associate (``--allow-aet``); others are rejected at
+            association ("calling AE title not recognised") with a logged reason. Empty: any caller.
     """
 
     aet: str = DEFAULT_AET
@@ -66,9 +68,11 @@ class DicomNodeConfig:
     network_timeout_s: float = 120.0
     connect_timeout_s: float = 10.0
     max_pdu: int = 262_144
+    allowed_aets: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         self.aet = parse_aet(self.aet)
+        self.allowed_aets = tuple(dict.fromkeys(parse_aet(a, option="--allow-aet") for a in self.allowed_aets))
         if not 0 <= self.port <= 65535:
             raise InputError(f"--port {self.port} is not a TCP port", hint="use 1..65535 (11112 is usual)")
         if not self.idle_timeout_s > 0:

@@ -195,6 +195,8 @@ class DicomNode:
 
         ae = AE(ae_title=self.config.aet)
         ae.require_called_aet = True
+        if self.config.allowed_aets:
+            ae.require_calling_aet = list(self.config.allowed_aets)
         ae.acse_timeout = self.config.acse_timeout_s
         ae.dimse_timeout = self.config.dimse_timeout_s
         ae.network_timeout = self.config.network_timeout_s
@@ -246,6 +248,11 @@ class DicomNode:
         log.info("association from %s %s: %d instance(s) stored, %d refused", _peer(event), how, stored, refused)
 
     def _on_rejected(self, event: Any) -> None:
+        calling = str(event.assoc.requestor.ae_title).strip()
+        if self.config.allowed_aets and calling not in self.config.allowed_aets:
+            log.warning("association from %s rejected: calling AE title %r is not allowed (--allow-aet: %s)",
+                        _peer(event), calling, ", ".join(self.config.allowed_aets))
+            return
         log.warning("association from %s rejected (it must call AE title %r and propose CT storage or "
                     "verification)", _peer(event), self.config.aet)
 

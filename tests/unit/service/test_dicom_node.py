@@ -152,6 +152,22 @@ def test_echo_and_the_called_ae_title(tmp_path: Path, node_for) -> None:
     assert echo(node.port, called="SOMEONE") is None  # associations must call this node's AE title
 
 
+def test_only_allowed_calling_ae_titles_may_associate(tmp_path: Path, node_for, caplog) -> None:
+    """--allow-aet: an unknown calling AE title is rejected at association, with the reason in the log; nothing
+    of it is stored. An allowed one stores as usual."""
+    service, node = node_for(tmp_path / "data", allowed_aets=("CTSCANNER", "PACS"), idle_timeout_s=30.0)
+    series = write_series(tmp_path / "s", make_ct_series(2, transfer_syntax=JPEGLSLossless))
+    with caplog.at_level(logging.INFO, logger="ichd"):
+        assert send(node.port, series, calling="INTRUDER") == [-1, -1]
+        assert node.staging.receiving() == [] and not list((tmp_path / "data" / "dicom" / "incoming").rglob("*.dcm"))
+        assert send(node.port, series, calling="CTSCANNER") == [0, 0]
+    assert node.staging.receiving()[0]["calling_ae"] == "CTSCANNER"
+    rejected = [r.getMessage() for r in caplog.records if "rejected" in r.getMessage()]
+    assert len(rejected) == 1 and "'INTRUDER'" in rejected[0] and "is not allowed" in rejected[0]
+    assert "CTSCANNER, PACS" in rejected[0]
+    assert service.receiving()[0]["source"] == "dicom"
+
+
 @pytest.mark.parametrize("syntax", [JPEGLSLossless, RLELossless, JPEG_LOSSLESS_SV1, DeflatedExplicitVRLittleEndian])
 def test_received_series_is_kept_as_sent_and_predicted_like_ichd_predict(syntax: str, tmp_path: Path, node_for,
                                                                          service_bundle: Path) -> None:
@@ -369,6 +385,8 @@ def test_no_patient_identifiers_in_any_log_record(tmp_path: Path, node_for, capl
     (["--aet", "A\\B"], "may not have"),
     (["--forward", "PACS@host"], "--forward 'PACS@host' has no port"),
     (["--forward", "nonsense"], "is not AET@HOST:PORT"),
+    (["--allow-aet", "CT1", "--allow-aet", "NAME\\WITH"], "--allow-aet 'NAME\\\\WITH' holds characters"),
+    (["--allow-aet", " "], "--allow-aet ' ' is empty"),
 ])
 def test_listen_rejects_bad_arguments_in_one_line(args: list[str], words: str, tmp_path: Path, capsys) -> None:
     assert run(["listen", "--data-dir", str(tmp_path / "d"), *args]) == 2
@@ -381,6 +399,10 @@ def test_serve_names_its_own_dicom_options(tmp_path: Path, capsys) -> None:
     assert run(["serve", "--data-dir", str(tmp_path / "d"), "--dicom-port", "11112", "--dicom-forward", "x"]) == 2
     err = capsys.readouterr().err
     assert "--dicom-forward 'x'" in err and len(err.strip().splitlines()) == 1
+    assert run(["serve", "--data-dir", str(tmp_path / "d"), "--dicom-port", "11112", "--dicom-allow-aet",
+                "X" * 17]) == 2
+    err = capsys.readouterr().err
+    assert "--dicom-allow-aet 'XXXXXXXXXXXXXXXXX' has 17 characters" in err and len(err.strip().splitlines()) == 1
 
 
 def test_serve_with_a_dicom_port_in_use_is_one_line(tmp_path: Path, service_bundle: Path, capsys,
