@@ -341,3 +341,65 @@ def test_worklist_shows_a_series_being_received_over_dicom(chromium: str, server
             page.screenshot(path=str(_artifacts(tmp_path) / "viewer-receiving.png"))
         finally:
             browser.close()
+
+
+def _listed(study_id: str, status: str, created: str, *, any_p: float | None = None, call: str | None = None,
+            findings: tuple[str, ...] = (), description: str = "", source: str = "upload") -> dict[str, Any]:
+    series = [] if any_p is None else [{
+        "index": 0, "series_instance_uid": f"1.2.{study_id}", "study_instance_uid": "1.2", "n_slices": 34,
+        "scan": {"any": any_p}, "scan_positive": {"any": bool(findings)}, "findings": list(findings),
+        "scan_call": call, "not_assessable_reason": "contrast" if call == "not_assessable" else None,
+        "in_training_data": False, "series_description": description, "second_reader": None}]
+    return {"study_id": study_id, "job_id": study_id, "status": status, "created_at": created, "source": source,
+            "n_files": 34, "n_bytes": 1 << 20, "error": "cannot read" if status == "failed" else None,
+            "series": series, "links": {}}
+
+
+def test_worklist_sorts_by_urgency_and_filters(chromium: str, server: Server) -> None:
+    """The list as a triage worklist, on a crafted study list (the page's request answered by Playwright): positive
+    and not-assessable studies first (highest probability first), then those in progress or failed (newest first),
+    then negative ones (highest probability first); received time, source, series description and slices shown;
+    the sort and filter selectors."""
+    from playwright.sync_api import expect, sync_playwright
+
+    ids = {name: f"{k:032x}" for k, name in enumerate(
+        ["neg_low", "pos_low", "running", "na", "neg_high", "pos_high", "failed"], start=1)}
+    studies = [
+        _listed(ids["neg_low"], "done", "2026-12-04T10:06:00+00:00", any_p=0.05, call="negative"),
+        _listed(ids["pos_low"], "done", "2026-12-04T10:01:00+00:00", any_p=0.55, call="positive",
+                findings=("any", "subdural"), description="Head 5mm", source="dicom"),
+        _listed(ids["running"], "running", "2026-12-04T10:05:00+00:00"),
+        _listed(ids["na"], "done", "2026-12-04T10:02:00+00:00", any_p=0.30, call="not_assessable"),
+        _listed(ids["neg_high"], "done", "2026-12-04T10:03:00+00:00", any_p=0.20, call="negative"),
+        _listed(ids["pos_high"], "done", "2026-12-04T10:00:00+00:00", any_p=0.97, call="positive", findings=("any",)),
+        _listed(ids["failed"], "failed", "2026-12-04T10:04:00+00:00"),
+    ]
+    body = json.dumps({"studies": studies, "receiving": []})
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_context(viewport={"width": 1360, "height": 800}).new_page()
+            page.route("**/v1/studies", lambda route: route.fulfill(status=200, content_type="application/json",
+                                                                    body=body))
+            page.goto(f"{server.url}/viewer/#token={TOKEN}")
+            rows = page.locator("#studies tbody tr")
+            expect(rows).to_have_count(7)
+
+            def order() -> list[str]:
+                by_id = {v: k for k, v in ids.items()}
+                return [by_id[i] for i in rows.evaluate_all("rs => rs.map(r => r.dataset.study)")]
+
+            assert order() == ["pos_high", "pos_low", "na", "running", "failed", "neg_high", "neg_low"]
+            pos_low = page.locator(f'tr[data-study="{ids["pos_low"]}"]')
+            for text in ("DICOM", "Head 5mm", "34", "positive: SDH"):
+                expect(pos_low).to_contain_text(text)
+            page.select_option("#sort-select", "received")
+            assert order() == ["neg_low", "running", "failed", "neg_high", "na", "pos_low", "pos_high"]
+            page.select_option("#filter-select", "attention")
+            assert sorted(order()) == ["na", "pos_high", "pos_low"]
+            page.select_option("#filter-select", "pending")
+            assert order() == ["running"]
+            page.select_option("#filter-select", "negative")
+            assert sorted(order()) == ["neg_high", "neg_low"]
+        finally:
+            browser.close()

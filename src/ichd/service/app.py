@@ -122,6 +122,10 @@ class SeriesFindings(BaseModel):
     scan: dict[str, float] = Field(description="scan-level probability per label")
     scan_positive: dict[str, bool] = Field(description="scan probability at or above the model's threshold")
     findings: list[str] = Field(description="the labels called positive")
+    scan_call: str | None = Field(None, description="positive, negative or not_assessable")
+    not_assessable_reason: str | None = Field(None, description="why the scan is not assessable")
+    in_training_data: bool | None = Field(None, description="the series is in the model's training data")
+    series_description: str = Field("", description="the DICOM Series Description of the series (empty when none)")
     second_reader: dict[str, Any] | None = Field(
         None, description="the second reader's result (ichd serve --second-reader): name, volumes_ml, hemorrhage_ml")
 

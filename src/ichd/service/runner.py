@@ -106,6 +106,23 @@ class _SeriesRecorder:
         return self._predictor.predict_series(series, **kwargs)
 
 
+def _series_description(upload: Path, series: Any) -> str:
+    """The Series Description of a DICOM series' first file (for the worklist); "" when it has none or the
+    series is not DICOM."""
+    import pydicom
+
+    if series.source_kind != "dicom" or not series.source_files:
+        return ""
+    path = upload / series.source_files[0]
+    if ":" in series.source_files[0] or not path.is_file():  # a zip member: not read again
+        return ""
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SeriesDescription"])
+        return " ".join(str(ds.get("SeriesDescription", "") or "").split())[:64]
+    except Exception:  # noqa: BLE001 - a description is optional: the worklist shows none
+        return ""
+
+
 def upload_relative_warning(warning: Any, upload: Path) -> Any:
     """``warning`` (an :class:`~ichd.types.IngestWarning`) with its files and message relative to ``upload``."""
     import dataclasses
@@ -538,6 +555,7 @@ class StudyService:
                 "n_skipped_slices": len(res.get("skipped_slices", [])),
                 "in_training_data": (res.get("provenance") or {}).get("in_training_data"),
                 "findings": [lab for lab, v in res["scan_positive"].items() if v],
+                "series_description": _series_description(paths.input, series),
                 "second_reader": ({k: res["second_reader"][k] for k in ("name", "volumes_ml", "hemorrhage_ml")}
                                   if "second_reader" in res else None),
             })

@@ -299,3 +299,22 @@ def test_overlays_of_a_thin_series_are_computed_on_its_slabs(client_for, tmp_pat
                                atol=1e-4)
     assert not np.allclose(seen, service.load_slice(sid, 0, 5))  # the phantom's blob moves along z
     assert client.get(f"/v1/studies/{sid}/slices/5.png?overlay=any", headers=h.AUTH).status_code == 200
+
+
+def test_study_list_has_the_worklist_fields(env, h, tmp_path):
+    """Each listed series carries its description, call and not-assessable reason (the viewer's worklist)."""
+    client = env["client"]
+    datasets = make_ct_series(N_SLICES, rows=SIZE, columns=SIZE)
+    for ds in datasets:
+        ds.SeriesDescription = "Head  5mm   axial"
+    src = tmp_path / "described"
+    write_series(src, datasets)
+    r = client.post("/v1/studies", content=h.zip_folder(src), headers={**h.AUTH, "Content-Type": "application/zip"})
+    assert h.wait_job(client, r.json()["job_id"])["status"] == "done"
+    listed = {s["study_id"]: s for s in client.get("/v1/studies", headers=h.AUTH).json()["studies"]}
+    (series,) = listed[r.json()["study_id"]]["series"]
+    assert series["series_description"] == "Head 5mm axial" and series["n_slices"] == N_SLICES
+    assert series["scan_call"] in ("positive", "negative", "not_assessable")
+    assert "not_assessable_reason" in series and series["in_training_data"] in (True, False, None)
+    assert listed[env["study_id"]]["series"][0]["series_description"] == ""  # the factory sets none
+    assert listed[r.json()["study_id"]]["source"] == "upload"

@@ -27,6 +27,7 @@
     token: null,
     route: null,
     listTimer: null,
+    listData: null,
     studyTimer: null,
     study: null,      // StudyOut of the open study
     series: 0,
@@ -198,6 +199,38 @@
     }).join("\n");
   }
 
+  // ---- worklist order and filter: positive or not-assessable studies first (highest "any" probability first),
+  // then studies in progress or failed (newest first), then negative ones (highest probability first)
+  function needsReading(study) {
+    return study.status === "done" &&
+      study.series.some((s) => s.findings.length || s.scan_call === "not_assessable");
+  }
+
+  function maxAny(study) {
+    return Math.max(-1, ...study.series.map((s) => (s.scan && typeof s.scan.any === "number" ? s.scan.any : -1)));
+  }
+
+  function urgencyGroup(study) {
+    if (needsReading(study)) return 0;
+    return study.status === "done" ? 2 : 1;
+  }
+
+  function sortStudies(studies, how) {
+    const newest = (a, b) => (a.created_at < b.created_at ? 1 : a.created_at > b.created_at ? -1 : 0);
+    const out = studies.slice();
+    if (how === "received") return out.sort(newest);
+    return out.sort((a, b) => urgencyGroup(a) - urgencyGroup(b) ||
+      (urgencyGroup(a) === 1 ? newest(a, b) : maxAny(b) - maxAny(a)) || newest(a, b));
+  }
+
+  function keepStudy(study, filter) {
+    if (filter === "attention") return needsReading(study);
+    if (filter === "pending") return study.status === "queued" || study.status === "running";
+    if (filter === "negative") return study.status === "done" && !needsReading(study);
+    if (filter === "failed") return study.status === "failed";
+    return true;
+  }
+
   function studyRow(study) {
     const status = el("span", {class: `badge ${study.status}`}, study.status);
     const statusCell = el("td", {}, status);
@@ -209,8 +242,13 @@
       study.status === "done" ? el("a", {href: `#study=${study.study_id}`, class: "button"}, "Open") : null,
       busy ? el("span", {class: "muted"}, "processing…")
            : el("button", {type: "button", class: "link", "data-delete": study.study_id}, "Delete"));
-    return el("tr", {"data-study": study.study_id, "data-status": study.status},
-      el("td", {}, when(study.created_at)), statusCell, findings,
+    const descriptions = study.series.map((s) => s.series_description).filter(Boolean);
+    return el("tr", {"data-study": study.study_id, "data-status": study.status,
+                     "data-urgency": String(urgencyGroup(study))},
+      el("td", {}, when(study.created_at)), el("td", {}, study.source === "dicom" ? "DICOM" : study.source),
+      el("td", {class: "series-cell"}, descriptions.length ? descriptions.join("\n") : "—"),
+      el("td", {class: "num"}, study.series.length ? study.series.map((s) => s.n_slices).join(" + ") : "—"),
+      statusCell, findings,
       el("td", {}, `${study.n_files} (${(study.n_bytes / 1048576).toFixed(1)} MB)`), actions);
   }
 
@@ -219,7 +257,8 @@
     const what = `receiving ${r.n_instances} instance${r.n_instances === 1 ? "" : "s"}`;
     const from = [r.series_description, r.calling_ae ? `from ${r.calling_ae}` : "", "DICOM"].filter(Boolean);
     return el("tr", {"data-receiving": r.series_instance_uid, "data-status": "receiving"},
-      el("td", {}, when(r.received_at)),
+      el("td", {}, when(r.received_at)), el("td", {}, "DICOM"),
+      el("td", {class: "series-cell"}, r.series_description || "—"), el("td", {class: "num"}, "…"),
       el("td", {}, el("span", {class: "badge receiving"}, what)),
       el("td", {class: "muted"}, `${from.join(" · ")}; complete after ${Math.ceil(r.complete_in_s)} s without a ` +
                                  "new instance"),
@@ -237,15 +276,25 @@
       return;
     }
     if (state.route !== "list") return;
-    const body = $("studies").querySelector("tbody");
+    state.listData = data;
+    renderList();
     const receiving = data.receiving || [];
-    body.replaceChildren(...receiving.map(receivingRow), ...data.studies.map(studyRow));
-    const any = data.studies.length + receiving.length > 0;
-    show("studies-empty", !any);
-    show("studies", any);
     const busy = receiving.length > 0 || data.studies.some((s) => s.status === "queued" || s.status === "running");
     clearTimeout(state.listTimer);
     if (busy) state.listTimer = setTimeout(refreshList, LIST_POLL_MS);
+  }
+
+  function renderList() {
+    const data = state.listData;
+    if (!data) return;
+    const filter = $("filter-select").value;
+    const receiving = filter === "all" || filter === "pending" ? data.receiving || [] : [];
+    const studies = sortStudies(data.studies.filter((s) => keepStudy(s, filter)), $("sort-select").value);
+    const body = $("studies").querySelector("tbody");
+    body.replaceChildren(...receiving.map(receivingRow), ...studies.map(studyRow));
+    const any = studies.length + receiving.length > 0;
+    show("studies-empty", !any);
+    show("studies", any);
   }
 
   function openList() {
@@ -806,6 +855,8 @@
     $("upload-files").addEventListener("change", (e) => chooseUpload(e.target.files));
     $("upload-folder").addEventListener("change", (e) => chooseUpload(e.target.files));
     $("upload-form").addEventListener("submit", upload);
+    $("sort-select").addEventListener("change", renderList);
+    $("filter-select").addEventListener("change", renderList);
     $("windows").addEventListener("click", (e) => { if (e.target.dataset.window) setWindow(e.target.dataset.window); });
     $("overlays").addEventListener("click", (e) => {
       if (e.target.dataset.overlay !== undefined) setOverlay(e.target.dataset.overlay);
