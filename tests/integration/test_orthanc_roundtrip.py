@@ -22,9 +22,7 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -37,21 +35,20 @@ from typing import Any
 
 import pydicom
 import pytest
-from pydicom.uid import generate_uid
 
-REPO = Path(__file__).resolve().parents[2]
-AUTOROUTE_LUA = REPO / "deploy" / "orthanc" / "ichd-autoroute.lua"
+from ichd.testing import orthanc
+from ichd.testing.orthanc import free_port, orthanc_config, pacs_ready_copy, wait_until
+
 RSNA_SERIES = "ID_3d2ee1643b"  # 36 slices, JPEG-LS lossless
 IDLE_S = 2
-STABLE_AGE_S = 2  # Orthanc: a series is stable after this many seconds without a new instance
+STABLE_AGE_S = orthanc.STABLE_AGE_S
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
 COMPREHENSIVE_SR = "1.2.840.10008.5.1.4.1.1.88.33"
 
 
 def find_orthanc() -> str:
-    path = shutil.which("Orthanc") or next((p for p in ("/usr/sbin/Orthanc", "/usr/bin/Orthanc")
-                                            if os.access(p, os.X_OK)), None)
+    path = orthanc.find_orthanc()
     if path is None:
         if os.environ.get("CI") == "true":
             pytest.fail("Orthanc is not installed; CI must install it (apt-get install orthanc)")
@@ -59,88 +56,17 @@ def find_orthanc() -> str:
     return path
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_until(what: str, check: Any, *, timeout: float, every: float = 0.2) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        got = check()
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(every)
-
-
-class Orthanc:
-    """Orthanc's REST API on ``http://127.0.0.1:port``."""
-
-    def __init__(self, port: int) -> None:
-        self.base = f"http://127.0.0.1:{port}"
-
-    def request(self, method: str, path: str, body: bytes | dict[str, Any] | None = None, *,
-                timeout: float = 60) -> Any:
-        data = json.dumps(body).encode() if isinstance(body, dict) else body
-        req = urllib.request.Request(self.base + path, data=data, method=method)
-        with urllib.request.urlopen(req, timeout=timeout) as r:
-            raw = r.read()
-            return json.loads(raw) if r.headers.get_content_type() == "application/json" else raw
-
-    def get(self, path: str) -> Any:
-        return self.request("GET", path)
-
-    def post(self, path: str, body: bytes | dict[str, Any]) -> Any:
-        return self.request("POST", path, body)
-
-    def alive(self) -> bool:
-        try:
-            return self.get("/system")["Version"] is not None
-        except (urllib.error.URLError, OSError):
-            return False
-
-
 def read(data: bytes | Path) -> pydicom.Dataset:
-    """``pydicom.dcmread``, checking that its only warnings are the RSNA pseudo-UIDs' known one."""
+    """``pydicom.dcmread`` of a file or bytes, checking that its only warnings are the RSNA pseudo-UIDs' one."""
+    if isinstance(data, Path):
+        return orthanc.read_quietly(data)
     import io
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        ds = pydicom.dcmread(io.BytesIO(data) if isinstance(data, bytes) else data)
-        _ = (ds.get("SOPInstanceUID"), ds.get("StudyInstanceUID"), ds.get("SeriesInstanceUID"))
-    unexpected = [str(w.message) for w in caught if "Invalid value for VR UI: 'ID_" not in str(w.message)]
-    assert not unexpected, unexpected
+        ds = pydicom.dcmread(io.BytesIO(data))
+    assert not [str(w.message) for w in caught], [str(w.message) for w in caught]
     return ds
-
-
-def pacs_ready_copy(src: Path, dest: Path) -> list[Path]:
-    """The series of ``src`` as a PACS holds CT: SOP Class UID in the data set, valid UIDs (each ``ID_...``
-    pseudonym mapped to a UID derived from it); the pixel data as stored."""
-    dest.mkdir()
-    out = []
-    for p in sorted(src.glob("*.dcm")):
-        ds = read(p)
-        ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID
-        for elem in ds.iterall():
-            if elem.VR == "UI" and isinstance(elem.value, str) and elem.value.startswith("ID_"):
-                elem.value = generate_uid(entropy_srcs=[elem.value])
-        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-        ds.save_as(dest / p.name, enforce_file_format=True)
-        out.append(dest / p.name)
-    return out
-
-
-def orthanc_config(root: Path, *, http_port: int, dicom_port: int, ichd_port: int, lua: bool) -> dict[str, Any]:
-    """Orthanc's configuration for the test (the one docs/pacs.md explains), on loopback."""
-    return {"LuaScripts": [str(AUTOROUTE_LUA)] if lua else [],
-        "Name": "ichd-roundtrip", "StorageDirectory": str(root / "storage"), "IndexDirectory": str(root / "storage"),
-        "HttpPort": http_port, "RemoteAccessAllowed": False, "AuthenticationEnabled": False,
-        "DicomAet": "ORTHANC", "DicomPort": dicom_port, "DicomAlwaysAllowStore": True, "Plugins": [],
-        "DicomModalities": {"ichd": ["ICHD", "127.0.0.1", ichd_port]}, "StableAge": STABLE_AGE_S,
-    }
 
 
 @dataclass
@@ -182,9 +108,9 @@ def scenario(request: pytest.FixtureRequest, data_root: Path, calling_bundle: Pa
     config = root / "orthanc.json"
     config.write_text(json.dumps(orthanc_config(root, http_port=http_port, dicom_port=dicom_port,
                                                  ichd_port=ichd_port, lua=routing == "lua"), indent=1))
-    pacs = Orthanc(http_port)
+    pacs = orthanc.OrthancApi(http_port)
     orthanc_log = open(root / "orthanc.log", "w")  # noqa: SIM115 - closed in the finally below
-    orthanc = subprocess.Popen([orthanc_bin, str(config)], stdout=orthanc_log, stderr=subprocess.STDOUT)
+    server = subprocess.Popen([orthanc_bin, str(config)], stdout=orthanc_log, stderr=subprocess.STDOUT)
     listener_log = open(root / "listener.log", "w")  # noqa: SIM115
     listener = subprocess.Popen(
         [sys.executable, "-m", "ichd", "listen", "--aet", "ICHD", "--port", str(ichd_port), "--host", "127.0.0.1",
@@ -194,7 +120,7 @@ def scenario(request: pytest.FixtureRequest, data_root: Path, calling_bundle: Pa
         stdout=listener_log, stderr=subprocess.STDOUT, env={**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"})
     try:
         def orthanc_up() -> bool:
-            assert orthanc.poll() is None, (root / "orthanc.log").read_text()
+            assert server.poll() is None, (root / "orthanc.log").read_text()
             return pacs.alive()
 
         wait_until("Orthanc's REST API", orthanc_up, timeout=30)
@@ -246,7 +172,7 @@ def scenario(request: pytest.FixtureRequest, data_root: Path, calling_bundle: Pa
         listener.send_signal(signal.SIGTERM)
         out.listener_code = listener.wait(timeout=60)
     finally:
-        for proc in (listener, orthanc):
+        for proc in (listener, server):
             if proc.poll() is None:
                 proc.terminate()
                 try:
