@@ -8,6 +8,11 @@ a screenshot::
 
     python scripts/viewer_screenshot.py                       # -> docs/images/viewer.png
     python scripts/viewer_screenshot.py --series ID_3d2ee1643b --overlay subarachnoid --window subdural
+    python scripts/viewer_screenshot.py --worklist            # + docs/images/worklist.png
+
+``--worklist`` also uploads ``--extra-series``, sends the first instances of ``--receiving-series`` to the
+service's DICOM node (which then shows them as "receiving", its idle timeout being long) and saves the study list,
+sorted by urgency, as ``--worklist-out``.
 
 Needs ``pip install playwright`` and ``/usr/bin/chromium`` (``--chromium``). The default series, ID_7518324893
 (IPH, IVH, SAH), is in the default model's training data: the picture shows the viewer, not the model's accuracy.
@@ -49,6 +54,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--window", default="brain", choices=WINDOWS)
     p.add_argument("--model", default="default", help="model for ichd serve --model")
     p.add_argument("--chromium", default="/usr/bin/chromium", help="the chromium executable")
+    p.add_argument("--worklist", action="store_true", help="also save the study list (worklist) picture")
+    p.add_argument("--worklist-out", type=Path, default=Path("docs/images/worklist.png"))
+    p.add_argument("--extra-series", nargs="*", default=["ID_3d2ee1643b", "ID_9d97cf289b"],
+                   help="more rsna-series to upload for the worklist")
+    p.add_argument("--receiving-series", default="ID_a61d046d72",
+                   help="rsna-series whose first instances are sent over DICOM (shown as receiving)")
     p.add_argument("--width", type=int, default=1360)
     p.add_argument("--height", type=int, default=980)
     return p.parse_args(argv)
@@ -69,15 +80,18 @@ def _call(url: str, token: str | None = None, *, data: bytes | None = None,
         return json.loads(resp.read())
 
 
-def start_server(root: Path, token: str, model: str) -> tuple[subprocess.Popen[bytes], str]:
-    """``ichd serve`` on a free loopback port, once ``/health`` says ok; (process, base URL)."""
+def start_server(root: Path, token: str, model: str,
+                 dicom_port: int | None = None) -> tuple[subprocess.Popen[bytes], str]:
+    """``ichd serve`` on a free loopback port (with ``dicom_port``: a DICOM node whose series stay "receiving"
+    for 10 minutes), once ``/health`` says ok; (process, base URL)."""
     (root / "token").write_text(token + "\n")
     port = _free_port()
+    dicom = [] if dicom_port is None else ["--dicom-port", str(dicom_port), "--dicom-idle-timeout", "600"]
     env = {k: v for k, v in os.environ.items() if k != "ICHD_TOKEN"}
     env.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     log = open(root / "serve.log", "wb")  # noqa: SIM115 - the server writes it while it runs
     proc = subprocess.Popen([sys.executable, "-m", "ichd", "serve", "--port", str(port), "--data-dir",
-                             str(root / "data"), "--token-file", str(root / "token"), "--model", model],
+                             str(root / "data"), "--token-file", str(root / "token"), "--model", model, *dicom],
                             stdout=log, stderr=subprocess.STDOUT, env=env)
     log.close()
     url = f"http://127.0.0.1:{port}"
@@ -146,6 +160,46 @@ def screenshot(url: str, token: str, study_id: str, args: argparse.Namespace) ->
             browser.close()
 
 
+def send_some(folder: Path, port: int, n: int = 12) -> None:
+    """C-STORE the first ``n`` instances of ``folder`` to the DICOM node (SOP Class UID copied from the file meta
+    into the data set, where the RSNA files lack it)."""
+    import pydicom
+    from pynetdicom import AE
+
+    datasets = []
+    for path in sorted(folder.glob("*.dcm"))[:n]:
+        ds = pydicom.dcmread(path)
+        ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID
+        datasets.append(ds)
+    ae = AE(ae_title="CTSCANNER")
+    ae.add_requested_context(str(datasets[0].SOPClassUID), str(datasets[0].file_meta.TransferSyntaxUID))
+    assoc = ae.associate("127.0.0.1", port, ae_title="ICHD")
+    if not assoc.is_established:
+        raise SystemExit("the DICOM node refused the association")
+    try:
+        for ds in datasets:
+            assoc.send_c_store(ds)
+    finally:
+        assoc.release()
+
+
+def worklist_screenshot(url: str, token: str, args: argparse.Namespace) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=args.chromium, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_context(viewport={"width": args.width, "height": 560}).new_page()
+            page.goto(f"{url}/viewer/#token={token}")
+            expect(page.locator('tr[data-status="receiving"]')).to_have_count(1)
+            expect(page.locator('tr[data-status="done"]')).to_have_count(1 + len(args.extra_series))
+            page.mouse.move(0, 0)
+            args.worklist_out.parent.mkdir(parents=True, exist_ok=True)
+            page.locator("#list-view").screenshot(path=str(args.worklist_out))
+        finally:
+            browser.close()
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if not os.access(args.chromium, os.X_OK):
@@ -158,9 +212,17 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"no series folder {folder}")
     token = secrets.token_urlsafe(24)
     with tempfile.TemporaryDirectory(prefix="ichd-viewer-shot-") as tmp:
-        proc, url = start_server(Path(tmp), token, args.model)
+        dicom_port = _free_port() if args.worklist else None
+        proc, url = start_server(Path(tmp), token, args.model, dicom_port)
         try:
             study_id = upload(url, token, folder)
+            if args.worklist:
+                for name in args.extra_series:
+                    upload(url, token, folder.parent / name)
+                assert dicom_port is not None
+                send_some(folder.parent / args.receiving_series, dicom_port)
+                worklist_screenshot(url, token, args)
+                print(f"wrote {args.worklist_out}")
             screenshot(url, token, study_id, args)
         finally:
             stop_server(proc)
