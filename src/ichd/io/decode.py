@@ -97,6 +97,8 @@ class DecodeJob:
     transfer_syntax: str
     encoding: PixelEncoding
     shape: tuple[int, int]
+    #: File offset of the encapsulated Pixel Data value when the header pass found it (single-frame files).
+    pixel_offset: int | None = None
 
 
 @dataclass(frozen=True)
@@ -193,12 +195,19 @@ def decode_direct(job: DecodeJob) -> np.ndarray | None:
 
     from ichd.io.codecs import decode_codestream
 
-    ds = pydicom.dcmread(job.source.open())
-    if (int(ds.get("SamplesPerPixel", 1) or 1) != 1 or int(ds.get("NumberOfFrames", 1) or 1) != 1
-            or "PixelData" not in ds):
-        return None
+    if job.pixel_offset is not None and job.source.member is None:
+        # the header pass found the encapsulated value: read it without parsing the data set again
+        with open(job.source.path, "rb") as f:
+            f.seek(job.pixel_offset)
+            value = f.read()
+    else:
+        ds = pydicom.dcmread(job.source.open())
+        if (int(ds.get("SamplesPerPixel", 1) or 1) != 1 or int(ds.get("NumberOfFrames", 1) or 1) != 1
+                or "PixelData" not in ds):
+            return None
+        value = ds.PixelData
     try:
-        frame = next(generate_frames(ds.PixelData, number_of_frames=1))
+        frame = next(generate_frames(value, number_of_frames=1))
         stored = decode_codestream(frame, job.transfer_syntax)
     except Exception:  # noqa: BLE001 - a stream the fast path cannot take goes to pydicom, which says why
         return None

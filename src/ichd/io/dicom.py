@@ -129,6 +129,8 @@ class FrameHeader:
     facts: tuple[tuple[str, Any], ...] = ()
     #: Bytes of native pixel data beyond the image (less than a frame; ignored), see :mod:`ichd.io.pixel_checks`.
     excess_pixel_bytes: int = 0
+    #: File offset of the encapsulated Pixel Data value (single-frame files), for :func:`ichd.io.decode.decode_direct`.
+    pixel_offset: int | None = None
 
     @property
     def slice_id(self) -> str:
@@ -143,7 +145,7 @@ class FrameHeader:
     def job(self) -> DecodeJob:
         """What a decoding worker needs for this image."""
         return DecodeJob(self.name, self.source, self.frame, self.transfer_syntax, self.encoding,
-                         (self.rows, self.columns))
+                         (self.rows, self.columns), self.pixel_offset)
 
 
 @dataclass(frozen=True)
@@ -450,7 +452,10 @@ def _check_pixel_data(fp: Any, ds: Any, headers: list[FrameHeader]) -> list[Fram
     if check.problem is not None:
         return Skipped(first.source.name, check.problem.reason, check.problem.detail, first.study_uid)
     if check.excess_bytes:
-        return [replace(h, excess_pixel_bytes=check.excess_bytes) for h in headers]
+        headers = [replace(h, excess_pixel_bytes=check.excess_bytes) for h in headers]
+    if check.value_offset is not None and len(headers) == 1 and headers[0].frame is None \
+            and first.source.member is None:
+        headers = [replace(headers[0], pixel_offset=check.value_offset)]
     return headers
 
 

@@ -23,7 +23,7 @@ Only the element header and the last bytes of each fragment are read (fragments 
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import IO
 
 PIXEL_DATA_TAG = (0x7FE0, 0x0010)
@@ -54,10 +54,13 @@ class PixelDataProblem:
 
 @dataclass(frozen=True)
 class PixelDataCheck:
-    """The outcome: ``problem`` (skip the file) or ``excess_bytes`` (trailing bytes beyond the image, ignored)."""
+    """The outcome: ``problem`` (skip the file) or ``excess_bytes`` (trailing bytes beyond the image, ignored);
+    ``value_offset``: where the value of an encapsulated (undefined-length) Pixel Data element starts in the file
+    (its Basic Offset Table item), so the decoder can read the frames without parsing the data set again."""
 
     problem: PixelDataProblem | None = None
     excess_bytes: int = 0
+    value_offset: int | None = None
 
 
 OK = PixelDataCheck()
@@ -209,5 +212,6 @@ def check_pixel_data(fp: IO[bytes], transfer_syntax: str, *, rows: int, columns:
             from pydicom.uid import UID
 
             name = UID(transfer_syntax).name or transfer_syntax
-        return encapsulated_end_check(fp, frames, name, end)
+        checked = encapsulated_end_check(fp, frames, name, end)
+        return checked if checked.problem is not None else replace(checked, value_offset=start)
     return OK

@@ -130,14 +130,18 @@ def test_direct_decode_equals_pydicoms_pipeline(tmp_path: Path, ts: str, pixel_r
     direct_calls: list[bool] = []
     real = decode.decode_direct
 
+    offsets: list[bool] = []
+
     def spy(job: decode.DecodeJob) -> np.ndarray | None:
         got = real(job)
         direct_calls.append(got is not None)
+        offsets.append(job.pixel_offset is not None)  # found by the header pass: the data set is not parsed again
         return got
 
     monkeypatch.setattr(decode, "decode_direct", spy)
     (fast,) = read_ct(tmp_path, workers=1)
     assert direct_calls == [pixel_representation == 0 or bits_stored == 16] * 4
+    assert offsets == [True] * 4
     monkeypatch.setattr(decode, "decode_direct", lambda job: None)
     (through_pydicom,) = read_ct(tmp_path, workers=1)
     np.testing.assert_array_equal(fast.hu, through_pydicom.hu)
