@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from contrast_calibration import CONTRAST_SCANS, _inputs  # noqa: E402  (the same list of scans)
+from contrast_calibration import CONTRAST_SCANS, _inputs
 
 
 def main(argv: list[str] | None = None) -> int:

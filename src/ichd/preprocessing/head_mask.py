@@ -112,7 +112,7 @@ def bbox_slices(mask: np.ndarray, margin: int) -> tuple[slice, slice] | None:
 def margin_px(radius_mm: float, pixel_mm: tuple[float, float]) -> int:
     """Pixels that hold ``radius_mm`` along either axis, plus 2 (a background border that keeps
     :func:`bbox_slices` crops exact)."""
-    return int(math.ceil(radius_mm / min(pixel_mm))) + 2
+    return math.ceil(radius_mm / min(pixel_mm)) + 2
 
 
 def _opening(mask: np.ndarray, pixel_mm: tuple[float, float]) -> np.ndarray:

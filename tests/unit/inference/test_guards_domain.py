@@ -132,7 +132,7 @@ def test_noisy_series_is_not_assessable(predictor, tmp_path):
 def test_short_series_is_only_a_warning(predictor, tmp_path):
     pred = predictor.predict_series(read_ct(_head_series(tmp_path, n=4))[0])
     assert pred.not_assessable is None and pred.scan_call in ("positive", "negative")
-    assert [w for w in pred.warnings if w.code == g.SHORT_COVERAGE][0].message.startswith("the series covers 20 mm")
+    assert next(w for w in pred.warnings if w.code == g.SHORT_COVERAGE).message.startswith("the series covers 20 mm")
     single = predictor.predict_series(read_ct(_head_series(tmp_path / "one", n=1))[0])
     assert not any(w.code == g.SHORT_COVERAGE for w in single.warnings)  # single_slice says it instead
 
