@@ -205,6 +205,10 @@ def _upload_and_view(browser: Any, expect: Any, server: Server, files: list[Path
     any_probs = [s["probabilities"]["any"] for s in result["slices"]]
     start = any_probs.index(max(any_probs))  # the viewer opens at the most suspicious slice
     _expect_slice(expect, page, start, n)
+    # orientation markers from the series' ImageOrientationPatient (standard axial: the patient's right on the left)
+    for side, letter in (("left", "R"), ("right", "L"), ("top", "A"), ("bottom", "P")):
+        expect(page.locator(f"#orient-{side}")).to_have_text(letter)
+        expect(page.locator(f"#orient-{side}")).to_be_visible()
     assert img.get_attribute("src").startswith("blob:")
     assert page.evaluate("document.getElementById('slice-img').naturalWidth") > 0
     positive = [lab for lab, v in result["scan_positive"].items() if v]

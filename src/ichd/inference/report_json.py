@@ -55,7 +55,8 @@ def prediction_to_dict(pred: Prediction, *, flagged: Sequence[tuple[int, str, fl
                        input_kind: str | None = None, generated_uids: bool | None = None,
                        demo: Mapping[str, Any] | None = None,
                        source_files: Sequence[str] | None = None,
-                       second_reader: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                       second_reader: Mapping[str, Any] | None = None,
+                       display_orientation: Sequence[str] | None = None) -> dict[str, Any]:
     """The JSON-able result for one series.
 
     Args:
@@ -69,6 +70,9 @@ def prediction_to_dict(pred: Prediction, *, flagged: Sequence[tuple[int, str, fl
             ``slices[].source_file``; left out when ``None`` (e.g. NIfTI input).
         second_reader: the ``second_reader`` block (``SecondReading.to_dict()``, plus ``seg`` when a DICOM SEG
             was written); left out when ``None``.
+        display_orientation: (row, column) patient direction letters of the slices as stored (from the DICOM
+            ImageOrientationPatient, e.g. ``("L", "P")``: left to right is towards the patient's left), written as
+            ``display_orientation`` for orientation markers; left out when unknown (non-DICOM input).
     """
     if source_files is not None and len(source_files) != pred.slice_probs.shape[0]:
         raise ValueError(f"{len(source_files)} source files for {pred.slice_probs.shape[0]} slices")
@@ -117,6 +121,8 @@ def prediction_to_dict(pred: Prediction, *, flagged: Sequence[tuple[int, str, fl
         out["provenance"] = dict(pred.provenance)
     if pred.slabs:
         out["slabs"] = [dict(sl) for sl in pred.slabs]
+    if display_orientation is not None:
+        out["display_orientation"] = {"row": str(display_orientation[0]), "column": str(display_orientation[1])}
     if second_reader is not None:
         out["second_reader"] = dict(second_reader)
     out["warnings"] = [w.to_dict() for w in pred.warnings]

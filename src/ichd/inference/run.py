@@ -434,8 +434,12 @@ def _predict_one(predictor: Any, series: CTSeries, folder: str, formats: tuple[s
         atomic_write_text(target / HTML_NAME, html)
         pred.timing_s["html"] = time.perf_counter() - t
     pred.timing_s["total"] = t_read + time.perf_counter() - t0
+    from ichd.inference.dicom_out import orientation_letters
+
+    iop = (series.meta or {}).get("image_orientation")
     result = prediction_to_dict(pred, flagged=flagged, input_kind=series.source_kind, generated_uids=generated,
-                                demo=demo, source_files=series.source_files, second_reader=block)
+                                demo=demo, source_files=series.source_files, second_reader=block,
+                                display_orientation=orientation_letters(iop) if iop else None)
     return SeriesResult(prediction=pred, evidence=evidence, result=result, folder=folder, second_reading=reading)
 
 

@@ -68,6 +68,18 @@ def test_schema_is_valid_and_results_validate():
     assert json.loads(dumps(data)) == data
 
 
+def test_display_orientation_is_written_only_when_known():
+    pred = _pred()
+    data = prediction_to_dict(pred, display_orientation=("L", "P"))
+    validate_result(data)
+    assert data["display_orientation"] == {"row": "L", "column": "P"}
+    assert "display_orientation" not in prediction_to_dict(pred)  # e.g. NIfTI or PNG input
+    broken = copy.deepcopy(data)
+    broken["display_orientation"]["row"] = ""
+    with pytest.raises(ModelError, match="does not match"):
+        validate_result(broken)
+
+
 def test_unknown_positions_become_null():
     pred = _pred()
     pred.positions_mm = np.full(4, np.nan)

@@ -409,12 +409,26 @@
     renderSummary();
     renderWarnings();
     buildCurve();
+    renderOrientation(prediction.display_orientation);
     $("slice-range").max = String(prediction.n_slices - 1);
     show("study-body", true);
     renderToolbar();
     showSlice();
     $("stage").focus({preventScroll: true});
     loadModel().then(renderModelLine).catch(report);
+  }
+
+  /** Orientation markers on the image's edges from the result's display_orientation (the patient direction
+   * along a row and along a column, e.g. L and P: the patient's right on the image's left); none when unknown. */
+  function renderOrientation(o) {
+    const opposite = {L: "R", R: "L", A: "P", P: "A", H: "F", F: "H"};
+    const marks = o ? {left: opposite[o.row] || "", right: o.row, top: opposite[o.column] || "", bottom: o.column}
+      : {left: "", right: "", top: "", bottom: ""};
+    for (const [side, letter] of Object.entries(marks)) {
+      const m = $(`orient-${side}`);
+      m.textContent = letter;
+      m.hidden = !letter;
+    }
   }
 
   /** A running job's progress (the second reader's blocks), under the waiting note. */
