@@ -205,6 +205,8 @@ def _upload_and_view(browser: Any, expect: Any, server: Server, files: list[Path
     any_probs = [s["probabilities"]["any"] for s in result["slices"]]
     start = any_probs.index(max(any_probs))  # the viewer opens at the most suspicious slice
     _expect_slice(expect, page, start, n)
+    # the title names the series (its description), the source and the time, not only a date
+    expect(page.locator("#study-title")).to_contain_text("upload")
     # orientation markers from the series' ImageOrientationPatient (standard axial: the patient's right on the left)
     for side, letter in (("left", "R"), ("right", "L"), ("top", "A"), ("bottom", "P")):
         expect(page.locator(f"#orient-{side}")).to_have_text(letter)

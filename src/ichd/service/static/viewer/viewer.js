@@ -375,7 +375,10 @@
       return;
     }
     if (state.route !== "study") return;
-    $("study-title").textContent = `Study of ${when(study.created_at)}`;
+    // the series description(s) tell studies apart; the source and time say where and when it came from
+    const names = (study.series || []).map((s) => s.series_description).filter(Boolean);
+    const source = study.source === "dicom" ? "DICOM" : (study.source || "upload");
+    $("study-title").textContent = `${names.length ? names.join(", ") : "Study"} · ${source}, ${when(study.created_at)}`;
     $("study-status").textContent = study.status;
     $("study-status").className = `badge ${study.status}`;
     if (study.status !== "done") {
