@@ -17,6 +17,8 @@
 ``GET /v1/studies/{study_id}/dicom/sr``                     the DICOM Comprehensive SR (``?series=K``)
 ``GET /v1/studies/{study_id}/slices/{i}.png``               slice ``i`` (0 = most inferior): ``?window=brain|subdural|
                                                             soft_tissue|bone&overlay=<class>&series=K``
+``/dicomweb/studies/...``                                   DICOMweb: STOW-RS in, QIDO-RS and WADO-RS of the results
+                                                            (see :mod:`ichd.service.dicomweb`)
 ==========================================================  =====================================================
 
 Every endpoint but ``/health``, the API documentation (``/docs``, ``/redoc``, ``/openapi.json``: no data) and the
@@ -45,6 +47,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ichd import __version__
 from ichd.errors import IchdError
+from ichd.service.dicomweb import add_dicomweb_routes
 from ichd.service.errors import ApiError, UploadRejected
 from ichd.service.runner import StudyService
 from ichd.service.store import Job, Study, StudyBusy, valid_id
@@ -350,6 +353,7 @@ def create_app(service: StudyService) -> FastAPI:
         return HealthOut(status="ok" if service.started else "starting", version=__version__)
 
     _add_routes(app, service)
+    add_dicomweb_routes(app, service)
     add_viewer_routes(app)
     return app
 
