@@ -4,6 +4,7 @@ Secondary Captures that reference the source; the token is needed everywhere; ba
 
 from __future__ import annotations
 
+import io
 import socket
 import threading
 import time
@@ -219,3 +220,32 @@ def test_bad_qido_and_wado_requests_get_a_clear_4xx(server, h) -> None:
     assert r.headers["Content-Type"].startswith("application/dicom+json")
     r = requests.get(f"{base}/studies/1.2.3.4", headers={**h.AUTH, "Accept": "image/jpeg"}, timeout=10)
     assert r.status_code == 406 and "multipart/related" in r.json()["hint"]
+
+
+def test_a_series_with_rsna_pseudo_uids_is_stored_and_its_results_sit_in_a_new_study(server, h, data_root: Path) -> None:
+    """The RSNA files as they are (``ID_...`` UIDs, not DICOM UIDs): STOW-RS takes them (SOP Class from the file
+    meta), QIDO-RS lists the source under its own study and ichd's results under the new study they start."""
+    import pydicom
+    import requests
+
+    files = sorted((data_root / "rsna-series" / "dicom" / SERIES).glob("*.dcm"))[:12]
+    response, ids = _stow(server, h, [pydicom.dcmread(f) for f in files])
+    assert len(response.ReferencedSOPSequence) == 12
+    assert response.ReferencedSOPSequence[0].ReferencedSOPClassUID == "1.2.840.10008.5.1.4.1.1.2"  # from the meta
+    assert _wait_done(server, h, ids["X-Ichd-Job-Id"])["status"] == "done"
+    study = requests.get(f"{server['url']}/v1/studies/{ids['X-Ichd-Study-Id']}", headers=h.AUTH, timeout=10).json()
+    source_study = study["series"][0]["study_instance_uid"]
+    assert source_study.startswith("ID_")
+
+    client = _client(server, h)
+    client_permissive = type(client)(f"{server['url']}/dicomweb", headers={"Authorization": f"Bearer {h.TOKEN}"},
+                                     permissive_uid=True)
+    (source,) = [pydicom.Dataset.from_json(s) for s in client_permissive.search_for_series(source_study)]
+    assert source.Modality == "CT" and source.NumberOfSeriesRelatedInstances == 12
+    sr_path = f"{server['url']}/v1/studies/{ids['X-Ichd-Study-Id']}/dicom/sr"
+    sr = pydicom.dcmread(io.BytesIO(requests.get(sr_path, headers=h.AUTH, timeout=10).content))
+    assert str(sr.StudyInstanceUID) != source_study
+    series = {str(pydicom.Dataset.from_json(s).Modality) for s in client.search_for_series(str(sr.StudyInstanceUID))}
+    assert series == {"SR", "OT"}
+    (got,) = client.retrieve_series(str(sr.StudyInstanceUID), str(sr.SeriesInstanceUID))
+    assert got.SOPInstanceUID == sr.SOPInstanceUID
