@@ -72,6 +72,8 @@
   const pct = (p) => (typeof p === "number" ? Math.round(p * 100) + " %" : "–");
   const clamp = (v, lo, hi) => Math.max(lo, Math.min(hi, v));
   const when = (iso) => (iso ? new Date(iso).toLocaleString() : "");
+  // how a study arrived: upload (POST /v1/studies), dicom (the DICOM node) or dicomweb (STOW-RS)
+  const sourceName = (source) => ({dicom: "DICOM", dicomweb: "DICOMweb"}[source] || source || "upload");
   const shortUid = (uid) => (uid && uid.length > 24 ? uid.slice(0, 10) + "…" + uid.slice(-10) : uid || "");
 
   function show(id, visible) { $(id).hidden = !visible; }
@@ -245,7 +247,7 @@
     const descriptions = study.series.map((s) => s.series_description).filter(Boolean);
     return el("tr", {"data-study": study.study_id, "data-status": study.status,
                      "data-urgency": String(urgencyGroup(study))},
-      el("td", {}, when(study.created_at)), el("td", {}, study.source === "dicom" ? "DICOM" : study.source),
+      el("td", {}, when(study.created_at)), el("td", {}, sourceName(study.source)),
       el("td", {class: "series-cell"}, descriptions.length ? descriptions.join("\n") : "—"),
       el("td", {class: "num"}, study.series.length ? study.series.map((s) => s.n_slices).join(" + ") : "—"),
       statusCell, findings,
@@ -377,7 +379,7 @@
     if (state.route !== "study") return;
     // the series description(s) tell studies apart; the source and time say where and when it came from
     const names = (study.series || []).map((s) => s.series_description).filter(Boolean);
-    const source = study.source === "dicom" ? "DICOM" : (study.source || "upload");
+    const source = sourceName(study.source);
     $("study-title").textContent = `${names.length ? names.join(", ") : "Study"} · ${source}, ${when(study.created_at)}`;
     $("study-status").textContent = study.status;
     $("study-status").className = `badge ${study.status}`;
