@@ -189,6 +189,8 @@ def test_bad_stow_requests_get_a_clear_4xx_and_store_nothing(server, h, tmp_path
         (related, multipart([("application/dicom", dicom), ("application/dicom", b"not dicom at all")]), 409,
          "part 2 is not a DICOM file"),
         (related, multipart([("text/plain", dicom)]), 409, "part 1 is 'text/plain'"),
+        (related, multipart([("application/dicom", dicom[:400])]), 409, "part 1 lacks StudyInstanceUID"),
+        (related, multipart([("application/dicom", dicom[:-100])]), 409, "part 1 is truncated"),
     ]
     for ctype, body, status, words in cases:
         r = requests.post(url, data=body, headers={**h.AUTH, "Content-Type": ctype}, timeout=10)
