@@ -26,7 +26,8 @@ def register(app: typer.Typer) -> None:
         port: int = typer.Option(DEFAULT_PORT, "--port", min=1, max=65535, help="TCP port for DICOM."),
         host: str = typer.Option("127.0.0.1", "--host",
                                  help="Address to listen on (0.0.0.0: every interface; DICOM has no "
-                                      "authentication: restrict the callers with --allow-aet and a firewall)."),
+                                      "authentication: restrict the callers with --allow-aet and a firewall, or "
+                                      "require certificates with --tls-ca)."),
         data_dir: Path = typer.Option(Path("ichd-data"), "--data-dir",
                                       help="Service data folder (job store, studies, results, log); the same "
                                            "layout as `ichd serve`, but one process at a time."),
@@ -40,6 +41,15 @@ def register(app: typer.Typer) -> None:
                                             help="Accept associations only from this calling AE title (repeat "
                                                  "for several); others are rejected, with the reason logged. "
                                                  "Default: any caller."),
+        tls_cert: Path | None = typer.Option(None, "--tls-cert", metavar="CERT.pem",
+                                             help="Accept only TLS associations (TLS 1.2 or later), with this PEM "
+                                                  "certificate of the node; needs --tls-key."),
+        tls_key: Path | None = typer.Option(None, "--tls-key", metavar="KEY.pem",
+                                            help="The unencrypted PEM private key of --tls-cert."),
+        tls_ca: Path | None = typer.Option(None, "--tls-ca", metavar="CA.pem",
+                                           help="With --tls-cert: callers must present a certificate signed by this "
+                                                "PEM CA; others are refused at the TLS handshake. Default: no "
+                                                "client certificate asked for."),
         model: str = typer.Option("default", "--model", "-m",
                                   help="Bundled model name, model bundle folder or checkpoint (as for predict)."),
         workers: int = typer.Option(1, "--workers", min=1,
@@ -55,7 +65,7 @@ def register(app: typer.Typer) -> None:
         from ichd.service.config import ServiceConfig
 
         dicom = dicom_config(aet=aet, host=host, port=port, idle_timeout=idle_timeout, forward=forward,
-                             allow=allow_aet)
+                             allow=allow_aet, tls_cert=tls_cert, tls_key=tls_key, tls_ca=tls_ca)
         config = ServiceConfig(data_dir=data_dir, model=model, workers=workers, device=device, max_files=max_files)
         if threads is not None:
             import torch
@@ -65,16 +75,36 @@ def register(app: typer.Typer) -> None:
 
 
 def dicom_config(*, aet: str, host: str, port: int, idle_timeout: float, forward: str | None,
-                 allow: list[str] | None = None, prefix: str = "") -> Any:
+                 allow: list[str] | None = None, tls_cert: Path | None = None, tls_key: Path | None = None,
+                 tls_ca: Path | None = None, prefix: str = "") -> Any:
     """The :class:`~ichd.service.dicom_config.DicomNodeConfig` of the command line (InputError for bad values,
-    naming the options ``--{prefix}aet``, ``--{prefix}forward`` and ``--{prefix}allow-aet``)."""
-    from ichd.service.dicom_config import DicomNodeConfig, parse_aet, parse_forward
+    naming the options ``--{prefix}aet``, ``--{prefix}forward``, ``--{prefix}allow-aet`` and
+    ``--{prefix}tls-cert/-key/-ca``; the TLS files are loaded once here, so a bad one is reported before anything
+    is opened)."""
+    from ichd.errors import InputError
+    from ichd.service.dicom_config import (
+        DicomNodeConfig,
+        TlsFiles,
+        parse_aet,
+        parse_forward,
+        server_ssl_context,
+    )
 
     aet = parse_aet(aet, option=f"--{prefix}aet")
     target = parse_forward(forward, option=f"--{prefix}forward") if forward is not None else None
     allowed = tuple(parse_aet(a, option=f"--{prefix}allow-aet") for a in allow or ())
+    tls = None
+    if tls_cert is not None or tls_key is not None or tls_ca is not None:
+        if tls_cert is None or tls_key is None:
+            c, k = f"--{prefix}tls-cert", f"--{prefix}tls-key"
+            what = (f"{c} needs {k}" if tls_cert is not None else f"{k} needs {c}" if tls_key is not None
+                    else f"--{prefix}tls-ca needs {c} and {k}")
+            raise InputError(what, hint=f"give the node's PEM certificate ({c}) and its private key ({k}); see "
+                                        f"docs/pacs.md, TLS")
+        tls = TlsFiles(cert=tls_cert, key=tls_key, ca=tls_ca)
+        server_ssl_context(tls, prefix=prefix)
     return DicomNodeConfig(aet=aet, host=host, port=port, idle_timeout_s=idle_timeout, forward=target,
-                           allowed_aets=allowed)
+                           allowed_aets=allowed, tls=tls)
 
 
 def run_listener(config: Any, dicom: Any) -> None:
@@ -89,7 +119,8 @@ def run_listener(config: Any, dicom: Any) -> None:
     try:
         service.start()
         forward = f", forwarding results to {dicom.forward}" if dicom.forward else ""
-        typer.echo(f"ichd listen: DICOM node {dicom.aet} on {dicom.host}:{node.port}{forward}, data in "
+        tls = "" if dicom.tls is None else " (TLS only)"
+        typer.echo(f"ichd listen: DICOM node {dicom.aet} on {dicom.host}:{node.port}{tls}{forward}, data in "
                    f"{config.data_dir}", err=True)
         wait_for_stop()
     finally:

@@ -58,6 +58,14 @@ def register(app: typer.Typer) -> None:
         dicom_allow_aet: list[str] = typer.Option([], "--dicom-allow-aet", metavar="AET",
                                                   help="Accept DICOM associations only from this calling AE title "
                                                        "(repeat for several; default: any caller)."),
+        dicom_tls_cert: Path | None = typer.Option(None, "--dicom-tls-cert", metavar="CERT.pem",
+                                                   help="The DICOM node accepts only TLS associations (TLS 1.2 or "
+                                                        "later), with this PEM certificate; needs --dicom-tls-key."),
+        dicom_tls_key: Path | None = typer.Option(None, "--dicom-tls-key", metavar="KEY.pem",
+                                                  help="The unencrypted PEM private key of --dicom-tls-cert."),
+        dicom_tls_ca: Path | None = typer.Option(None, "--dicom-tls-ca", metavar="CA.pem",
+                                                 help="DICOM callers must present a certificate signed by this PEM "
+                                                      "CA (default: no client certificate asked for)."),
         second_reader: str | None = typer.Option(
             None, "--second-reader",
             help="Segment every study with a second reader too: 'blast-ct' (the blast-ct extra). Its lesion volumes "
@@ -80,7 +88,13 @@ def register(app: typer.Typer) -> None:
             from ichd.cli.listen import dicom_config
 
             dicom = dicom_config(aet=dicom_aet, host=host, port=dicom_port, idle_timeout=dicom_idle_timeout,
-                                 forward=dicom_forward, allow=dicom_allow_aet, prefix="dicom-")
+                                 forward=dicom_forward, allow=dicom_allow_aet, tls_cert=dicom_tls_cert,
+                                 tls_key=dicom_tls_key, tls_ca=dicom_tls_ca, prefix="dicom-")
+        elif dicom_tls_cert is not None or dicom_tls_key is not None or dicom_tls_ca is not None:
+            from ichd.errors import InputError
+
+            raise InputError("--dicom-tls-cert/--dicom-tls-key/--dicom-tls-ca need --dicom-port",
+                             hint="add --dicom-port 11112 to run the DICOM node, or leave the TLS options out")
         config = ServiceConfig(data_dir=data_dir, model=model, workers=workers, token=token, device=device,
                                max_upload_bytes=max_upload_mb * MiB, max_files=max_files,
                                max_unpacked_bytes=max_unpacked_mb * MiB, max_zip_ratio=max_zip_ratio,
@@ -111,7 +125,8 @@ def run_server(config, *, host: str, port: int, dicom: Any = None) -> None:
         from ichd.service.dicom_node import attach_dicom_node
 
         node = attach_dicom_node(service, dicom)  # port in use: one CLI line, before the model loads
-        typer.echo(f"ichd serve: DICOM node {dicom.aet} on {dicom.host}:{node.port}", err=True)
+        tls = "" if dicom.tls is None else " (TLS only)"
+        typer.echo(f"ichd serve: DICOM node {dicom.aet} on {dicom.host}:{node.port}{tls}", err=True)
     service.start()  # model and data-folder errors are one CLI line, before the port is opened
     log = get_logger("ichd.service")
     try:

@@ -8,7 +8,10 @@ imports nothing heavy (no pynetdicom), so the CLI can check arguments cheaply.
 from __future__ import annotations
 
 import ipaddress
+import ssl
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 from ichd.errors import InputError
 
@@ -34,6 +37,91 @@ class ForwardTarget:
         return f"{self.aet}@{host}:{self.port}"
 
 
+@dataclass(frozen=True)
+class TlsFiles:
+    """The PEM files of a TLS DICOM node (``--tls-cert``, ``--tls-key``, ``--tls-ca``); see :func:`server_ssl_context`.
+
+    Attributes:
+        cert: this node's certificate (PEM; may be followed by its intermediate certificates).
+        key: the certificate's private key (PEM, not encrypted).
+        ca: CA certificate(s) (PEM) that callers' certificates must be signed by; None: callers need no certificate.
+    """
+
+    cert: Path
+    key: Path
+    ca: Path | None = None
+
+
+class _ServerContext(ssl.SSLContext):
+    """A server-side context whose sockets leave the TLS handshake to the connection's own thread.
+
+    pynetdicom wraps each accepted connection in its accept loop; with the handshake there, one caller that
+    connects and says nothing would hold up every other association. The node does the handshake when the
+    connection opens (``DicomNode._on_connection``), within ``handshake_timeout_s``.
+    """
+
+    handshake_timeout_s: float | None = None
+
+    def wrap_socket(self, sock: Any, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        kwargs["do_handshake_on_connect"] = False
+        if self.handshake_timeout_s is not None:
+            sock.settimeout(self.handshake_timeout_s)
+        return super().wrap_socket(sock, *args, **kwargs)
+
+
+def _encrypted_key(*_: Any) -> bytes:
+    raise _EncryptedKey
+
+
+class _EncryptedKey(Exception):
+    """The private key asks for a password (raised by :func:`_encrypted_key` instead of prompting on the tty)."""
+
+
+def server_ssl_context(tls: TlsFiles, *, prefix: str = "", timeout_s: float | None = None) -> ssl.SSLContext:
+    """The server-side :class:`ssl.SSLContext` of a TLS DICOM node: TLS 1.2 or later, this node's certificate and
+    key and, with ``tls.ca``, client certificates required and verified against it.
+
+    Raises :class:`InputError` (one CLI line, naming the options ``--{prefix}tls-cert`` etc.) when a file is
+    missing, unreadable, not PEM, the key does not match the certificate or is encrypted.
+    """
+    opt_cert, opt_key, opt_ca = (f"--{prefix}tls-{n}" for n in ("cert", "key", "ca"))
+    for option, path in ((opt_cert, tls.cert), (opt_key, tls.key), (opt_ca, tls.ca)):
+        if path is not None and not Path(path).is_file():
+            raise InputError(f"{option} {path}: no such file",
+                             hint="give the PEM file's path (see docs/pacs.md, TLS)")
+    context = _ServerContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.handshake_timeout_s = timeout_s
+    try:
+        context.load_cert_chain(str(tls.cert), str(tls.key), password=_encrypted_key)
+    except _EncryptedKey:
+        raise InputError(f"{opt_key} {tls.key}: the private key is encrypted (password-protected)",
+                         hint=f"give an unencrypted copy, readable only by ichd's user: openssl pkey -in {tls.key} "
+                              f"-out KEY.pem") from None
+    except ssl.SSLError as e:
+        what = ("the key does not belong to the certificate" if "KEY_VALUES_MISMATCH" in str(e)
+                else "not a PEM certificate and its private key" + (f" ({e.reason})" if e.reason else ""))
+        raise InputError(f"{opt_cert} {tls.cert} / {opt_key} {tls.key}: {what}",
+                         hint=f"give this node's PEM certificate to {opt_cert} and its private key to {opt_key}") from None
+    except OSError as e:
+        raise InputError(f"{opt_cert} {tls.cert} / {opt_key} {tls.key}: cannot be read ({e.strerror or e})",
+                         hint="check the files' permissions for ichd's user") from None
+    if tls.ca is not None:
+        try:
+            context.load_verify_locations(cafile=str(tls.ca))
+        except ssl.SSLError as e:
+            raise InputError(f"{opt_ca} {tls.ca}: not a PEM CA certificate ({e.reason or e})",
+                             hint="give the PEM certificate of the CA that signs the callers' certificates") from None
+        except OSError as e:
+            raise InputError(f"{opt_ca} {tls.ca}: cannot be read ({e.strerror or e})",
+                             hint="check the file's permissions for ichd's user") from None
+        if not context.get_ca_certs():
+            raise InputError(f"{opt_ca} {tls.ca}: holds no CA certificate",
+                             hint="give the PEM certificate of the CA that signs the callers' certificates")
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
+
+
 @dataclass
 class DicomNodeConfig:
     """Everything a :class:`~ichd.service.dicom_node.DicomNode` needs.
@@ -54,6 +142,7 @@ class DicomNodeConfig:
         max_pdu: largest PDU this node receives (bytes; 0 = unlimited).
         allowed_aets: calling AE titles allowed to associate (``--allow-aet``); others are rejected at
             association ("calling AE title not recognised") with a logged reason. Empty: any caller.
+        tls: with it the node accepts only TLS associations (:func:`server_ssl_context`); None: plain TCP.
     """
 
     aet: str = DEFAULT_AET
@@ -69,6 +158,7 @@ class DicomNodeConfig:
     connect_timeout_s: float = 10.0
     max_pdu: int = 262_144
     allowed_aets: tuple[str, ...] = ()
+    tls: TlsFiles | None = None
 
     def __post_init__(self) -> None:
         self.aet = parse_aet(self.aet)
@@ -142,11 +232,13 @@ def parse_forward(text: str, *, option: str = "--forward") -> ForwardTarget:
                          port=parse_port(port_text, option=f"{option} {shown!r}"))
 
 
-def check_dicom_bind(host: str) -> str | None:
-    """A warning to log when the DICOM node listens beyond this machine (DICOM has no authentication)."""
+def check_dicom_bind(host: str, tls: TlsFiles | None = None) -> str | None:
+    """A warning to log when the DICOM node listens beyond this machine without client certificates (then DICOM
+    has no authentication)."""
     from ichd.service.config import is_loopback
 
-    if is_loopback(host):
+    if is_loopback(host) or (tls is not None and tls.ca is not None):
         return None
     return (f"the DICOM node listens on {host}: any node that can reach it and calls its AE title can send "
-            f"studies (DICOM has no authentication here); restrict access with a firewall")
+            f"studies (DICOM has no authentication here); restrict access with a firewall, or require client "
+            f"certificates (--tls-ca)")

@@ -4,7 +4,10 @@
   Enhanced CT and Legacy Converted Enhanced CT — the SOP classes ``ichd.io`` reads — in every transfer syntax
   ``ichd`` can decode here (:func:`accepted_transfer_syntaxes`: implicit/explicit little endian, deflated, and each
   compressed syntax of :data:`ichd.io.decode.DECODER_PACKAGES` whose decoder plugin is installed), so compressed
-  files are kept exactly as the sender stored them. Associations must call this node's AE title. Each instance is
+  files are kept exactly as the sender stored them. Associations must call this node's AE title. With
+  ``config.tls`` the node accepts TLS connections only (:func:`~ichd.service.dicom_config.server_ssl_context`);
+  the handshake is done in each connection's thread (:meth:`DicomNode._on_connection`), and a caller that fails
+  it is logged with the reason and disconnected before any DICOM is read. Each instance is
   written durably into ``DATA/dicom/incoming/<study>/<series>/`` (:mod:`ichd.service.dicom_staging`) before the
   success status is sent.
 * **Complete** (thread ``ichd-dicom-complete``): a series with no new instance for ``idle_timeout_s`` is handed to
@@ -32,13 +35,20 @@ import errno
 import queue
 import shutil
 import socket
+import ssl
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
 from ichd.errors import IchdError, InputError
-from ichd.service.dicom_config import DicomNodeConfig, ForwardTarget, check_dicom_bind, parse_forward
+from ichd.service.dicom_config import (
+    DicomNodeConfig,
+    ForwardTarget,
+    check_dicom_bind,
+    parse_forward,
+    server_ssl_context,
+)
 from ichd.service.dicom_forward import (
     ForwardQueue,
     PendingForward,
@@ -163,11 +173,14 @@ class DicomNode:
             t = threading.Thread(target=target, name=name, daemon=True)
             t.start()
             self._threads.append(t)
-        note = check_dicom_bind(self.config.host)
+        note = check_dicom_bind(self.config.host, self.config.tls)
         if note:
             log.warning("%s", note)
-        log.info("DICOM node %s listening on %s:%d (series complete after %g s idle%s)", self.config.aet,
-                 self.config.host, self.port, self.config.idle_timeout_s,
+        tls = self.config.tls
+        log.info("DICOM node %s listening on %s:%d%s (series complete after %g s idle%s)", self.config.aet,
+                 self.config.host, self.port,
+                 "" if tls is None else f", TLS only{'' if tls.ca is None else ', client certificates required'}",
+                 self.config.idle_timeout_s,
                  f", results forwarded to {self.config.forward}" if self.config.forward else "")
         return self
 
@@ -211,12 +224,16 @@ class DicomNode:
         from pynetdicom import evt
 
         ae = self._application_entity()
-        handlers = [(evt.EVT_C_STORE, self._on_store), (evt.EVT_C_ECHO, self._on_echo),
+        handlers = [(evt.EVT_CONN_OPEN, self._on_connection), (evt.EVT_C_STORE, self._on_store),
+                    (evt.EVT_C_ECHO, self._on_echo),
                     (evt.EVT_ACCEPTED, self._on_accepted), (evt.EVT_RELEASED, self._on_ended),
                     (evt.EVT_ABORTED, self._on_ended), (evt.EVT_REJECTED, self._on_rejected)]
         where = f"{self.config.host}:{self.config.port}"
+        tls = self.config.tls
+        context = server_ssl_context(tls, timeout_s=self.config.acse_timeout_s) if tls is not None else None
         try:
-            return ae.start_server((self.config.host, self.config.port), block=False, evt_handlers=handlers)
+            return ae.start_server((self.config.host, self.config.port), block=False, evt_handlers=handlers,
+                                   ssl_context=context)
         except socket.gaierror as e:
             raise InputError(f"cannot listen on {where}: unknown host {self.config.host!r} ({e.strerror})",
                              hint="give an address of this machine to --host, e.g. 127.0.0.1 or 0.0.0.0") from e
@@ -237,6 +254,26 @@ class DicomNode:
     def _count(self, event: Any, k: int) -> None:
         with self._counts_lock:
             self._assoc_counts.setdefault(id(event.assoc), [0, 0])[k] += 1
+
+    def _on_connection(self, event: Any) -> None:
+        """With TLS: the handshake, in this connection's own thread (see ``dicom_config._ServerContext``). A caller
+        that fails it (no TLS, no certificate or one the CA did not sign) is logged with the reason and
+        disconnected before any DICOM is read; one that stays silent, after ``acse_timeout_s``."""
+        sock = event.assoc.dul.socket.socket
+        if not isinstance(sock, ssl.SSLSocket):
+            return
+        address = f"{event.address[0]}:{event.address[1]}"
+        try:
+            sock.do_handshake()
+        except (OSError, ValueError) as e:  # ssl.SSLError, a timeout, a reset connection, a closed socket
+            reason = getattr(e, "reason", None) or getattr(e, "strerror", None) or type(e).__name__
+            log.warning("connection from %s refused: TLS handshake failed (%s)", address, reason)
+            event.assoc.dul.socket.close()
+            # no A-ASSOCIATE can come now: end the association thread at once instead of after acse_timeout_s
+            event.assoc.acse_timeout = 0
+            return
+        sock.settimeout(None)  # as a plain TCP connection: the association's own timeouts apply from here
+        log.debug("TLS connection from %s: %s, %s", address, sock.version(), sock.cipher()[0])
 
     def _on_accepted(self, event: Any) -> None:
         log.info("association from %s accepted", _peer(event))
