@@ -1,8 +1,8 @@
 """A real Orthanc PACS for tests and benchmarks (Debian package ``orthanc``): its generated configuration, its
 REST API, and series made ready to store the way a PACS holds them.
 
-Used by ``tests/integration/test_orthanc_roundtrip.py`` and ``benchmarks/pacs_latency.py``; docs/pacs.md explains
-the same configuration for a real deployment. Standard library and pydicom only.
+Used by ``tests/integration/test_orthanc_roundtrip.py``, ``tests/integration/test_orthanc_dicomweb.py`` and
+``benchmarks/pacs_latency.py``; docs/pacs.md explains the same configuration for a real deployment. Standard library and pydicom only.
 """
 
 from __future__ import annotations
@@ -31,6 +31,21 @@ def find_orthanc() -> str | None:
     """The Orthanc executable (``/usr/sbin`` is not on every user's PATH), or None."""
     return shutil.which("Orthanc") or next((p for p in ("/usr/sbin/Orthanc", "/usr/bin/Orthanc")
                                             if os.access(p, os.X_OK)), None)
+
+
+#: Where the Debian package ``orthanc-dicomweb`` puts the DICOMweb plugin (``dpkg -L orthanc-dicomweb``), then
+#: Orthanc's plugin folder.
+DICOMWEB_PLUGIN_PATHS = ("/usr/lib/orthanc/libOrthancDicomWeb.so.1.7", "/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
+
+
+def find_dicomweb_plugin() -> str | None:
+    """Orthanc's DICOMweb plugin (a shared library, for the ``"Plugins"`` key), or None."""
+    listed: list[str] = []
+    if shutil.which("dpkg-query"):
+        got = subprocess.run(["dpkg-query", "-L", "orthanc-dicomweb"], capture_output=True, text=True, check=False)
+        if got.returncode == 0:
+            listed = [line for line in got.stdout.splitlines() if "libOrthancDicomWeb.so" in line]
+    return next((p for p in (*listed, *DICOMWEB_PLUGIN_PATHS) if os.path.isfile(p)), None)
 
 
 def free_port() -> int:
@@ -87,16 +102,24 @@ class OrthancApi:
 
 
 def orthanc_config(root: Path, *, http_port: int, dicom_port: int, ichd_port: int, lua: bool = False,
-                   stable_age_s: int = STABLE_AGE_S) -> dict[str, Any]:
+                   stable_age_s: int = STABLE_AGE_S, dicomweb_plugin: str | None = None,
+                   dicomweb_servers: dict[str, Any] | None = None) -> dict[str, Any]:
     """Orthanc's configuration on loopback: storage under ``root``, a modality ``ichd`` (AE ICHD on
-    ``ichd_port``), and with ``lua`` the auto-routing script."""
-    return {
+    ``ichd_port``), and with ``lua`` the auto-routing script. With ``dicomweb_plugin`` (:func:`find_dicomweb_plugin`)
+    Orthanc loads the DICOMweb plugin, whose client talks to ``dicomweb_servers`` (the ``DicomWeb.Servers``
+    entries, e.g. ``{"ichd": {"Url": ..., "HttpHeaders": {"Authorization": "Bearer ..."}}}``)."""
+    config = {
         "Name": "ichd-test", "StorageDirectory": str(root / "storage"), "IndexDirectory": str(root / "storage"),
         "HttpPort": http_port, "RemoteAccessAllowed": False, "AuthenticationEnabled": False,
         "DicomAet": "ORTHANC", "DicomPort": dicom_port, "DicomAlwaysAllowStore": True, "Plugins": [],
         "DicomModalities": {"ichd": ["ICHD", "127.0.0.1", ichd_port]}, "StableAge": stable_age_s,
         "LuaScripts": [str(AUTOROUTE_LUA)] if lua else [],
     }
+    if dicomweb_plugin is not None:
+        config["Plugins"] = [dicomweb_plugin]
+        config["DicomWeb"] = {"Enable": True, "Root": "/dicom-web/", "EnableWado": False,
+                              "Servers": dicomweb_servers or {}}
+    return config
 
 
 @contextmanager
