@@ -156,6 +156,9 @@ class ReceivingOut(BaseModel):
     last_instance_at: str = Field(description="when the latest instance arrived")
     calling_ae: str = Field(description="the sender's AE title")
     series_description: str
+    expected_instances: int | None = Field(None, description="the series' instance count as the sender stated it "
+                                                            "(Number of Series Related Instances): the series is "
+                                                            "complete when that many have arrived; null if not stated")
     complete_in_s: float = Field(description="seconds until the series is complete (the idle timeout) if no more "
                                              "instances arrive; it then becomes a study with a queued job")
 
@@ -235,6 +238,7 @@ def receiving_out(item: dict[str, Any]) -> ReceivingOut:
                         series_instance_uid=str(item["series_instance_uid"]), n_instances=int(item["n_instances"]),
                         received_at=_iso(item["received_at"]) or "", last_instance_at=_iso(item["last_instance_at"]) or "",
                         calling_ae=str(item["calling_ae"]), series_description=str(item["series_description"]),
+                        expected_instances=item.get("expected_instances"),
                         complete_in_s=round(float(item["complete_in_s"]), 1))
 
 

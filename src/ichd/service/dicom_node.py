@@ -83,6 +83,8 @@ STATUS_CANNOT_UNDERSTAND = 0xC000
 STUDY_INSTANCE_UID_TAG = 0x0020000D
 SERIES_INSTANCE_UID_TAG = 0x0020000E
 SERIES_DESCRIPTION_TAG = 0x0008103E
+#: Number of Series Related Instances: a sender that states it completes the series without the idle timeout
+SERIES_INSTANCES_TAG = 0x00201209
 #: Polling period of the forward thread (seconds).
 FORWARD_POLL_S = 0.5
 
@@ -113,6 +115,16 @@ def _raw_text(ds: Any, tag: int) -> str:
     if isinstance(value, bytes):
         value = value.decode("ascii", "replace")
     return str(value or "").strip(" \x00")
+
+
+def _raw_count(ds: Any, tag: int) -> int | None:
+    """A positive integer string element (IS) as stored, or None when absent or not a positive integer."""
+    text = _raw_text(ds, tag)
+    try:
+        value = int(text.split("\\")[0]) if text else 0
+    except ValueError:
+        return None
+    return value if value > 0 else None
 
 
 def _peer(event: Any) -> str:
@@ -316,7 +328,8 @@ class DicomNode:
         try:
             self.staging.store(study_uid, series_uid, sop_uid, event.encoded_dataset(),
                                calling_ae=str(event.assoc.requestor.ae_title).strip(),
-                               description=_raw_text(event.dataset, SERIES_DESCRIPTION_TAG))
+                               description=_raw_text(event.dataset, SERIES_DESCRIPTION_TAG),
+                               expected=_raw_count(event.dataset, SERIES_INSTANCES_TAG))
         except StagingFull as e:
             log.warning("C-STORE from %s: instance %s of series %s refused: %s (at most %d per study)", peer,
                         sop_uid, series_uid, e, self.staging.max_instances)

@@ -11,7 +11,8 @@ success response is only sent after that (nothing acknowledged is lost). The sam
 replaces the earlier copy.
 
 A series is *due* when no instance of it has arrived for ``idle_timeout_s`` and none is being written
-(:meth:`SeriesStaging.take_due`). While a due series is handed over (:meth:`SeriesStaging.finish`), a new instance
+(:meth:`SeriesStaging.take_due`), or, sooner, when the sender said how many instances the series has (an instance
+carrying Number of Series Related Instances (0020,1209)) and that many have been written. While a due series is handed over (:meth:`SeriesStaging.finish`), a new instance
 of the same series waits; after the hand-over it starts a new series folder (a late instance becomes a study of
 its own). :meth:`SeriesStaging.recover` picks up what a stopped or crashed process left: temporary files are
 removed and every non-empty series folder is due again after one more idle timeout, so instances the sender
@@ -63,6 +64,8 @@ class StagedSeries:
     series_uid: str = ""
     calling_ae: str = ""
     description: str = ""
+    #: the series' instance count as the sender stated it (None: not stated; the idle timeout completes it)
+    expected: int | None = None
 
     @property
     def key(self) -> tuple[str, str]:
@@ -95,9 +98,11 @@ class SeriesStaging:
     # ------------------------------------------------------------------------------------------------ receive
 
     def store(self, study_uid: str, series_uid: str, sop_uid: str, data: bytes, *, calling_ae: str = "",
-              description: str = "") -> Path:
+              description: str = "", expected: int | None = None) -> Path:
         """Write one instance (Part 10 bytes) durably into its series folder; returns the file. ``calling_ae``
-        and ``description`` (the sender's AE title, the Series Description) are kept for :meth:`receiving`.
+        and ``description`` (the sender's AE title, the Series Description) are kept for :meth:`receiving`;
+        ``expected``, the series' instance count when the instance states it, completes the series as soon as
+        that many instances are written (the largest count stated wins).
 
         Raises :class:`StagingFull` when the series is full, :class:`OSError` when the file cannot be written.
         """
@@ -106,6 +111,8 @@ class SeriesStaging:
             series.study_uid, series.series_uid = study_uid, series_uid
             series.calling_ae = calling_ae or series.calling_ae
             series.description = description or series.description
+            if expected is not None and expected > 0:
+                series.expected = max(expected, series.expected or 0)
         try:
             target = series.folder / f"{safe_name(sop_uid)}{SUFFIX}"
             tmp = series.folder / f"{TMP_PREFIX}{os.getpid()}-{threading.get_ident()}-{target.name}"
@@ -152,14 +159,17 @@ class SeriesStaging:
     # ------------------------------------------------------------------------------------------------ hand over
 
     def take_due(self) -> list[StagedSeries]:
-        """The series idle for ``idle_timeout_s`` with nothing in flight, now marked as being handed over.
+        """The series idle for ``idle_timeout_s`` (or holding the instance count the sender stated) with nothing in
+        flight, now marked as being handed over.
 
         Call :meth:`finish` for each of them.
         """
         now = self._clock()
         with self._cond:
             due = [s for s in self._series.values()
-                   if not s.handing_over and s.in_flight == 0 and now - s.last_activity >= self.idle_timeout_s]
+                   if not s.handing_over and s.in_flight == 0
+                   and (now - s.last_activity >= self.idle_timeout_s
+                        or (s.expected is not None and len(s.instances) >= s.expected))]
             for s in due:
                 s.handing_over = True
             return due
@@ -212,8 +222,9 @@ class SeriesStaging:
     def receiving(self) -> list[dict[str, object]]:
         """The series being received, oldest first: UIDs (the folder names for series an earlier run left),
         ``n_instances``, ``received_at`` / ``last_instance_at`` (epoch seconds), ``calling_ae``,
-        ``series_description``, and ``complete_in_s``: seconds until the idle timeout completes the series if
-        nothing more arrives (0 while it is being handed over)."""
+        ``series_description``, ``expected_instances`` (the count the sender stated, or None), and
+        ``complete_in_s``: seconds until the idle timeout completes the series if nothing more arrives (0 while it
+        is being handed over)."""
         now = self._clock()
         with self._cond:
             out = []
@@ -223,7 +234,7 @@ class SeriesStaging:
                             "series_instance_uid": s.series_uid or s.key[1],
                             "n_instances": len(s.instances), "received_at": s.received_at,
                             "last_instance_at": s.last_received_at, "calling_ae": s.calling_ae,
-                            "series_description": s.description,
+                            "series_description": s.description, "expected_instances": s.expected,
                             "complete_in_s": 0.0 if s.handing_over else max(0.0, self.idle_timeout_s - idle)})
             return out
 

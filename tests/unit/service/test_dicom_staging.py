@@ -120,6 +120,37 @@ def test_a_series_is_due_after_the_idle_timeout_and_handed_over_once(tmp_path: P
     assert [s.key for s in staging.take_due()] == [("1.2.3", "1.2.3.5")]
 
 
+def test_a_series_whose_sender_states_its_count_is_due_when_complete(tmp_path: Path) -> None:
+    clock = FakeClock()
+    staging = SeriesStaging(tmp_path / "in", idle_timeout_s=30.0, max_instances=10, clock=clock)
+    staging.store("1.2.3", "1.2.3.4", "1.2.3.4.1", b"one", expected=3)
+    staging.store("1.2.3", "1.2.3.4", "1.2.3.4.2", b"two", expected=3)
+    staging.store("1.2.3", "1.2.3.5", "1.2.3.5.1", b"count not stated")
+    assert staging.take_due() == []  # 2 of 3: waits (for the rest, or the idle timeout)
+    assert [r["expected_instances"] for r in staging.receiving()] == [3, None]
+    staging.store("1.2.3", "1.2.3.4", "1.2.3.4.2", b"two again", expected=3)  # a resent instance is not a new one
+    assert staging.take_due() == []
+    staging.store("1.2.3", "1.2.3.4", "1.2.3.4.3", b"three", expected=3)
+    assert [s.key for s in staging.take_due()] == [("1.2.3", "1.2.3.4")]  # at once, no idle timeout
+    clock.now += 30.0
+    assert [s.key for s in staging.take_due()] == [("1.2.3", "1.2.3.5")]  # the other one: the idle timeout
+
+
+def test_the_node_reads_the_stated_count_as_stored() -> None:
+    from pydicom.dataelem import RawDataElement
+    from pydicom.dataset import Dataset
+    from pydicom.tag import Tag
+
+    from ichd.service.dicom_node import SERIES_INSTANCES_TAG, _raw_count
+
+    assert _raw_count(Dataset(), SERIES_INSTANCES_TAG) is None
+    tag = Tag(SERIES_INSTANCES_TAG)
+    for value, count in ((b"36", 36), (b" 12 ", 12), (b"0 ", None), (b"x ", None), (b"-4", None)):
+        # as a received data set holds it: the raw bytes, not decoded or validated
+        ds = Dataset({tag: RawDataElement(tag, "IS", len(value), value, 0, True, True)})
+        assert _raw_count(ds, SERIES_INSTANCES_TAG) == count, value
+
+
 def test_receiving_reports_each_series_until_it_is_handed_over(tmp_path: Path) -> None:
     clock = FakeClock()
     staging = SeriesStaging(tmp_path / "in", idle_timeout_s=5.0, max_instances=10, clock=clock)
