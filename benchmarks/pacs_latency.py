@@ -26,14 +26,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ichd.testing.orthanc import (
-    find_orthanc,
-    free_port,
-    orthanc_config,
-    pacs_ready_copy,
-    running_orthanc,
-    wait_until,
-)
+from ichd.testing.orthanc import find_orthanc, orthanc_config, pacs_ready_copy, running_orthanc
+from ichd.testing.server import free_port, wait_until
 
 
 def _job(data: Path) -> dict[str, Any] | None:

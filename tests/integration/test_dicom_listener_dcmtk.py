@@ -19,11 +19,9 @@ import json
 import os
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
-import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +29,8 @@ from typing import Any
 
 import pydicom
 import pytest
+
+from ichd.testing.server import free_port, stop_process, wait_until
 
 RSNA_SERIES = "ID_9d97cf289b"  # 28 slices, JPEG-LS lossless, 22 degree tilt
 CQ500_SERIES = "cq500/CQ500-CT-0/series-6_4cc-sec-150cc-D3D-on"
@@ -81,23 +81,6 @@ def dcmtk(name: str) -> str:
     if path is None:
         _missing(f"dcmtk's {name}")
     return str(path)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_until(what: str, check: Any, *, timeout: float, every: float = 0.2) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        got = check()
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(every)
 
 
 def storescu(folder: Path, port: int) -> subprocess.CompletedProcess[str]:
@@ -204,12 +187,7 @@ def scenario(data_root: Path, test_bundle: Path, tmp_path_factory: pytest.TempPa
         out.listener_code = listener.wait(timeout=60)
     finally:
         for proc in (listener, dest):
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+            stop_process(proc)
         listener_log.close()
         dest_log.close()
     out.listener_output = (root / "listener.log").read_text()

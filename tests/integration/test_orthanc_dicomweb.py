@@ -33,7 +33,8 @@ import pydicom
 import pytest
 
 from ichd.testing import orthanc
-from ichd.testing.orthanc import free_port, orthanc_config, pacs_ready_copy, running_orthanc, wait_until
+from ichd.testing.orthanc import orthanc_config, pacs_ready_copy, running_orthanc
+from ichd.testing.server import free_port, stop_process, wait_until
 
 RSNA_SERIES = "ID_3d2ee1643b"  # 36 slices, JPEG-LS lossless
 TOKEN = "orthanc-dicomweb-test-token"
@@ -60,17 +61,6 @@ def _ichd(url: str, path: str) -> Any:
     req = urllib.request.Request(url + path, headers={"Authorization": f"Bearer {TOKEN}"})
     with urllib.request.urlopen(req, timeout=30) as r:
         return json.loads(r.read())
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> int:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=20)
-    return int(proc.returncode)
 
 
 @dataclass
@@ -167,7 +157,7 @@ def outcome(data_root: Path, calling_bundle: Path, tmp_path_factory: pytest.Temp
                         data = pacs.request("GET", f"/instances/{instance}/file")
                         out.objects[str(read(data).SOPInstanceUID)] = data
     finally:
-        out.serve_code = _stop(serve)
+        out.serve_code = stop_process(serve)
         out.serve_output = serve_log.read_text()
     return out
 

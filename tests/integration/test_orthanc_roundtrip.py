@@ -37,7 +37,8 @@ import pydicom
 import pytest
 
 from ichd.testing import orthanc
-from ichd.testing.orthanc import free_port, orthanc_config, pacs_ready_copy, wait_until
+from ichd.testing.orthanc import orthanc_config, pacs_ready_copy
+from ichd.testing.server import free_port, stop_process, wait_until
 
 RSNA_SERIES = "ID_3d2ee1643b"  # 36 slices, JPEG-LS lossless
 IDLE_S = 2
@@ -173,13 +174,7 @@ def scenario(request: pytest.FixtureRequest, data_root: Path, calling_bundle: Pa
         out.listener_code = listener.wait(timeout=60)
     finally:
         for proc in (listener, server):
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(timeout=20)
+            stop_process(proc)
         listener_log.close()
         orthanc_log.close()
     out.listener_output = (root / "listener.log").read_text()

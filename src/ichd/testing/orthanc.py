@@ -10,16 +10,16 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
-import time
 import urllib.error
 import urllib.request
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from ichd.testing.server import wait_until
 
 #: Orthanc's auto-routing script shipped with ichd (docs/pacs.md).
 AUTOROUTE_LUA = Path(__file__).resolve().parents[3] / "deploy" / "orthanc" / "ichd-autoroute.lua"
@@ -46,24 +46,6 @@ def find_dicomweb_plugin() -> str | None:
         if got.returncode == 0:
             listed = [line for line in got.stdout.splitlines() if "libOrthancDicomWeb.so" in line]
     return next((p for p in (*listed, *DICOMWEB_PLUGIN_PATHS) if os.path.isfile(p)), None)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_until(what: str, check: Callable[[], Any], *, timeout: float, every: float = 0.2) -> Any:
-    """``check()``'s first truthy value, polled every ``every`` s; AssertionError after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        got = check()
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(every)
 
 
 class OrthancApi:
