@@ -15,8 +15,6 @@ import json
 import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -28,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from ichd.testing.server import free_port, stop_process
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
@@ -62,12 +62,6 @@ def chromium() -> str:
     return path
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _get_json(url: str, token: str | None = None) -> Any:
     req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
     with urllib.request.urlopen(req, timeout=10) as resp:
@@ -84,23 +78,13 @@ class Server:
         return _get_json(self.url + path, TOKEN)
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """``ichd serve`` with the default model, a token and a fresh data folder, on a free loopback port."""
     root = tmp_path_factory.mktemp("viewer-e2e")
     token_file = root / "token"
     token_file.write_text(TOKEN + "\n")
-    port, dicom_port = _free_port(), _free_port()
+    port, dicom_port = free_port(), free_port()
     log = root / "serve.log"
     env = {k: v for k, v in os.environ.items() if k != "ICHD_TOKEN"}
     env["NO_ALBUMENTATIONS_UPDATE"] = "1"
@@ -126,7 +110,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
             time.sleep(0.25)
         yield Server(url=url, log=log, dicom_port=dicom_port)
     finally:
-        _stop(proc)
+        stop_process(proc, timeout=30)
         _keep(log)
 
 

@@ -25,6 +25,7 @@ from ichd.service.dicom_config import DicomNodeConfig, ForwardTarget
 from ichd.service.dicom_node import DicomNode, attach_dicom_node
 from ichd.service.runner import StudyService
 from ichd.testing.factories import JPEG_LOSSLESS_SV1, make_ct_series, make_multiframe_ct, write_series
+from ichd.testing.server import free_port
 
 AET = "ICHDTEST"
 CT = "1.2.840.10008.5.1.4.1.1.2"
@@ -33,12 +34,6 @@ PATIENT_ID = "PID-5512-QZX"
 BIRTH_DATE = "19230417"
 STUDY_DATE = "20240229"
 SECRETS = ("Zqxname", "Wvsecret", PATIENT_ID, BIRTH_DATE, STUDY_DATE)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -28,6 +27,7 @@ from torch.utils.data import DataLoader, RandomSampler, WeightedRandomSampler
 
 from ichd.constants import LABELS
 from ichd.errors import ConfigError, InputError
+from ichd.testing.server import free_port
 from ichd.training.distributed import (
     DistInfo,
     EvalShardSampler,
@@ -178,12 +178,6 @@ def tiny_setup(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _torchrun(root: Path, out: Path, nproc: int = 2) -> float:
     """``torchrun --nproc-per-node 2 <launcher> train cnn --config cfg.yaml --fold 0 --out OUT``; seconds."""
     launcher = root / "ichd_launcher.py"
@@ -192,7 +186,7 @@ def _torchrun(root: Path, out: Path, nproc: int = 2) -> float:
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(k, None)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
-           "--master-addr", "127.0.0.1", "--master-port", str(_free_port()), str(launcher),
+           "--master-addr", "127.0.0.1", "--master-port", str(free_port()), str(launcher),
            "-q", "train", "cnn", "--config", str(root / "cfg.yaml"), "--fold", "0", "--out", str(out)]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, check=False, cwd=root, env=env, capture_output=True, text=True, timeout=240)
