@@ -14,21 +14,11 @@ set -euo pipefail
 RUN=${1:-runs/frozen_default}
 EVAL=${2:-runs/eval_frozen_default}
 shift $(( $# > 2 ? 2 : $# ))   # further arguments go to scripts/build_bundle.py (e.g. --limit TEXT)
-DATA=${ICHD_DATA:-../shared/data}
 NAME=${NAME:-ctich-rsna-frozen-lite0}
 VERSION=${VERSION:-3.1.0}
 CNN=${CNN:-$RUN/final/cnn.pt}
-L1=$DATA/ct-ich/labels.csv
-L2=$DATA/rsna-series/labels.csv
 export NO_ALBUMENTATIONS_UPDATE=1
-repeats=()
-for r in "$RUN"/r[1-9]*/oof.csv; do [ -f "$r" ] && repeats+=(--repeat "$r"); done
-ichd evaluate "$RUN/oof.csv" "$L1" "$L2" --partial-scans "${repeats[@]}" --out "$EVAL" --sensitivity 0.95 \
-    --bootstrap 1000 --seed 0 --overwrite
-for src in ct-ich rsna-series; do
-  ichd evaluate "$RUN/oof.csv" "$L1" "$L2" --partial-scans --source "$src" --thresholds-from "$EVAL/thresholds.json" \
-      --out "${EVAL}_$src" --sensitivity 0.95 --bootstrap 1000 --seed 0 --overwrite
-done
+benchmarks/evaluate_oof.sh "$RUN" "$EVAL"
 python scripts/build_bundle.py --cnn "$CNN" --seq "$RUN/final/sequence.pt" --evaluation "$EVAL" \
     --name "$NAME" --version "$VERSION" \
     --training-source ct-ich:all --training-source rsna-series:all --training-cache cache/multi-256 \

@@ -12,16 +12,8 @@ set -euo pipefail
 RUN=${RUN:-runs/frozen_windowed}
 EVAL=${EVAL:-runs/eval_frozen_windowed}
 CNN=${CNN:-runs/lesion_map_windowed/cnn.pt}
-DATA=${ICHD_DATA:-../shared/data}
-L1=$DATA/ct-ich/labels.csv
-L2=$DATA/rsna-series/labels.csv
 export NO_ALBUMENTATIONS_UPDATE=1
-ichd evaluate "$RUN/oof.csv" "$L1" "$L2" --partial-scans --out "$EVAL" --sensitivity 0.95 \
-    --bootstrap 1000 --seed 0 --overwrite
-for src in ct-ich rsna-series; do
-  ichd evaluate "$RUN/oof.csv" "$L1" "$L2" --partial-scans --source "$src" --thresholds-from "$EVAL/thresholds.json" \
-      --out "${EVAL}_$src" --sensitivity 0.95 --bootstrap 1000 --seed 0 --overwrite
-done
+benchmarks/evaluate_oof.sh "$RUN" "$EVAL"   # frozen_windowed has one repeat: no --repeat files
 python scripts/build_bundle.py --cnn "$CNN" --seq "$RUN/final/sequence.pt" --evaluation "$EVAL" \
     --name ctich-rsna-frozen-lite0-windowed --version 3.1.0 --alias default-windowed \
     --training-source ct-ich:all --training-source rsna-series:all --training-cache cache/multi-256 \
