@@ -70,6 +70,9 @@ class EncoderSpec:
     name: str = "efficientnet_lite0"
     input_size: int = 256
     channels: Literal["windows", "each_window"] = "windows"
+    #: also embed the left-right mirror image and average the two pooled embeddings (flip test-time
+    #: augmentation of the features: the head sees one vector per view either way; twice the encoder's cost)
+    flip: bool = False
 
     @property
     def views(self) -> int:
@@ -111,7 +114,8 @@ class FrozenEncoderConfig:
 
     def describe(self) -> str:
         enc = " + ".join(f"{e.name.replace('efficientnet_', '').title()}@{e.input_size}"
-                         + (" per window" if e.channels == "each_window" else "") for e in self.encoders)
+                         + (" per window" if e.channels == "each_window" else "")
+                         + (" flip-averaged" if e.flip else "") for e in self.encoders)
         return f"{enc} ({self.depth}, {self.pool} pool)"
 
 
@@ -280,12 +284,17 @@ class FrozenEncoderClassifier(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Embedding (B, num_features): each encoder's pooled map at its own input size, concatenated (for an
-        ``each_window`` encoder: one pass per window, as a grey image, in window order)."""
+        ``each_window`` encoder: one pass per window, as a grey image, in window order; for a ``flip`` encoder
+        the mean of the view's and its mirror image's pooled maps)."""
         x = self.normalize(x)
         parts = []
         for i, spec in enumerate(self.config.encoders):
             for view in self.views(x, spec):
-                parts.extend(self.pool_map(self.encoder_maps(i, view)[self.config.depth], self.config.pool))
+                pooled = self.pool_map(self.encoder_maps(i, view)[self.config.depth], self.config.pool)
+                if spec.flip:
+                    mirror = self.pool_map(self.encoder_maps(i, view.flip(-1))[self.config.depth], self.config.pool)
+                    pooled = [(a + b) / 2 for a, b in zip(pooled, mirror, strict=True)]
+                parts.extend(pooled)
         return torch.cat(parts, dim=1)
 
     @staticmethod

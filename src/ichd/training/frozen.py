@@ -167,9 +167,11 @@ def load_frozen_config(path: str | Path, overrides: dict[str, Any] | None = None
 # ----------------------------------------------------------------------------------------------------------
 
 
-def embedding_key(encoder: str, input_size: int, cache: Any, channels: str = "windows") -> dict[str, Any]:
-    """What an encoder's cached embeddings depend on: the encoder, its input size and channel mode, the source
-    cache's preprocessing and image size, the exact arrays (their sha256) and the pooling code's version."""
+def embedding_key(encoder: str, input_size: int, cache: Any, channels: str = "windows",
+                  flip: bool = False) -> dict[str, Any]:
+    """What an encoder's cached embeddings depend on: the encoder, its input size, channel mode and flip
+    averaging, the source cache's preprocessing and image size, the exact arrays (their sha256) and the pooling
+    code's version."""
     series = sorted((s["scan_id"], s.get("sha256", "")) for s in cache.manifest["series"])
     digest = hashlib.sha256(json.dumps(series).encode()).hexdigest()
     preprocess = cache.config.to_dict()
@@ -181,23 +183,26 @@ def embedding_key(encoder: str, input_size: int, cache: Any, channels: str = "wi
            "preprocess": preprocess, "arrays_sha256": digest}
     if channels != "windows":  # keys of the default mode stay as they were (existing caches remain valid)
         key["channels"] = channels
+    if flip:  # likewise
+        key["flip"] = True
     return key
 
 
 def _key_name(key: dict[str, Any]) -> str:
     h = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-    mode = "-each" if key.get("channels") == "each_window" else ""
+    mode = ("-each" if key.get("channels") == "each_window" else "") + ("-flip" if key.get("flip") else "")
     return f"{key['encoder']}-{key['input_size']}{mode}-{h}.npz"
 
 
 def encoder_embeddings(cache: Any, encoder: str, input_size: int, out_dir: str | Path, *,
                        batch_size: int = 16, device: Any = None, threads: int | None = None,
-                       channels: str = "windows") -> dict[str, np.ndarray]:
+                       channels: str = "windows", flip: bool = False) -> dict[str, np.ndarray]:
     """Pooled maps of one frozen encoder for every slice of ``cache``, computed once and cached in ``out_dir``.
 
     Returns ``{"slice_id": (N,), "head_avg", "head_max", "last_stage_avg", "last_stage_max": (N, C)}`` in the
     cache's slice order; for ``channels="each_window"`` each array holds the three windows' blocks side by side
-    (N, 3C), in window order. The file name carries a hash of :func:`embedding_key`, so a different encoder, size,
+    (N, 3C), in window order; with ``flip`` each is the mean of the slice's and its mirror image's. The file
+    name carries a hash of :func:`embedding_key`, so a different encoder, size,
     preprocessing or cache content never reuses it. Inputs are the cache's slices at its own size, resized by
     the model exactly as at inference.
     """
@@ -207,7 +212,7 @@ def encoder_embeddings(cache: Any, encoder: str, input_size: int, out_dir: str |
     from ichd.utils.files import atomic_path
     from ichd.utils.progress import progress_bar
 
-    key = embedding_key(encoder, input_size, cache, channels)
+    key = embedding_key(encoder, input_size, cache, channels, flip)
     out_dir = Path(out_dir)
     path = out_dir / _key_name(key)
     if path.is_file():
@@ -217,7 +222,7 @@ def encoder_embeddings(cache: Any, encoder: str, input_size: int, out_dir: str |
         log.warning("embedding file %s has another key; recomputing", path)
     if threads:
         torch.set_num_threads(int(threads))
-    spec = EncoderSpec(encoder, input_size, channels)  # type: ignore[arg-type]
+    spec = EncoderSpec(encoder, input_size, channels, flip)  # type: ignore[arg-type]
     model = FrozenEncoderClassifier(FrozenEncoderConfig(encoders=[spec]), pretrained=True).eval()
     if device is not None:
         model = model.to(device)
@@ -237,11 +242,12 @@ def encoder_embeddings(cache: Any, encoder: str, input_size: int, out_dir: str |
                     x = torch.from_numpy(np.array(arr[idx[start:start + batch_size]], copy=True)).to(dev)
                     pooled: dict[str, list[Any]] = {k: [] for k in POOLED_KEYS}
                     for view in model.views(model.normalize(x), spec):
-                        maps = model.encoder_maps(0, view)
+                        mirrors = [view.flip(-1)] if spec.flip else []
+                        maps = [model.encoder_maps(0, v) for v in (view, *mirrors)]
                         for depth in ("head", "last_stage"):
-                            avg, mx = model.pool_map(maps[depth], "avgmax")
-                            pooled[f"{depth}_avg"].append(avg)
-                            pooled[f"{depth}_max"].append(mx)
+                            pools = [model.pool_map(m[depth], "avgmax") for m in maps]
+                            pooled[f"{depth}_avg"].append(sum(p[0] for p in pools) / len(pools))
+                            pooled[f"{depth}_max"].append(sum(p[1] for p in pools) / len(pools))
                     for k, v in pooled.items():
                         parts[k].append(torch.cat(v, dim=1).float().cpu().numpy())
                     bar.update(min(batch_size, len(idx) - start))
@@ -270,7 +276,7 @@ def frozen_features(cfg: FrozenEncoderConfig, cache: Any, slice_ids: list[str], 
     blocks = []
     for spec in cfg.encoders:
         emb = encoder_embeddings(cache, spec.name, spec.input_size, out_dir, batch_size=batch_size, device=device,
-                                 threads=threads, channels=spec.channels)
+                                 threads=threads, channels=spec.channels, flip=spec.flip)
         pos = {s: i for i, s in enumerate(emb["slice_id"].tolist())}
         missing = [s for s in slice_ids if s not in pos]
         if missing:

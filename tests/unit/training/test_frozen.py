@@ -71,18 +71,20 @@ def test_embedding_cache_is_reused_and_invalidated(cache_dir, tmp_path, monkeypa
     encoder_embeddings(cache, "efficientnet_lite1", SIZE, tmp_path)
     assert len(sorted(tmp_path.glob("*.npz"))) == 3
     key = frozen.embedding_key("efficientnet_lite0", SIZE, cache)
+    assert frozen.embedding_key("efficientnet_lite0", SIZE, cache, flip=True) != key  # flip-averaged: its own file
+    assert frozen._key_name(frozen.embedding_key("efficientnet_lite0", SIZE, cache, flip=True)).count("-flip-") == 1
     cache.config.windows = {**cache.config.windows, "brain": (50.0, 80.0)}  # as if the cache had been rebuilt
     assert frozen.embedding_key("efficientnet_lite0", SIZE, cache) != key
 
 
-@pytest.mark.parametrize("channels", ["windows", "each_window"])
-def test_assembled_features_equal_the_models_forward_features(cache_dir, tmp_path, channels):
+@pytest.mark.parametrize(("channels", "flip"), [("windows", False), ("each_window", False), ("windows", True)])
+def test_assembled_features_equal_the_models_forward_features(cache_dir, tmp_path, channels, flip):
     from ichd.models.frozen import FrozenEncoderClassifier
     from ichd.preprocessing.cache import open_cache
 
     cache = open_cache(cache_dir)
-    cfg = FrozenEncoderConfig(encoders=[EncoderSpec("efficientnet_lite0", SIZE, channels)], depth="last_stage",
-                              pool="avgmax")
+    cfg = FrozenEncoderConfig(encoders=[EncoderSpec("efficientnet_lite0", SIZE, channels, flip)],
+                              depth="last_stage", pool="avgmax")
     ids = cache.slices["slice_id"].astype(str).tolist()[:5]
     x = frozen_features(cfg, cache, ids, tmp_path)
     model = FrozenEncoderClassifier(cfg, pretrained=True).eval()
@@ -92,6 +94,11 @@ def test_assembled_features_equal_the_models_forward_features(cache_dir, tmp_pat
         ref = model.forward_features(torch.from_numpy(arr)).numpy()
     assert np.allclose(x, ref, atol=1e-4)
     assert x.shape[1] == (3 if channels == "each_window" else 1) * 2 * 320
+    if flip:  # the mean of the slice's and its mirror image's embeddings: the same for a mirrored slice
+        with torch.no_grad():
+            mirrored = model.forward_features(torch.from_numpy(arr[..., ::-1].copy())).numpy()
+        assert np.allclose(mirrored, ref, atol=1e-4)
+        assert "flip-averaged" in cfg.describe()
 
 
 def _toy(n_scans: int = 8, per: int = 6, d: int = 5, seed: int = 0):
