@@ -98,14 +98,75 @@ def slice_rows(model: Any, preprocess: Any, item: MaskedCT) -> tuple[np.ndarray,
     return feats.reshape(feats.shape[0], -1).T, label.ravel(), head.ravel()
 
 
-def fit_lesion_head(rows: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]], cfg: LesionMapTrainConfig
-                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
-    """Fit on the head cells of ``rows``: ``(mean, std, coef, intercept)`` of the standardised logistic
-    regression."""
+def window_head_mask(image: np.ndarray, windows: Any) -> np.ndarray:
+    """The head mask of one cached slice ``(C, S, S)`` (uint8 0..255 or float 0..1, channels in the order of
+    ``windows``): HU are recovered from the widest window's channel and passed to
+    :func:`ichd.preprocessing.head_mask.head_mask`. Pixels at the bottom of that window (air, and anything else
+    darker than it) are read as air (-1000 HU); the window's range is all the head mask needs otherwise."""
+    from ichd.preprocessing.head_mask import head_mask
+    from ichd.preprocessing.windows import window_list
+
+    pairs = window_list(windows)
+    widest = int(np.argmax([w for _, w in pairs]))
+    level, width = pairs[widest]
+    v = np.asarray(image[widest], dtype=np.float32)
+    if np.issubdtype(np.asarray(image).dtype, np.integer):
+        v = v / 255.0
+    hu = np.where(v <= 0.0, -1000.0, v * width + (level - width / 2.0)).astype(np.float32)
+    return head_mask(hu)
+
+
+def cell_mask(mask: np.ndarray, grid: int) -> np.ndarray:
+    """A square ``(S, S)`` pixel mask as a boolean ``(grid, grid)`` map: cells at least half covered."""
+    return _grid_mask(mask.astype(np.float32), grid, int(mask.shape[0])) >= 0.5
+
+
+def negative_rows(model: Any, cache: Any, slice_ids: Sequence[str], *, cells: int = 48, seed: int = 0,
+                  batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """Feature rows of slices labelled free of hemorrhage: up to ``cells`` random grid cells inside the head of
+    each of ``slice_ids`` (cached slices of a training cache), every one a negative for the lesion head. The
+    masks teach the head where blood is *on bleeding slices*; these rows teach it what is not blood anywhere
+    (skull base, calcifications, beam hardening), so that its map can also say whether a slice bleeds.
+    Returns ``(rows (N, F) float32, slice index (N,) into slice_ids)``."""
+    import torch
+
+    from ichd.utils.progress import progress
+
+    if cells < 1:
+        raise ConfigError(f"negative cells per slice must be >= 1, got {cells}")
+    rng = np.random.default_rng(seed)
+    g = model.lesion_config.grid
+    windows = cache.config.windows
+    feats_out, owner = [], []
+    ids = list(slice_ids)
+    with torch.inference_mode():
+        for start in progress(range(0, len(ids), batch_size), desc="lesion map negatives", unit="batch"):
+            chunk = ids[start:start + batch_size]
+            imgs = np.stack([cache.slice_image(i) for i in chunk])
+            feats = model.lesion_features(torch.from_numpy(imgs)).numpy()  # (B, F, G, G)
+            for j, img in enumerate(imgs):
+                head = np.flatnonzero(cell_mask(window_head_mask(img, windows), g))
+                if not len(head):
+                    continue
+                pick = rng.choice(head, size=min(cells, len(head)), replace=False)
+                feats_out.append(feats[j].reshape(feats.shape[1], -1)[:, pick].T.astype(np.float32))
+                owner.append(np.full(len(pick), start + j, dtype=np.int64))
+    if not feats_out:
+        raise InputError("none of the negative slices shows a head", hint="check the cache and its windows")
+    return np.concatenate(feats_out), np.concatenate(owner)
+
+
+def fit_lesion_head(rows: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]], cfg: LesionMapTrainConfig,
+                    negatives: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """Fit on the head cells of ``rows`` (and the all-negative feature rows ``negatives``, see
+    :func:`negative_rows`): ``(mean, std, coef, intercept)`` of the standardised logistic regression."""
     from sklearn.linear_model import LogisticRegression
 
     x = np.concatenate([f[h] for f, _, h in rows]).astype(np.float64)
     y = np.concatenate([lab[h] for _, lab, h in rows])
+    if negatives is not None and len(negatives):
+        x = np.concatenate([x, np.asarray(negatives, dtype=np.float64)])
+        y = np.concatenate([y, np.zeros(len(negatives), dtype=bool)])
     if y.all() or not y.any():
         raise InputError("the masks give no hemorrhage cells (or nothing else) inside the head",
                          hint="check that the masks are non-empty and aligned with their slices")

@@ -113,3 +113,74 @@ def test_lopo_needs_two_patients_and_lesion_maps_need_a_lesion_head(cnn_path):
     one = [s for s in _slices() if s.patient_id == "p0"]
     with pytest.raises(InputError, match="at least two patients"):
         lopo_lesion_maps(ckpt.model, PreprocessConfig.from_dict(ckpt.preprocess), one, cfg)
+
+
+class _WindowCache:
+    """What :func:`negative_rows` reads of a training cache: ``config.windows`` and ``slice_image``."""
+
+    def __init__(self, hus: dict[str, np.ndarray], cfg) -> None:
+        from ichd.preprocessing.pipeline import preprocess_hu
+
+        self.config = cfg
+        self.images = {k: preprocess_hu(v[None], cfg)[0] for k, v in hus.items()}
+
+    def slice_image(self, slice_id: str) -> np.ndarray:
+        return self.images[slice_id].copy()
+
+
+def test_negative_rows_sample_head_cells_of_bleed_free_slices_and_lower_their_map(cnn_path):
+    from ichd.models.checkpoint import load_checkpoint
+    from ichd.preprocessing.config import PreprocessConfig
+    from ichd.preprocessing.head_mask import head_mask
+    from ichd.training.lesion_map import (
+        _probabilities,
+        attach_lesion_map,
+        cell_mask,
+        fit_lesion_head,
+        negative_rows,
+        window_head_mask,
+    )
+
+    ckpt = load_checkpoint(cnn_path)
+    cfg = LesionMapTrainConfig(grid=16, blocks=(1, 3), C=0.1)
+    attach_lesion_map(ckpt.model, cfg)
+    pre = PreprocessConfig.from_dict(ckpt.preprocess)
+    # bleed-free phantoms: the same heads with the 70 HU blob turned into brain, plus a bright 200 HU spot
+    # (a calcification) the masks never show
+    clean = {}
+    for i, z in enumerate((-6.0, 0.0, 6.0)):
+        hu = phantom_hu(SIZE, SIZE, z=z)
+        hu[hu == 70.0] = 30.0
+        hu[60:66, 40:46] = 200.0
+        clean[f"n{i}"] = hu
+    cache = _WindowCache(clean, pre)
+    # the head mask recovered from the cached windows matches the one from HU
+    img = cache.slice_image("n0")
+    from_windows = window_head_mask(img, pre.windows)
+    assert from_windows.shape == (64, 64)
+    from_hu = head_mask(preprocess_hu_to_square(clean["n0"], 64))
+    iou = (from_windows & from_hu).sum() / (from_windows | from_hu).sum()
+    assert iou > 0.9  # the same head up to its edge pixels (the input's resize differs from this one's)
+    x, owner = negative_rows(ckpt.model, cache, ["n0", "n1", "n2"], cells=20, seed=1, batch_size=2)
+    assert x.shape == (60, ckpt.model.lesion_head.mean.numel()) and owner.tolist() == [0] * 20 + [1] * 20 + [2] * 20
+    x2, _ = negative_rows(ckpt.model, cache, ["n0", "n1", "n2"], cells=20, seed=1)
+    np.testing.assert_allclose(x, x2, rtol=1e-4, atol=1e-4)  # seeded: the same cells whatever the batch size
+    big, _ = negative_rows(ckpt.model, cache, ["n0"], cells=10_000)
+    assert len(big) == int(cell_mask(from_windows, 16).sum())  # every head cell at most once
+    # with the negatives, the head scores bleed-free slices lower than the masks-only head does
+    rows = [slice_rows(ckpt.model, pre, it) for it in _slices()]
+    only = fit_lesion_head(rows, cfg)
+    both = fit_lesion_head(rows, cfg, x)
+    feats, _, head = slice_rows(ckpt.model, pre, MaskedCT("n1", "q", clean["n1"], np.zeros((SIZE, SIZE), bool)))
+    row = (feats, None, head)
+    assert _probabilities(row, both, 16).ravel()[head].max() < _probabilities(row, only, 16).ravel()[head].max()
+    from ichd.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="cells"):
+        negative_rows(ckpt.model, cache, ["n0"], cells=0)
+
+
+def preprocess_hu_to_square(hu: np.ndarray, size: int) -> np.ndarray:
+    """``hu`` resized to the model's square like the input (bilinear), for comparing head masks."""
+    t = torch.from_numpy(hu)[None, None]
+    return torch.nn.functional.interpolate(t, size=(size, size), mode="bilinear", align_corners=False)[0, 0].numpy()
