@@ -73,6 +73,12 @@ def train_lesion_map_cmd(
     c: Annotated[float, typer.Option("--C", help="Inverse L2 strength of the per-pixel logistic regression.")] = 0.01,
     lopo: Annotated[bool, typer.Option("--lopo/--no-lopo", help="Also write leave-one-patient-out maps of every "
                                        "slice (to measure the maps out of sample).")] = True,
+    negatives_from: Annotated[Path | None, typer.Option(
+        "--negatives-from", help="The model's training config (e.g. configs/frozen_default.yaml): random head "
+        "cells of every slice its labels call bleed-free ('any' = 0) become negatives too, so that the map also "
+        "stays low on slices without hemorrhage. Its cache must be the model's input.")] = None,
+    negative_cells: Annotated[int, typer.Option("--negative-cells", min=1,
+                                                help="Head cells drawn from each bleed-free slice.")] = 48,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a finished run in OUT.")] = False,
 ) -> None:
     """Fit the lesion map head of a frozen-encoder model on hemorrhage masks: a logistic regression per pixel over
@@ -85,9 +91,13 @@ def train_lesion_map_cmd(
     root = masks if masks is not None else data_dir() / "hu-slices"
     items = [MaskedCT(s.name, s.patient_id, s.hu, s.mask, tuple(s.series.spacing_mm[1:]))  # type: ignore[arg-type]
              for s in read_masked_slices(root)]
-    m = train_lesion_map(cnn, items, out, LesionMapTrainConfig(C=c), overwrite=overwrite, lopo=lopo)
+    m = train_lesion_map(cnn, items, out, LesionMapTrainConfig(C=c), overwrite=overwrite, lopo=lopo,
+                         negatives_from=negatives_from, negative_cells=negative_cells)
     typer.echo(f"lesion map head fitted on {m['slices']} slices of {m['patients']} patients in "
                f"{m['wall_seconds']:.0f} s -> {out / 'cnn.pt'}" + (f", {out / 'lopo_maps.npz'}" if lopo else ""))
+    if "negatives" in m:
+        typer.echo(f"  with {m['negatives']['rows']} bleed-free cells of {m['negatives']['patients']} patients as "
+                   "negatives")
 
 
 def register(app: typer.Typer) -> None:

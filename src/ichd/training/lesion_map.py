@@ -156,6 +156,42 @@ def negative_rows(model: Any, cache: Any, slice_ids: Sequence[str], *, cells: in
     return np.concatenate(feats_out), np.concatenate(owner)
 
 
+@dataclass
+class NegativeCells:
+    """Feature rows of grid cells known to hold no hemorrhage (:func:`negative_rows`) and each row's patient (so
+    that leave-one-patient-out fits drop the held-out patient's negatives too)."""
+
+    rows: np.ndarray
+    patients: np.ndarray
+    #: where they come from, for the checkpoint and metrics
+    source: str = ""
+
+
+def bleed_free_cells(model: Any, config: str | Path, preprocess: Any, *, cells: int = 48, seed: int = 0
+                     ) -> NegativeCells:
+    """:class:`NegativeCells` from every slice labelled "any" = 0 in the training data of ``config`` (a
+    frozen-encoder training config: its ``data.cache`` and label files). The cache must hold the model's own
+    input (same windows, size and preprocessing as ``preprocess``), or the rows would not be the model's."""
+    from ichd.training.cnn import load_training_table
+    from ichd.training.frozen import load_frozen_config
+
+    cfg = load_frozen_config(config)
+    cache, labels = load_training_table(cfg)
+    theirs, ours = cache.config.to_dict(), preprocess.to_dict()
+    differ = sorted(k for k in set(theirs) | set(ours) if theirs.get(k) != ours.get(k))
+    if differ:
+        raise ConfigError(f"cache {cfg.data.cache!r} of {str(config)!r} was not preprocessed as the model's input "
+                          f"(differs in {', '.join(differ)})",
+                          hint="use the training config of this model, whose cache matches its preprocessing")
+    neg = labels[labels["any"] == 0]
+    if not len(neg):
+        raise InputError(f"the training data of {str(config)!r} has no slice labelled 'any' = 0")
+    x, owner = negative_rows(model, cache, neg.index.astype(str).tolist(), cells=cells, seed=seed)
+    return NegativeCells(x, neg["patient_id"].astype(str).to_numpy()[owner],
+                         f"{cells} random head cells of each of the {len(neg)} slices labelled 'any' = 0 in "
+                         f"{cfg.data.cache} ({', '.join(cfg.data.label_files)})")
+
+
 def fit_lesion_head(rows: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]], cfg: LesionMapTrainConfig,
                     negatives: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
     """Fit on the head cells of ``rows`` (and the all-negative feature rows ``negatives``, see
@@ -197,9 +233,10 @@ def _probabilities(rows: tuple[np.ndarray, np.ndarray, np.ndarray],
     return (1.0 / (1.0 + np.exp(-z))).reshape(grid, grid).astype(np.float32)
 
 
-def lopo_lesion_maps(model: Any, preprocess: Any, items: Sequence[MaskedCT], cfg: LesionMapTrainConfig
-                     ) -> list[np.ndarray]:
-    """Out-of-sample lesion maps (G, G) of every slice: the head refitted without the slice's patient."""
+def lopo_lesion_maps(model: Any, preprocess: Any, items: Sequence[MaskedCT], cfg: LesionMapTrainConfig,
+                     negatives: NegativeCells | None = None) -> list[np.ndarray]:
+    """Out-of-sample lesion maps (G, G) of every slice: the head refitted without the slice's patient (its
+    masks and its rows of ``negatives``)."""
     from ichd.utils.progress import progress
 
     rows = [slice_rows(model, preprocess, it) for it in items]
@@ -208,7 +245,8 @@ def lopo_lesion_maps(model: Any, preprocess: Any, items: Sequence[MaskedCT], cfg
         raise InputError("leave-one-patient-out needs slices of at least two patients")
     maps: list[np.ndarray | None] = [None] * len(items)
     for p in progress(patients, desc="lesion map, leave one patient out", unit="patient"):
-        params = fit_lesion_head([r for r, it in zip(rows, items) if it.patient_id != p], cfg)
+        neg = None if negatives is None else negatives.rows[negatives.patients != p]
+        params = fit_lesion_head([r for r, it in zip(rows, items) if it.patient_id != p], cfg, neg)
         for i, it in enumerate(items):
             if it.patient_id == p:
                 maps[i] = _probabilities(rows[i], params, cfg.grid)
@@ -227,10 +265,13 @@ def attach_lesion_map(model: Any, cfg: LesionMapTrainConfig) -> None:
 
 def train_lesion_map(cnn_path: str | Path, items: Sequence[MaskedCT], out: str | Path,
                      cfg: LesionMapTrainConfig | None = None, *, overwrite: bool = False,
-                     lopo: bool = True) -> dict[str, Any]:
+                     lopo: bool = True, negatives_from: str | Path | None = None,
+                     negative_cells: int = 48) -> dict[str, Any]:
     """Fit the lesion head of the slice model in ``cnn_path`` on ``items`` and write ``out/cnn.pt`` (the same
     model with the head; every other weight unchanged), ``out/lopo_maps.npz`` (the leave-one-patient-out maps,
-    when ``lopo``) and ``out/metrics.json``. Refuses to replace a finished run unless ``overwrite``."""
+    when ``lopo``) and ``out/metrics.json``. With ``negatives_from`` (the model's training config),
+    ``negative_cells`` head cells of each of its bleed-free slices are negatives too (:func:`bleed_free_cells`).
+    Refuses to replace a finished run unless ``overwrite``."""
     from ichd.models.checkpoint import load_checkpoint, save_checkpoint
     from ichd.utils.files import atomic_path, atomic_write_text
 
@@ -253,15 +294,22 @@ def train_lesion_map(cnn_path: str | Path, items: Sequence[MaskedCT], out: str |
     metrics: dict[str, Any] = {"cnn": str(cnn_path), "config": {**cfg.__dict__, "blocks": list(cfg.blocks)},
                                "slices": len(items), "patients": len({i.patient_id for i in items})}
     out.mkdir(parents=True, exist_ok=True)
+    negatives = None
+    if negatives_from is not None:
+        negatives = bleed_free_cells(model, negatives_from, preprocess, cells=negative_cells)
+        metrics["negatives"] = {"from": str(negatives_from), "rows": len(negatives.rows),
+                                "patients": len(set(negatives.patients.tolist())), "what": negatives.source}
     if lopo:
-        maps = lopo_lesion_maps(model, preprocess, items, cfg)
+        maps = lopo_lesion_maps(model, preprocess, items, cfg, negatives)
         with atomic_path(out / "lopo_maps.npz") as tmp, open(tmp, "wb") as fh:
             np.savez_compressed(fh, names=np.asarray([i.name for i in items]), maps=np.stack(maps))
     rows = [slice_rows(model, preprocess, it) for it in items]
-    set_lesion_head(model, fit_lesion_head(rows, cfg))
+    set_lesion_head(model, fit_lesion_head(rows, cfg, None if negatives is None else negatives.rows))
     extra = dict(ckpt.extra or {})
     extra["lesion_map"] = {"trained_on": sorted(i.name for i in items), "C": cfg.C,
                            "rows": "grid cells inside the head; label: >= half the cell in the mask"}
+    if negatives is not None:
+        extra["lesion_map"]["negatives"] = negatives.source
     save_checkpoint(out / "cnn.pt", model, config=ckpt.config, preprocess=preprocess, fold=ckpt.fold,
                     extra=extra, metrics=ckpt.metrics, half=ckpt.raw.get("weights_dtype") == "float16")
     metrics["wall_seconds"] = round(time.perf_counter() - t0, 1)

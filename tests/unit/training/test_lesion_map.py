@@ -184,3 +184,42 @@ def preprocess_hu_to_square(hu: np.ndarray, size: int) -> np.ndarray:
     """``hu`` resized to the model's square like the input (bilinear), for comparing head masks."""
     t = torch.from_numpy(hu)[None, None]
     return torch.nn.functional.interpolate(t, size=(size, size), mode="bilinear", align_corners=False)[0, 0].numpy()
+
+
+def test_train_lesion_map_with_negatives_from_the_training_config(cnn_path, tmp_path):
+    import yaml
+
+    from ichd.errors import ConfigError
+    from ichd.models.checkpoint import load_checkpoint
+    from ichd.preprocessing.cache import build_cache
+    from ichd.preprocessing.config import PreprocessConfig
+    from ichd.testing.factories import write_ctich_tree
+
+    patients = {49: 3, 50: 3, 51: 4}
+    root = write_ctich_tree(tmp_path / "ctich", patients, size=40)
+    lines = ["patient,slice,any,epidural,intraparenchymal,intraventricular,subarachnoid,subdural,fracture"]
+    for p, n in patients.items():
+        lines += [f"{p},{s},{int(p == 50 and s == 2)},{int(p == 50 and s == 2)},0,0,0,0,0" for s in range(1, n + 1)]
+    (tmp_path / "labels.csv").write_text("\n".join(lines) + "\n")
+
+    def config(cache: Path) -> Path:
+        path = tmp_path / f"{cache.name}.yaml"
+        path.write_text(yaml.safe_dump({"data": {"cache": str(cache), "labels": [str(tmp_path / "labels.csv")],
+                                                 "sources": ["ct-ich"], "folds": 2, "fold_seeds": [1]},
+                                        "out": str(tmp_path / "unused")}))
+        return path
+
+    build_cache([root], tmp_path / "c64", PreprocessConfig(image_size=64, normalization="half"), workers=0)
+    cfg = LesionMapTrainConfig(grid=16, blocks=(1, 3), C=0.1)
+    m = train_lesion_map(cnn_path, _slices(), tmp_path / "run", cfg, negatives_from=config(tmp_path / "c64"),
+                         negative_cells=5)
+    neg = m["negatives"]
+    assert neg["rows"] == 5 * 9 and neg["patients"] == 3  # 9 of the 10 slices are bleed-free, 5 cells each
+    assert "'any' = 0" in neg["what"]
+    ckpt = load_checkpoint(tmp_path / "run" / "cnn.pt")
+    assert "9 slices" in ckpt.extra["lesion_map"]["negatives"] and ckpt.model.lesion_head is not None
+    # a cache that is not the model's input is refused, with what differs
+    build_cache([root], tmp_path / "c96", PreprocessConfig(image_size=96, normalization="half"), workers=0)
+    with pytest.raises(ConfigError, match="image_size"):
+        train_lesion_map(cnn_path, _slices(), tmp_path / "run2", cfg, negatives_from=config(tmp_path / "c96"),
+                         lopo=False)
