@@ -45,17 +45,26 @@ ROWS: dict[str, tuple[int, dict[str, object]]] = {
 
 
 def _extraction_seconds(emb_dir: Path, encoders: list[dict[str, object]]) -> float | None:
+    """Seconds the embedding files of ``encoders`` took, read from the files whose stored key matches each
+    encoder exactly (name, size, channel mode, flip averaging) on a plain DICOM-HU cache (no simulated display
+    window, no crop)."""
+    import json
+
     import numpy as np
 
     total = 0.0
     for e in encoders:
-        each = e.get("channels") == "each_window"
-        files = sorted(f for f in emb_dir.glob(f"{e['name']}-{e['input_size']}-*.npz")
-                       if (f.name.split("-")[2] == "each") == each)
-        if not files:
+        match = None
+        for f in sorted(emb_dir.glob(f"{e['name']}-{e['input_size']}-*.npz"), key=lambda f: f.stat().st_mtime):
+            with np.load(f, allow_pickle=False) as z:
+                key = json.loads(str(z["key"]))
+                if (key.get("channels", "windows") == e.get("channels", "windows")
+                        and bool(key.get("flip", False)) == bool(e.get("flip", False))
+                        and "simulate_window" not in key["preprocess"] and "crop" not in key["preprocess"]):
+                    match = float(z["seconds"])
+        if match is None:
             return None
-        with np.load(files[-1], allow_pickle=False) as z:
-            total += float(z["seconds"])
+        total += match
     return round(total, 1)
 
 
@@ -88,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name}: {time.time() - t0:.0f} s", flush=True)
         m = json.loads(done.read_text())
         cfg = load_frozen_config(row_dir / "config.yaml")
-        encoders = [{"name": e.name, "input_size": e.input_size, "channels": e.channels} for e in cfg.encoder.encoders]
+        encoders = [{"name": e.name, "input_size": e.input_size, "channels": e.channels, "flip": e.flip}
+                    for e in cfg.encoder.encoders]
         rep = m["repeats"]
         per_src = [r.get("per_source", {}) for r in rep]
         fold_aucs = [f["auc/any"] for r in rep for f in r["per_fold"] if f.get("auc/any") is not None]
