@@ -74,7 +74,7 @@ def train_lesion_map_cmd(
     lopo: Annotated[bool, typer.Option("--lopo/--no-lopo", help="Also write leave-one-patient-out maps of every "
                                        "slice (to measure the maps out of sample).")] = True,
     negatives_from: Annotated[Path | None, typer.Option(
-        "--negatives-from", help="The model's training config (e.g. configs/frozen_default.yaml): random head "
+        "--negatives-from", exists=True, dir_okay=False, help="The model's training config (e.g. configs/frozen_default.yaml): random head "
         "cells of every slice its labels call bleed-free ('any' = 0) become negatives too, so that the map also "
         "stays low on slices without hemorrhage. Its cache must be the model's input.")] = None,
     negative_cells: Annotated[int, typer.Option("--negative-cells", min=1,
