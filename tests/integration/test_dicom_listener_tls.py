@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 
+from ichd.testing.tls import make_test_certificates
 from integration.test_dicom_listener_dcmtk import (
     CT_IMAGE_STORAGE,
     RSNA_SERIES,
@@ -41,24 +42,12 @@ IDLE_S = 2
 GOOD, PLAIN, ANONYMOUS, ROGUE, PROBE = "TLSSCU", "PLAINSCU", "ANONSCU", "ROGUESCU", "PROBESCU"
 
 
-def openssl(*args: str, cwd: Path) -> None:
+def openssl_tool() -> str:
+    """The ``openssl`` program (missing: skipped, failed under CI)."""
     tool = shutil.which("openssl")
     if tool is None:
         _missing("openssl")
-    subprocess.run([str(tool), *args], check=True, cwd=cwd, capture_output=True, timeout=60)
-
-
-def make_certificates(folder: Path) -> None:
-    """``ca.pem``, ``server.{pem,key}`` and ``client.{pem,key}`` signed by it, and ``rogue.{pem,key}`` signed by
-    another CA (``other-ca.pem``)."""
-    for ca in ("ca", "other-ca"):
-        openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{ca}.key", "-out", f"{ca}.pem",
-                "-days", "2", "-subj", f"/CN=ichd test {ca}", cwd=folder)
-    for name, ca in (("server", "ca"), ("client", "ca"), ("rogue", "other-ca")):
-        openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj",
-                f"/CN={name}", cwd=folder)
-        openssl("x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.pem", "-CAkey", f"{ca}.key",
-                "-CAcreateserial", "-out", f"{name}.pem", "-days", "2", cwd=folder)
+    return str(tool)
 
 
 def tls_args(certs: Path, key: str | None) -> list[str]:
@@ -92,7 +81,7 @@ def scenario(data_root: Path, test_bundle: Path, tmp_path_factory: pytest.TempPa
     root = tmp_path_factory.mktemp("dicom-tls")
     certs = root / "certs"
     certs.mkdir()
-    make_certificates(certs)
+    make_test_certificates(certs, openssl=openssl_tool())
     series = root / "rsna"
     series.mkdir()
     for p in sorted((data_root / "rsna-series" / "dicom" / RSNA_SERIES).glob("*.dcm")):

@@ -11,7 +11,6 @@ import os
 import shutil
 import socket
 import ssl
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -22,35 +21,26 @@ from ichd.cli.main import run
 from ichd.service.dicom_config import DicomNodeConfig, TlsFiles
 from ichd.service.dicom_node import attach_dicom_node
 from ichd.service.runner import StudyService
+from ichd.testing.tls import make_test_certificates
 
 AET = "ICHDTEST"
 VERIFICATION = "1.2.840.10008.1.1"
 
 
-def _openssl(*args: str, cwd: Path) -> None:
+def _openssl() -> str:
     tool = shutil.which("openssl")
     if tool is None:
         if os.environ.get("CI") == "true":
             pytest.fail("the openssl program is not installed; CI must install it (apt-get install openssl)")
         pytest.skip("the openssl program is not installed")
-    subprocess.run([tool, *args], check=True, cwd=cwd, capture_output=True, timeout=60)
+    return tool
 
 
 @pytest.fixture(scope="module")
 def certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """``ca.pem``; ``server`` and ``client`` (``.pem`` + ``.key``) signed by it; ``rogue`` signed by ``other-ca``;
     ``locked.key``: ``server.key`` encrypted with a password."""
-    folder = tmp_path_factory.mktemp("tls")
-    for ca in ("ca", "other-ca"):
-        _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{ca}.key", "-out", f"{ca}.pem",
-                 "-days", "2", "-subj", f"/CN=ichd test {ca}", cwd=folder)
-    for name, ca in (("server", "ca"), ("client", "ca"), ("rogue", "other-ca")):
-        _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj",
-                 f"/CN={name}", cwd=folder)
-        _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.pem", "-CAkey", f"{ca}.key",
-                 "-CAcreateserial", "-out", f"{name}.pem", "-days", "2", cwd=folder)
-    _openssl("pkey", "-in", "server.key", "-aes256", "-passout", "pass:secret", "-out", "locked.key", cwd=folder)
-    return folder
+    return make_test_certificates(tmp_path_factory.mktemp("tls"), openssl=_openssl(), locked_key=True)
 
 
 def client_context(certs: Path, name: str | None) -> ssl.SSLContext:
