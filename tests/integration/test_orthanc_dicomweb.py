@@ -151,11 +151,8 @@ def outcome(data_root: Path, calling_bundle: Path, tmp_path_factory: pytest.Temp
                 {"Study": out.study_uid, "Series": series} for series in results]})
             out.seconds = time.monotonic() - t0
             out.series = pacs.get(f"/studies/{out.study_id}/series?expand")
-            for s in out.series:
-                if s["MainDicomTags"].get("Modality") != "CT":
-                    for instance in s["Instances"]:
-                        data = pacs.request("GET", f"/instances/{instance}/file")
-                        out.objects[str(read(data).SOPInstanceUID)] = data
+            for data in pacs.instance_files(out.series):
+                out.objects[str(read(data).SOPInstanceUID)] = data
     finally:
         out.serve_code = stop_process(serve)
         out.serve_output = serve_log.read_text()

@@ -165,11 +165,8 @@ def scenario(request: pytest.FixtureRequest, data_root: Path, calling_bundle: Pa
         assert len(records) == 1, records
         out.forward = json.loads(records[0].read_text())
         out.series = pacs.get(f"/studies/{out.study_id}/series?expand")
-        for s in out.series:
-            if s["MainDicomTags"].get("Modality") != "CT":
-                for instance in s["Instances"]:
-                    data = pacs.request("GET", f"/instances/{instance}/file")
-                    out.objects[str(read(data).SOPInstanceUID)] = data
+        for data in pacs.instance_files(out.series):
+            out.objects[str(read(data).SOPInstanceUID)] = data
         listener.send_signal(signal.SIGTERM)
         out.listener_code = listener.wait(timeout=60)
     finally:

@@ -68,6 +68,12 @@ class OrthancApi:
     def post(self, path: str, body: bytes | dict[str, Any]) -> Any:
         return self.request("POST", path, body)
 
+    def instance_files(self, series: list[dict[str, Any]], *, skip_modality: str = "CT") -> list[bytes]:
+        """The stored DICOM files of every instance of ``series`` (``/studies/ID/series?expand`` entries) whose
+        Modality is not ``skip_modality`` (by default: ichd's results, not the CT that was sent)."""
+        return [self.request("GET", f"/instances/{instance}/file") for s in series
+                if s["MainDicomTags"].get("Modality") != skip_modality for instance in s["Instances"]]
+
     def alive(self) -> bool:
         try:
             return self.get("/system")["Version"] is not None
