@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import socket
+import ssl
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -75,12 +76,17 @@ def send(port: int, files: list[Path], *, called: str = AET, calling: str = "TES
         assoc.release()
 
 
-def echo(port: int, *, called: str = AET) -> int | None:
+def echo(port: int, *, called: str = AET, tls: ssl.SSLContext | None = None,
+         timeout: float | None = None) -> int | None:
+    """C-ECHO status, or None when no association was established (over TLS with the client context ``tls``;
+    ``timeout``: the ACSE and network timeouts in seconds, pynetdicom's defaults when None)."""
     from pynetdicom import AE
 
     ae = AE(ae_title="TESTSCU")
     ae.add_requested_context("1.2.840.10008.1.1")
-    assoc = ae.associate("127.0.0.1", port, ae_title=called)
+    if timeout is not None:
+        ae.acse_timeout = ae.network_timeout = timeout
+    assoc = ae.associate("127.0.0.1", port, ae_title=called, tls_args=(tls, None) if tls is not None else None)
     if not assoc.is_established:
         return None
     try:

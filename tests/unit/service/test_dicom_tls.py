@@ -22,9 +22,9 @@ from ichd.service.dicom_config import DicomNodeConfig, TlsFiles
 from ichd.service.dicom_node import attach_dicom_node
 from ichd.service.runner import StudyService
 from ichd.testing.tls import make_test_certificates
+from unit.service.test_dicom_node import echo as node_echo
 
 AET = "ICHDTEST"
-VERIFICATION = "1.2.840.10008.1.1"
 
 
 def _openssl() -> str:
@@ -53,19 +53,8 @@ def client_context(certs: Path, name: str | None) -> ssl.SSLContext:
 
 
 def echo(port: int, tls: ssl.SSLContext | None) -> int | None:
-    """C-ECHO status, or None when no association was established."""
-    from pynetdicom import AE
-
-    ae = AE(ae_title="TESTSCU")
-    ae.add_requested_context(VERIFICATION)
-    ae.acse_timeout = ae.network_timeout = 10
-    assoc = ae.associate("127.0.0.1", port, ae_title=AET, tls_args=(tls, None) if tls is not None else None)
-    if not assoc.is_established:
-        return None
-    try:
-        return int(assoc.send_c_echo().Status)
-    finally:
-        assoc.release()
+    """C-ECHO status over ``tls`` (None: plain TCP), or None when no association was established."""
+    return node_echo(port, called=AET, tls=tls, timeout=10)
 
 
 def test_only_callers_with_a_certificate_of_the_ca_are_served(tmp_path: Path, certs: Path, service_bundle: Path,
