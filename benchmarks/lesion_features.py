@@ -60,10 +60,11 @@ def summaries(prob: np.ndarray, head: np.ndarray) -> np.ndarray:
 
 
 def auc(y: np.ndarray, s: np.ndarray) -> float | None:
-    from sklearn.metrics import roc_auc_score
+    """:func:`ichd.evaluation.metrics.roc_auc` (missing labels dropped), rounded; None without both classes."""
+    from ichd.evaluation.metrics import roc_auc
 
-    ok = ~np.isnan(y)
-    return round(float(roc_auc_score(y[ok], s[ok])), 4) if len(np.unique(y[ok])) == 2 else None
+    v = roc_auc(y, s)
+    return None if np.isnan(v) else round(v, 4)
 
 
 def main(argv: list[str] | None = None) -> int:
