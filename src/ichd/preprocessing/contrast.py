@@ -104,9 +104,7 @@ class ContrastMeasure:
 
 def brain_region(hu: np.ndarray, mask: np.ndarray, pixel_spacing: Sequence[float] | None = None) -> np.ndarray:
     """The brain region of one slice (see the module doc): a boolean ``(H, W)`` array."""
-    from scipy.ndimage import distance_transform_edt, label
-
-    from ichd.preprocessing.head_mask import fill_holes
+    from ichd.preprocessing.head_mask import components, distance_mm, fill_holes
 
     if not mask.any():
         return np.zeros(mask.shape, dtype=bool)
@@ -114,31 +112,33 @@ def brain_region(hu: np.ndarray, mask: np.ndarray, pixel_spacing: Sequence[float
     lo, hi = BRAIN_HU
     tissue = mask & (hu >= lo) & (hu < hi)
     # opening by BRIDGE_MM: cuts the thin links between brain and scalp through foramina and partial-volume gaps
-    core = distance_transform_edt(tissue, sampling=mm) > BRIDGE_MM
+    core = distance_mm(tissue, mm) > BRIDGE_MM
     if not core.any():
         return core
-    lab, _ = label(core, structure=np.ones((3, 3), dtype=bool))
+    lab, _ = components(core)  # 8-connected
     sizes = np.bincount(lab.ravel())
     sizes[0] = 0
     keep = sizes >= MIN_PART_FRACTION * sizes.max()
     keep[0] = False
-    brain = distance_transform_edt(~keep[lab], sampling=mm) <= BRIDGE_MM
+    brain = distance_mm(~keep[lab], mm) <= BRIDGE_MM
     brain = fill_holes(brain & mask)  # vessels, calcifications and ventricles inside the brain
     bone = hu >= BONE_HU
     if bone.any():
-        brain &= distance_transform_edt(~bone, sampling=mm) > BONE_MARGIN_MM
+        brain &= distance_mm(~bone, mm) > BONE_MARGIN_MM
     return brain
 
 
 def enhanced_pixels(hu: np.ndarray, region: np.ndarray) -> np.ndarray:
     """Pixels of ``region`` in :data:`ENHANCED_HU` whose bright structure (>= 100 HU, 8-connected) holds no pixel
     of :data:`DENSE_HU` or more (see the module doc)."""
-    from scipy.ndimage import binary_dilation, label
+    from scipy.ndimage import binary_dilation
+
+    from ichd.preprocessing.head_mask import components
 
     bright = region & (hu >= 100.0)
     if not bright.any():
         return bright
-    lab, _ = label(bright, structure=np.ones((3, 3), dtype=bool))
+    lab, _ = components(bright)  # 8-connected
     dense = binary_dilation(hu >= DENSE_HU) & bright
     bad = np.unique(lab[dense])
     keep = bright & ~np.isin(lab, bad[bad > 0])

@@ -64,9 +64,9 @@ def z_extent_mm(positions_mm: np.ndarray, spacing_z: float) -> float:
 
 def slice_noise_sd(hu: np.ndarray, mask: np.ndarray, pixel_spacing: Sequence[float] | None = None) -> float:
     """The noise SD (HU) of one slice (see the module doc); nan when it has too few soft-tissue pixels."""
-    from scipy.ndimage import distance_transform_edt, uniform_filter
+    from scipy.ndimage import uniform_filter
 
-    from ichd.preprocessing.head_mask import bbox_slices, margin_px
+    from ichd.preprocessing.head_mask import bbox_slices, distance_mm, margin_px
 
     mm = pixel_mm(mask.shape, pixel_spacing)
     box = bbox_slices(mask, margin_px(0.0, mm))
@@ -76,7 +76,7 @@ def slice_noise_sd(hu: np.ndarray, mask: np.ndarray, pixel_spacing: Sequence[flo
     # "well inside the head" needs no pixel precision: the distance transform runs on a ~2 mm grid
     step = max(1, int(2.0 // min(mm)))
     sub = mask[box][::step, ::step]
-    inner_sub = distance_transform_edt(sub, sampling=(mm[0] * step, mm[1] * step)) > NOISE_EDGE_MM
+    inner_sub = distance_mm(sub, (mm[0] * step, mm[1] * step)) > NOISE_EDGE_MM
     inner = np.repeat(np.repeat(inner_sub, step, axis=0), step, axis=1)[:img.shape[0], :img.shape[1]]
     local = uniform_filter(img, size=NOISE_WINDOW, mode="nearest")
     lo, hi = NOISE_TISSUE_HU

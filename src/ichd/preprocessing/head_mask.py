@@ -1,4 +1,4 @@
-"""Where the head is on each CT slice: a binary mask from HU thresholds and morphology (SciPy).
+"""Where the head is on each CT slice: a binary mask from HU thresholds and morphology (SciPy, OpenCV).
 
 Used by the whole inference path (:class:`ichd.inference.predictor.Predictor` does not score slices without head
 tissue; every Grad-CAM overlay is multiplied by the mask, :func:`ichd.explain.overlay.head_masked_map`), by the
@@ -14,7 +14,7 @@ The rule, per slice (:func:`head_mask`):
 2. **fill holes** (:func:`fill_holes`: ``scipy.ndimage.binary_fill_holes``' result from one labelling): the
    sinuses, mastoid air and ventricles inside the skull belong to the head.
 3. **opening** with a disk of :data:`OPENING_RADIUS_MM` (erosion and dilation as thresholds of
-   ``scipy.ndimage.distance_transform_edt``): removes thin,
+   the Euclidean distance transform, :func:`distance_mm`): removes thin,
    straight structures — the table top, the curved head holder, cables, ECG leads — and thin bridges between them
    and the scalp. The head, a solid blob centimetres across, is unchanged by it.
 4. **largest connected component** (``scipy.ndimage.label``, 8-connected): the head; what remains of the table or the
@@ -79,14 +79,31 @@ def min_head_pixels(shape: tuple[int, int], pixel_spacing: Sequence[float] | Non
     return max(1, math.ceil(min(MIN_HEAD_AREA_MM2 / (dy * dx), frac)))
 
 
+def components(mask: np.ndarray, connectivity: int = 8) -> tuple[np.ndarray, int]:
+    """The connected components of a 2-D boolean ``mask``: ``(labels, n)`` with 0 on False pixels and 1..n on the
+    components, 4- or 8-connected. The same partition as ``scipy.ndimage.label`` (with the cross or the 3 x 3
+    structure), about 2x faster (``cv2.connectedComponents``), but the components may be numbered in another order:
+    for callers that use the partition (sizes, membership), not the numbers."""
+    import cv2
+
+    if connectivity not in (4, 8):
+        raise ValueError(f"connectivity must be 4 or 8, got {connectivity}")
+    mask = np.asarray(mask, dtype=bool)
+    if mask.ndim != 2 or mask.size == 0:
+        from scipy.ndimage import label
+
+        return label(mask, structure=np.ones((3, 3), dtype=bool) if connectivity == 8 else None)
+    n, lab = cv2.connectedComponents(np.ascontiguousarray(mask).view(np.uint8), connectivity=connectivity,
+                                     ltype=cv2.CV_32S)
+    return lab, int(n) - 1
+
+
 def fill_holes(mask: np.ndarray) -> np.ndarray:
     """``scipy.ndimage.binary_fill_holes`` with its default (4-connected) structure, as a single labelling of the
-    background: a background component is a hole when it does not touch the image border. The same result, about
-    5x faster on a 512² slice than the iterated dilation scipy uses."""
-    from scipy.ndimage import label
-
+    background (:func:`components`): a background component is a hole when it does not touch the image border.
+    The same result, about 10x faster on a 512² slice than the iterated dilation scipy uses."""
     mask = np.asarray(mask, dtype=bool)
-    lab, n = label(~mask)
+    lab, n = components(~mask, connectivity=4)
     if n == 0:
         return mask.copy()
     border = np.unique(np.concatenate([lab[0], lab[-1], lab[:, 0], lab[:, -1]]))
@@ -109,6 +126,29 @@ def bbox_slices(mask: np.ndarray, margin: int) -> tuple[slice, slice] | None:
             slice(max(0, cols[0] - margin), min(w, cols[-1] + 1 + margin)))
 
 
+def distance_mm(mask: np.ndarray, pixel_mm: tuple[float, float]) -> np.ndarray:
+    """Euclidean distance in mm from each True pixel of a 2-D ``mask`` to the nearest False pixel (0 on False
+    pixels): the values of ``scipy.ndimage.distance_transform_edt(mask, sampling=pixel_mm)``.
+
+    With square pixels (every DICOM head CT seen so far) it runs OpenCV's exact transform (``cv2.distanceTransform``
+    with ``DIST_MASK_PRECISE``, Felzenszwalb's algorithm), 5-6x faster than SciPy's on a 512 x 512 slice: the input
+    guards spend most of their time here. OpenCV returns float32 pixel distances; squaring and rounding gives the
+    exact integer squared distance back (below 2^24 for any slice up to 2896 px a side), so the thresholds the
+    callers apply see SciPy's float64 values up to rounding in the last bit. Non-square pixels, a mask without any
+    False pixel or a larger image use SciPy."""
+    from scipy.ndimage import distance_transform_edt
+
+    mask = np.asarray(mask, dtype=bool)
+    dy, dx = float(pixel_mm[0]), float(pixel_mm[1])
+    square = abs(dy - dx) <= 1e-9 * max(dy, dx)
+    if not square or mask.ndim != 2 or mask.size == 0 or max(mask.shape) > 2896 or bool(mask.all()):
+        return distance_transform_edt(mask, sampling=(dy, dx))
+    import cv2
+
+    d = cv2.distanceTransform(mask.astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+    return np.sqrt(np.rint(np.square(d, dtype=np.float64))) * dy
+
+
 def margin_px(radius_mm: float, pixel_mm: tuple[float, float]) -> int:
     """Pixels that hold ``radius_mm`` along either axis, plus 2 (a background border that keeps
     :func:`bbox_slices` crops exact)."""
@@ -117,23 +157,21 @@ def margin_px(radius_mm: float, pixel_mm: tuple[float, float]) -> int:
 
 def _opening(mask: np.ndarray, pixel_mm: tuple[float, float]) -> np.ndarray:
     """Binary opening with a disk of :data:`OPENING_RADIUS_MM`, exact and in linear time: erosion and dilation
-    by a disk are thresholds of the Euclidean distance transform (``scipy.ndimage.distance_transform_edt``,
-    with the pixel spacing as sampling, so the disk is round in mm). Both run on the mask's bounding box plus a
+    by a disk are thresholds of the Euclidean distance transform (:func:`distance_mm`, in mm, so the disk is
+    round in mm). Both run on the mask's bounding box plus a
     margin wider than the disk (:func:`bbox_slices`), which gives the same result as the whole slice."""
-    from scipy.ndimage import distance_transform_edt
-
     out = np.zeros(mask.shape, dtype=bool)
     box = bbox_slices(mask, margin_px(OPENING_RADIUS_MM, pixel_mm))
     if box is None:
         return out
-    eroded = distance_transform_edt(mask[box], sampling=pixel_mm) > OPENING_RADIUS_MM
+    eroded = distance_mm(mask[box], pixel_mm) > OPENING_RADIUS_MM
     if not eroded.any():
         return out
     inner = bbox_slices(eroded, margin_px(OPENING_RADIUS_MM, pixel_mm))
     assert inner is not None
     sub = eroded[inner]
     part = out[box]
-    part[inner] = distance_transform_edt(~sub, sampling=pixel_mm) <= OPENING_RADIUS_MM
+    part[inner] = distance_mm(~sub, pixel_mm) <= OPENING_RADIUS_MM
     return out
 
 

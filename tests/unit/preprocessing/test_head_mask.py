@@ -132,3 +132,45 @@ def test_opening_on_the_bounding_box_equals_the_whole_slice():
         eroded = distance_transform_edt(m, sampling=mm) > OPENING_RADIUS_MM
         whole = distance_transform_edt(~eroded, sampling=mm) <= OPENING_RADIUS_MM
         np.testing.assert_array_equal(_opening(m, mm), whole)
+
+
+@pytest.mark.parametrize("mm", [(0.488, 0.488), (0.7, 0.7), (1.0, 1.0), (0.7, 0.45)])
+def test_distance_mm_equals_scipy(mm):
+    """OpenCV's transform (square pixels) and SciPy's (any pixels) give the same distances, and the thresholds the
+    guards apply agree pixel for pixel, also for masks that touch the image border."""
+    from scipy.ndimage import distance_transform_edt
+
+    from ichd.preprocessing.head_mask import distance_mm
+
+    rng = np.random.default_rng(5)
+    yy, xx = np.mgrid[:300, :260]
+    head = (yy - 150) ** 2 / 120**2 + (xx - 120) ** 2 / 100**2 < 1
+    masks = [head, head & (rng.random(head.shape) > 0.02), head | (xx < 12), ~head, rng.random((64, 80)) < 0.7,
+             np.zeros((9, 9), bool), np.ones((9, 9), bool)]
+    for m in masks:
+        ref = distance_transform_edt(m, sampling=mm)
+        got = distance_mm(m, mm)
+        np.testing.assert_allclose(got, ref, rtol=1e-12, atol=1e-12)
+        for radius in (1.0, 2.5, 3.0, 5.0, 10.0):
+            np.testing.assert_array_equal(got > radius, ref > radius)
+
+
+def test_components_partition_equals_scipy_label():
+    """Same components as ``scipy.ndimage.label`` (4- and 8-connected); only the numbering may differ."""
+    from scipy.ndimage import label
+
+    from ichd.preprocessing.head_mask import components
+
+    rng = np.random.default_rng(6)
+    for density in (0.3, 0.5, 0.7):
+        m = rng.random((200, 170)) < density
+        for connectivity, structure in ((4, None), (8, np.ones((3, 3), bool))):
+            ref, n_ref = label(m, structure=structure)
+            got, n = components(m, connectivity)
+            assert n == n_ref
+            assert ((got == 0) == ~m).all()
+            # a bijection between the two numberings: every (ref, got) pair occurs for exactly one ref label
+            pairs = np.unique(ref.astype(np.int64) * (n + 1) + got)
+            assert len(pairs) == n + 1
+    with pytest.raises(ValueError, match="connectivity"):
+        components(np.ones((3, 3), bool), connectivity=6)
