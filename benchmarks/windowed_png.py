@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -82,22 +83,22 @@ def main(argv: list[str] | None = None) -> int:
                              **{lab: float(p[i, c]) for c, lab in enumerate(LABELS)}})
     frame = pd.DataFrame(rows)
     frame.to_csv(out / "predictions.csv", index=False, float_format="%.6g")
-    from sklearn.metrics import roc_auc_score
+    from ichd.evaluation.metrics import roc_auc
 
     summary = {}
     for name, part in frame.groupby("input", sort=False):
         part = part.set_index("slice_id")
         y = labels.reindex(part.index)["any"]
         known = y.notna().to_numpy()
-        slice_auc = float(roc_auc_score(y[known].astype(int), part["any"][known]))
+        slice_auc = roc_auc(y, part["any"])   # slices with a missing label are left out
         scans = part.assign(y=y).groupby("scan_id").agg(p=("any", "max"), y=("y", "max"))
-        scan_auc = float(roc_auc_score(scans["y"].astype(int), scans["p"]))
+        scan_auc = roc_auc(scans["y"], scans["p"])
         summary[name] = {"slice_auc_any": round(slice_auc, 4), "scan_auc_any": round(scan_auc, 4),
                          "slices": int(known.sum()), "scans": len(scans)}
     dicom = summary["dicom"]["slice_auc_any"]
     for name, s in summary.items():
         s["slice_auc_minus_dicom"] = round(s["slice_auc_any"] - dicom, 4)
-    meta = {"command": "python benchmarks/windowed_png.py " + " ".join(argv or []), "run": str(run),
+    meta = {"command": "python benchmarks/windowed_png.py " + " ".join(sys.argv[1:] if argv is None else argv), "run": str(run),
             "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "wall_seconds": round(time.time() - t0, 1),
             "machine": f"{platform.machine()} {os.cpu_count()} CPUs", "load_avg": os.getloadavg()}
     (out / "summary.json").write_text(json.dumps({"meta": meta, "inputs": summary}, indent=2) + "\n")
