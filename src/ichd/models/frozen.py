@@ -345,12 +345,17 @@ class ContextHeadConfig:
         context: neighbours on each side whose mean embedding joins the slice's (0 = the slice alone).
         hidden: hidden units of the MLP.
         dropout: dropout on the input (both kinds) and the hidden layer (MLP).
+        scan_mean: the mean embedding of the whole scan (series) joins every slice's input too: scan-level
+            context, the same for every slice of a scan (:func:`scan_mean_features`). A one-slice input has no
+            scan to average: it gets the head's ``scan_prior`` instead, the mean scan embedding of the training
+            scans (set by ``ichd train frozen``), as a missing feature is imputed with its training mean.
     """
 
     kind: Literal["linear", "mlp"] = "linear"
     context: int = 1
     hidden: int = 256
     dropout: float = 0.0
+    scan_mean: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in HEAD_KINDS:
@@ -382,8 +387,22 @@ def neighbour_mean(x: torch.Tensor, lengths: torch.Tensor, k: int) -> torch.Tens
     return out * mask.unsqueeze(-1)
 
 
+def scan_mean_features(x: torch.Tensor, lengths: torch.Tensor, prior: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, T, F): the mean of each scan's slices (``t < lengths[b]``) at every one of its positions; padding
+    positions are zero. With ``prior`` (F,), a one-slice scan gets ``prior`` instead of its own slice."""
+    t = x.shape[1]
+    lengths = lengths.to(x.device)
+    mask = (torch.arange(t, device=x.device)[None, :] < lengths[:, None]).to(x.dtype).unsqueeze(-1)
+    mean = (x * mask).sum(dim=1, keepdim=True) / mask.sum(dim=1, keepdim=True).clamp(min=1)  # (B, 1, F)
+    if prior is not None:
+        single = (lengths == 1).view(-1, 1, 1)
+        mean = torch.where(single, prior.to(x.dtype).view(1, 1, -1), mean)
+    return mean * mask
+
+
 class ContextHead(nn.Module):
-    """Per-slice logits from a slice's features and its neighbours' mean: ``forward(features, probs, lengths)``.
+    """Per-slice logits from a slice's features and its neighbours' mean (and the scan's mean embedding with
+    ``scan_mean``): ``forward(features, probs, lengths)``.
 
     ``probs`` (the slice model's probabilities) are accepted for the sequence-model interface and not used.
     """
@@ -396,7 +415,9 @@ class ContextHead(nn.Module):
             raise ConfigError(f"a context head needs feature_dim >= 1, got {feature_dim}")
         self.feature_dim = int(feature_dim)
         self.num_classes = num_classes
-        in_dim = self.feature_dim * (2 if cfg.context > 0 else 1)
+        in_dim = self.feature_dim * (1 + int(cfg.context > 0) + int(cfg.scan_mean))
+        if cfg.scan_mean:  # the training scans' mean embedding: the scan context of a one-slice input
+            self.register_buffer("scan_prior", torch.zeros(self.feature_dim))
         self.drop = nn.Dropout(cfg.dropout)
         if cfg.kind == "linear":
             self.net: nn.Module = nn.Linear(in_dim, num_classes)
@@ -415,10 +436,14 @@ class ContextHead(nn.Module):
         return True
 
     def inputs(self, features: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """The head's input (B, T, F or 2F): the features, and their neighbour mean when ``context`` > 0."""
-        if self.config.context == 0:
-            return features
-        return torch.cat([features, neighbour_mean(features, lengths, self.config.context)], dim=-1)
+        """The head's input (B, T, F, 2F or 3F): the features, their neighbour mean when ``context`` > 0, and the
+        scan's mean embedding with ``scan_mean``."""
+        parts = [features]
+        if self.config.context > 0:
+            parts.append(neighbour_mean(features, lengths, self.config.context))
+        if self.config.scan_mean:
+            parts.append(scan_mean_features(features, lengths, self.scan_prior))
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
 
     def forward(self, features: torch.Tensor | None, probs: torch.Tensor | None = None,
                 lengths: torch.Tensor | None = None) -> torch.Tensor:

@@ -374,6 +374,8 @@ def fit_head(x: np.ndarray, y: np.ndarray, scans: ScanRows, head_cfg: ContextHea
     xs[rows] = selector.transform(x[rows])
     torch.manual_seed(optim.seed)
     head = ContextHead(selector.out_features, head_cfg)
+    if head_cfg.scan_mean:  # what a one-slice input sees as its scan: the mean over the training scans
+        head.scan_prior.copy_(torch.from_numpy(np.mean([xs[g].mean(axis=0) for g in scans.groups], axis=0)))
     inp, order = head_inputs(head, xs, scans)
     xt, yt = torch.from_numpy(inp), torch.from_numpy(y[order].astype(np.float32))
     pos_w = torch.from_numpy(_balance_weights(y[order], optim.balance))
@@ -563,7 +565,8 @@ def train_frozen(cfg: FrozenTrainConfig, *, overwrite: bool = False) -> dict[str
     all_scans = ScanRows.from_table(scan_fit, np.tile(labels["slice_index"].to_numpy(), m))
     slice_cfg = ContextHeadConfig(kind="linear", context=0)
     metrics: dict[str, Any] = {"name": cfg.name, "encoder": cfg.encoder.describe(), "n_features": int(x.shape[1]),
-                               "head": f"{cfg.head.kind}, context {cfg.head.context}", "repeats": []}
+                               "head": f"{cfg.head.kind}, context {cfg.head.context}"
+                               + (", scan mean" if cfg.head.scan_mean else ""), "repeats": []}
     t = time.perf_counter()
     first_slice_probs = first_fold = None
     for r, seed in enumerate(cfg.data.fold_seeds):

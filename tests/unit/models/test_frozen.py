@@ -13,6 +13,7 @@ from ichd.models.frozen import (
     EncoderSpec,
     FrozenEncoderConfig,
     neighbour_mean,
+    scan_mean_features,
 )
 
 SIZE = 64
@@ -55,6 +56,52 @@ def test_context_zero_is_a_slice_head_and_neighbours_matter_otherwise():
     ctx = ContextHead(4, ContextHeadConfig(context=1)).eval()
     d = (ctx(x) - ctx(y)).abs().sum(-1)[0]
     assert d[1] > 0 and torch.all(d[2:] < 1e-5)  # cumulative sums: float rounding only
+
+
+def test_scan_mean_features_ignore_padding():
+    x = torch.tensor([[[1.0], [2.0], [6.0], [100.0]]])
+    assert scan_mean_features(x, torch.tensor([3])).flatten().tolist() == [3.0, 3.0, 3.0, 0.0]
+    assert scan_mean_features(x, torch.tensor([1])).flatten().tolist() == [1.0, 0.0, 0.0, 0.0]
+
+
+@pytest.mark.parametrize("kind", ["linear", "mlp"])
+def test_scan_mean_head_sees_the_whole_scan_and_batches_like_single_scans(kind):
+    torch.manual_seed(0)
+    head = ContextHead(4, ContextHeadConfig(kind=kind, context=1, scan_mean=True, hidden=8)).eval()
+    assert head.inputs(torch.randn(1, 5, 4), torch.tensor([5])).shape == (1, 5, 12)
+    x = torch.randn(1, 7, 4)
+    y = x.clone()
+    y[0, 0] += 10.0  # one slice changes: through the scan mean every slice's output moves, far ones included
+    d = (head(x) - head(y)).abs().sum(-1)[0]
+    assert torch.all(d > 0)
+    # padding: a scan of 3 in a batch padded to 7 gives the same logits as the scan alone
+    batch = torch.zeros(2, 7, 4)
+    batch[0], batch[1, :3] = x[0], x[0, :3]
+    out = head(batch, None, torch.tensor([7, 3]))
+    assert torch.allclose(out[1, :3], head(x[:, :3], None, torch.tensor([3]))[0], atol=1e-6)
+    # the option travels with the weights (model_kwargs), as every sequence checkpoint's config does
+    rebuilt = create_model(f"seq_context_{kind}", **head.model_kwargs)
+    rebuilt.load_state_dict(head.state_dict())
+    assert rebuilt.config.scan_mean and torch.allclose(rebuilt.eval()(x), head(x))
+    old = create_model(f"seq_context_{kind}", feature_dim=4, context=1, hidden=8)  # checkpoints before the option
+    assert not old.config.scan_mean
+
+
+def test_a_one_slice_input_sees_the_scan_prior_not_itself():
+    head = ContextHead(3, ContextHeadConfig(context=1, scan_mean=True)).eval()
+    head.scan_prior.copy_(torch.tensor([5.0, 6.0, 7.0]))
+    one = torch.tensor([[[1.0, 2.0, 3.0]]])
+    assert head.inputs(one, torch.tensor([1]))[0, 0, 6:].tolist() == [5.0, 6.0, 7.0]
+    two = torch.tensor([[[1.0, 2.0, 3.0], [3.0, 4.0, 5.0]]])
+    assert head.inputs(two, torch.tensor([2]))[0, 0, 6:].tolist() == [2.0, 3.0, 4.0]  # a real scan: its mean
+    # in a batch, only the one-slice scan takes the prior
+    batch = torch.zeros(2, 2, 3)
+    batch[0], batch[1, :1] = two[0], one[0]
+    out = scan_mean_features(batch, torch.tensor([2, 1]), head.scan_prior)
+    assert out[0, 0].tolist() == [2.0, 3.0, 4.0] and out[1, 0].tolist() == [5.0, 6.0, 7.0]
+    assert torch.all(out[1, 1] == 0)
+    assert "scan_prior" in head.state_dict()
+    assert "scan_prior" not in ContextHead(3, ContextHeadConfig(context=1)).state_dict()  # old checkpoints load
 
 
 def test_context_head_errors_and_registry():

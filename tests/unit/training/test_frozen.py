@@ -130,6 +130,17 @@ def test_head_learns_and_masked_labels_do_not_count():
         assert torch.allclose(h_val.net.weight[0], h_nan.net.weight[0], atol=1e-3)  # other labels unaffected
 
 
+def test_scan_mean_head_stores_the_training_scans_mean_as_its_prior():
+    x, y, scans = _toy(n_scans=12)
+    sel_cfg = SelectorConfig("none", standardize=True)
+    sel, head = fit_head(x, y, scans, ContextHeadConfig(context=1, scan_mean=True), sel_cfg,
+                         HeadOptimConfig(l2=1e-2, balance=False))
+    xs = sel.transform(x)
+    expected = np.mean([xs[g].mean(axis=0) for g in scans.groups], axis=0)
+    np.testing.assert_allclose(head.scan_prior.numpy(), expected, rtol=1e-5, atol=1e-6)
+    assert head.net.in_features == 3 * x.shape[1]
+
+
 def test_loss_masks_missing_labels_like_the_metric():
     from ichd.evaluation.metrics import weighted_log_loss
     from ichd.training.frozen import _loss
