@@ -17,8 +17,26 @@ from ichd.service.config import DEFAULT_MAX_FILES
 from ichd.service.dicom_config import DEFAULT_AET, DEFAULT_IDLE_TIMEOUT_S, DEFAULT_PORT, FORWARD_SYNTAX
 
 
+def tls_options(prefix: str = "") -> tuple[Any, Any, Any]:
+    """The typer options ``--{prefix}tls-cert``, ``--{prefix}tls-key``, ``--{prefix}tls-ca`` of a DICOM node:
+    ``ichd listen`` (no prefix) and ``ichd serve`` (``dicom-``) declare the same three; :func:`dicom_config` checks
+    them with the same prefix."""
+    cert, key, ca = (f"--{prefix}tls-{name}" for name in ("cert", "key", "ca"))
+    node = "The DICOM node accepts" if prefix else "Accept"
+    return (
+        typer.Option(None, cert, metavar="CERT.pem",
+                     help=f"{node} only TLS associations (TLS 1.2 or later), with this PEM certificate of the node; "
+                          f"needs {key}."),
+        typer.Option(None, key, metavar="KEY.pem", help=f"The unencrypted PEM private key of {cert}."),
+        typer.Option(None, ca, metavar="CA.pem",
+                     help=f"With {cert}: callers must present a certificate signed by this PEM CA; others are refused "
+                          "at the TLS handshake. Default: no client certificate asked for."),
+    )
+
+
 def register(app: typer.Typer) -> None:
     """Add the ``listen`` command to ``app``."""
+    tls_cert_option, tls_key_option, tls_ca_option = tls_options()
 
     @app.command("listen")
     def listen(
@@ -41,15 +59,9 @@ def register(app: typer.Typer) -> None:
                                             help="Accept associations only from this calling AE title (repeat "
                                                  "for several); others are rejected, with the reason logged. "
                                                  "Default: any caller."),
-        tls_cert: Path | None = typer.Option(None, "--tls-cert", metavar="CERT.pem",
-                                             help="Accept only TLS associations (TLS 1.2 or later), with this PEM "
-                                                  "certificate of the node; needs --tls-key."),
-        tls_key: Path | None = typer.Option(None, "--tls-key", metavar="KEY.pem",
-                                            help="The unencrypted PEM private key of --tls-cert."),
-        tls_ca: Path | None = typer.Option(None, "--tls-ca", metavar="CA.pem",
-                                           help="With --tls-cert: callers must present a certificate signed by this "
-                                                "PEM CA; others are refused at the TLS handshake. Default: no "
-                                                "client certificate asked for."),
+        tls_cert: Path | None = tls_cert_option,
+        tls_key: Path | None = tls_key_option,
+        tls_ca: Path | None = tls_ca_option,
         model: str = typer.Option("default", "--model", "-m",
                                   help="Bundled model name, model bundle folder or checkpoint (as for predict)."),
         workers: int = typer.Option(1, "--workers", min=1,

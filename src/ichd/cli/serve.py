@@ -20,6 +20,9 @@ from ichd.service.dicom_config import DEFAULT_AET, DEFAULT_IDLE_TIMEOUT_S, FORWA
 
 def register(app: typer.Typer) -> None:
     """Add the ``serve`` command to ``app``."""
+    from ichd.cli.listen import tls_options
+
+    dicom_tls_cert_option, dicom_tls_key_option, dicom_tls_ca_option = tls_options("dicom-")
 
     @app.command("serve")
     def serve(
@@ -58,14 +61,9 @@ def register(app: typer.Typer) -> None:
         dicom_allow_aet: list[str] = typer.Option([], "--dicom-allow-aet", metavar="AET",
                                                   help="Accept DICOM associations only from this calling AE title "
                                                        "(repeat for several; default: any caller)."),
-        dicom_tls_cert: Path | None = typer.Option(None, "--dicom-tls-cert", metavar="CERT.pem",
-                                                   help="The DICOM node accepts only TLS associations (TLS 1.2 or "
-                                                        "later), with this PEM certificate; needs --dicom-tls-key."),
-        dicom_tls_key: Path | None = typer.Option(None, "--dicom-tls-key", metavar="KEY.pem",
-                                                  help="The unencrypted PEM private key of --dicom-tls-cert."),
-        dicom_tls_ca: Path | None = typer.Option(None, "--dicom-tls-ca", metavar="CA.pem",
-                                                 help="DICOM callers must present a certificate signed by this PEM "
-                                                      "CA (default: no client certificate asked for)."),
+        dicom_tls_cert: Path | None = dicom_tls_cert_option,
+        dicom_tls_key: Path | None = dicom_tls_key_option,
+        dicom_tls_ca: Path | None = dicom_tls_ca_option,
         second_reader: str | None = typer.Option(
             None, "--second-reader",
             help="Segment every study with a second reader too: 'blast-ct' (the blast-ct extra). Its lesion volumes "
