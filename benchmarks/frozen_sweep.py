@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import time
 from pathlib import Path
+
+from ichd.utils.runinfo import RunInfo
 
 #: name -> (cache size, overrides). Sizes other than 256 need `ichd preprocess ... --size N --out cache/multi-N`.
 ROWS: dict[str, tuple[int, dict[str, object]]] = {
@@ -75,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rows", default="", help="comma-separated row names (default: every row)")
     ap.add_argument("--repeats", type=int, default=1, help="CV repeats per row (fold seeds of the config)")
     args = ap.parse_args(argv)
+    info = RunInfo.start("benchmarks/frozen_sweep.py", argv)
     from ichd.training.frozen import load_frozen_config, train_frozen
 
     out = Path(args.out)
@@ -116,9 +117,7 @@ def main(argv: list[str] | None = None) -> int:
             "ctich_scan_auc": _mean([p.get("ct-ich", {}).get("scan/auc/any") for p in per_src]),
             "extract_s": _extraction_seconds(Path(cfg.embeddings_dir), encoders), "cv_s": m["cv_seconds"],
         })
-    meta = {"command": "python benchmarks/frozen_sweep.py " + " ".join(argv or []),
-            "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "machine": f"{platform.machine()} {os.cpu_count()} CPUs", "load_avg": os.getloadavg()}
+    meta = info.finish()
     (out / "sweep.json").write_text(json.dumps({"meta": meta, "rows": table}, indent=2) + "\n")
     lines = [("| row | encoder | head | features | rsna-series slice / scan any-AUC | CT-ICH slice / scan any-AUC | "
               "pooled slice any-AUC (per-fold mean) | weighted log loss (slice head) | extraction s | CV s |"),

@@ -15,8 +15,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -24,6 +22,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from ichd.utils.runinfo import RunInfo
 
 MODULES = ("head_mask", "contrast")
 
@@ -60,8 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/guards_speed"))
     ap.add_argument("--repeats", type=int, default=2)
     args = ap.parse_args(argv)
-    t0 = time.perf_counter()
-    load0 = os.getloadavg()
+    info = RunInfo.start("benchmarks/guards_speed.py", argv)
     data = data_dir()
     paths = sorted((data / "rsna-series" / "dicom").iterdir()) + [data / "cq500" / "CQ500-CT-0"]
     rows = []
@@ -95,11 +94,7 @@ def main(argv: list[str] | None = None) -> int:
                                  for k in ("before", "after_mask_contrast", "after_series_guards")},
         "rsna_series_median_slices": float(np.median([r["n_slices"] for r in rsna])),
         "cq500_ct0_s": {k: v for k, v in rows[-1].items() if k not in ("scan", "identical")},
-        "command": "python benchmarks/guards_speed.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, python {platform.python_version()}",
-        "load_avg_start": [round(v, 2) for v in load0], "load_avg_end": [round(v, 2) for v in os.getloadavg()],
-        "wall_s": round(time.perf_counter() - t0, 1), "series": rows,
+        **info.finish(), "series": rows,
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")

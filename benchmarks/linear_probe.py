@@ -21,12 +21,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import time
 from pathlib import Path
 
 import numpy as np
+
+from ichd.utils.runinfo import RunInfo
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -98,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    info = RunInfo.start("benchmarks/linear_probe.py", argv)
     t0 = time.time()
     cfg = load_cnn_config(args.config)
     cache, labels = load_training_table(cfg)
@@ -137,11 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     for c, lab in enumerate(LABELS):
         frame[lab] = oof[:, c]
     frame.to_csv(out / "oof.csv", float_format="%.6g")
-    results["meta"] = {"command": "python benchmarks/linear_probe.py " + " ".join(argv or []),
-                       "config": args.config, "folds": args.folds, "C": args.C,
-                       "feature_seconds": round(t_feat, 1), "wall_seconds": round(time.time() - t0, 1),
-                       "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                       "machine": f"{platform.machine()} {os.cpu_count()} CPUs", "load_avg": os.getloadavg()}
+    results["meta"] = info.finish(config=args.config, folds=args.folds, C=args.C, feature_seconds=round(t_feat, 1))
     (out / "summary.json").write_text(json.dumps(results, indent=2))
     print(json.dumps(results, indent=2))
     return 0

@@ -18,10 +18,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
-import platform
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +26,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from contrast_calibration import CONTRAST_SCANS, _inputs
+
+from ichd.utils.runinfo import RunInfo
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,8 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", type=Path, default=None, help="shared data folder (default: $ICHD_DATA)")
     args = ap.parse_args(argv)
     data = args.data or data_dir()
-    t0 = time.perf_counter()
-    load0 = os.getloadavg()
+    info = RunInfo.start("benchmarks/ood_guards.py", argv)
     rows: list[dict[str, Any]] = []
     for set_name, scan, path in _inputs(data):
         for series in read_ct(path, allow_secondary_capture=True):
@@ -86,11 +84,7 @@ def main(argv: list[str] | None = None) -> int:
                                                                   for r in rows if r["set"] == s])),
                         "guard_s_median": float(np.median([r["guard_s"] for r in rows if r["set"] == s]))}
                     for s in dict.fromkeys(r["set"] for r in rows)},
-        "command": "python benchmarks/ood_guards.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, python {platform.python_version()}",
-        "load_avg_start": [round(v, 2) for v in load0], "load_avg_end": [round(v, 2) for v in os.getloadavg()],
-        "wall_s": round(time.perf_counter() - t0, 1),
+        **info.finish(),
     }
     (args.out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
     print(json.dumps(summary, indent=1))

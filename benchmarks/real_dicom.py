@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import time
 from pathlib import Path
 
 import numpy as np
+
+from ichd.utils.runinfo import RunInfo
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    t0 = time.time()
+    info = RunInfo.start("benchmarks/real_dicom.py", argv)
     data = data_dir()
     predictor = Predictor.load(args.model)
     from ichd.inference.run import operating_thresholds
@@ -93,9 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     p_hu = np.array([float(predictor.predict_series(s).scan_probs[0]) for s in hu])
     doc["hu_slices"] = {"slices": len(p_hu), "called_positive": int((p_hu >= slice_thr["any"]).sum()),
                         "note": "CT-ICH patients: in the training data of a model fitted on all CT-ICH patients"}
-    doc["meta"] = {"command": "python benchmarks/real_dicom.py " + " ".join(argv or []),
-                   "wall_seconds": round(time.time() - t0, 1), "load_avg": os.getloadavg(),
-                   "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    doc["meta"] = info.finish(threads=args.threads)
     lines = [(f"Model {doc['model']['name']} {doc['model']['version']}; shipped 'any' threshold {thr['any']:.4f} "
               f"(scans), {slice_thr['any']:.4f} for single slices ({doc['single_slice_operating_point']})."),
              "", "| image | labels | p(any) | called |", "|---|---|---|---|"]

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 import time
 from pathlib import Path
+
+from ichd.utils.runinfo import RunInfo
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,8 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", default="default")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
-    t0 = time.perf_counter()
-    load0 = os.getloadavg()
+    info = RunInfo.start("benchmarks/slabs_predict.py", argv)
     data = data_dir()
     predictor = Predictor.load(args.model, device="cpu")
     any_j = LABELS.index("any")
@@ -68,11 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     predictor.slabs = True
     summary = {
         "model": {"name": predictor.identity.name, "version": predictor.identity.version},
-        "command": "python benchmarks/slabs_predict.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, 1 thread",
-        "load_avg_start": [round(v, 2) for v in load0], "load_avg_end": [round(v, 2) for v in os.getloadavg()],
-        "wall_s": round(time.perf_counter() - t0, 1), "runs": rows,
+        **info.finish(torch=torch.__version__, threads=1), "runs": rows,
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")

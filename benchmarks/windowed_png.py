@@ -14,11 +14,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import sys
-import time
 from pathlib import Path
+
+from ichd.utils.runinfo import RunInfo
 
 VARIANTS: dict[str, tuple[tuple[float, float], int | None]] = {
     "png_40_80_512": ((40, 80), 512),
@@ -46,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     from ichd.preprocessing.export import write_window_pngs
     from ichd.utils.progress import progress
 
-    t0 = time.time()
+    info = RunInfo.start("benchmarks/windowed_png.py", argv)
     run, out, work = Path(args.run), Path(args.out), Path(args.work)
     out.mkdir(parents=True, exist_ok=True)
     variants = [v for v in args.variants.split(",") if v]
@@ -98,9 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     dicom = summary["dicom"]["slice_auc_any"]
     for name, s in summary.items():
         s["slice_auc_minus_dicom"] = round(s["slice_auc_any"] - dicom, 4)
-    meta = {"command": "python benchmarks/windowed_png.py " + " ".join(sys.argv[1:] if argv is None else argv), "run": str(run),
-            "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "wall_seconds": round(time.time() - t0, 1),
-            "machine": f"{platform.machine()} {os.cpu_count()} CPUs", "load_avg": os.getloadavg()}
+    meta = info.finish(run=str(run))
     (out / "summary.json").write_text(json.dumps({"meta": meta, "inputs": summary}, indent=2) + "\n")
     print(json.dumps(summary, indent=2))
     return 0
