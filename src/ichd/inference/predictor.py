@@ -397,7 +397,9 @@ class Predictor:
         if series.n_slices == 1:
             warnings.append(IngestWarning(
                 "single_slice", "the input has one slice: the scan result is that slice's result"
-                + (" and the sequence model sees no neighbouring slices" if self.sequence is not None else "")))
+                + (" and the sequence model sees no neighbouring slices" if self.sequence is not None else "")
+                + (" (its scan context is the mean of the training scans)"
+                   if self.sequence is not None and getattr(self.sequence.model, "uses_scan_mean", False) else "")))
         z_known = math.isfinite(float(series.spacing_mm[0]))
         positions = (np.asarray(series.positions_mm, dtype=np.float64) if z_known
                      else np.full(series.n_slices, np.nan))

@@ -435,6 +435,11 @@ class ContextHead(nn.Module):
     def uses_features(self) -> bool:
         return True
 
+    @property
+    def uses_scan_mean(self) -> bool:
+        """Whether the scan's mean embedding joins the input (a one-slice input then sees ``scan_prior``)."""
+        return bool(self.config.scan_mean)
+
     def inputs(self, features: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """The head's input (B, T, F, 2F or 3F): the features, their neighbour mean when ``context`` > 0, and the
         scan's mean embedding with ``scan_mean``."""

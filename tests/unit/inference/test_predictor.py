@@ -88,6 +88,29 @@ def test_single_slice_and_unknown_spacing(predictor, make_series):
     assert np.isnan(pred.positions_mm).all()
 
 
+def test_one_slice_through_the_shipped_scan_mean_head_uses_its_prior_and_says_so(make_series):
+    """The shipped default (3.3.0) joins the scan's mean embedding; a one-slice input sees the training scans' mean:
+    its result is the head on [slice, slice, scan_prior], and its warning says so."""
+    import torch
+
+    try:
+        pred_model = Predictor.load("default", device="cpu")
+    except ModelError:
+        pytest.skip("no bundled default model in this checkout")
+    head = pred_model.sequence.model if pred_model.sequence is not None else None
+    if head is None or not getattr(head, "uses_scan_mean", False):
+        pytest.skip("the bundled default has no scan-mean head")
+    series = make_series(1, size=128)
+    pred = pred_model.predict_series(series, input_guards=False)
+    (note,) = [w for w in pred.warnings if w.code == "single_slice"]
+    assert "mean of the training scans" in note.message
+    feats, _, _, _ = pred_model._embed(series, False)
+    f = torch.from_numpy(pred_model.sequence.selector.transform(feats))
+    with torch.no_grad():
+        expected = torch.sigmoid(head.net(torch.cat([f, f, head.scan_prior[None]], dim=-1)))[0].numpy()
+    np.testing.assert_allclose(pred.slice_probs[0], expected, rtol=1e-4, atol=1e-6)
+
+
 def test_too_small_or_empty_series_is_an_input_error(predictor, make_series):
     series = make_series(2)
     series.hu = series.hu[:, :8, :8]
