@@ -243,9 +243,13 @@ def test_results_equal_ichd_predict_on_the_same_files(scenario: Outcome, test_bu
         got = _result(scenario, name)
         (want,) = [e for e in expected if e["series_instance_uid"] == got["series_instance_uid"]]
         assert [s["sop_instance_uid"] for s in got["slices"]] == [s["sop_instance_uid"] for s in want["slices"]]
+        # Both sides write probabilities rounded to 6 decimals from float32 forward passes in two processes
+        # (their own thread pools, so their own reduction orders); those can differ in the last float32 bits, so
+        # after rounding two results can sit 2e-6 apart (seen once in CI: 0.457296 vs 0.457294). 1e-5 still
+        # catches any difference in reading, ordering or preprocessing, which moves a probability far more.
         for a, b in zip(got["slices"], want["slices"]):
-            assert a["probabilities"] == pytest.approx(b["probabilities"], abs=2e-6), (name, a["index"])
-        assert got["scan"] == pytest.approx(want["scan"], abs=2e-6)
+            assert a["probabilities"] == pytest.approx(b["probabilities"], abs=1e-5), (name, a["index"])
+        assert got["scan"] == pytest.approx(want["scan"], abs=1e-5)
 
 
 def test_sr_and_secondary_captures_reach_the_forward_destination(scenario: Outcome) -> None:
