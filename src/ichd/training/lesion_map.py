@@ -234,12 +234,14 @@ def _probabilities(rows: tuple[np.ndarray, np.ndarray, np.ndarray],
 
 
 def lopo_lesion_maps(model: Any, preprocess: Any, items: Sequence[MaskedCT], cfg: LesionMapTrainConfig,
-                     negatives: NegativeCells | None = None) -> list[np.ndarray]:
+                     negatives: NegativeCells | None = None, *,
+                     rows: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]] | None = None) -> list[np.ndarray]:
     """Out-of-sample lesion maps (G, G) of every slice: the head refitted without the slice's patient (its
-    masks and its rows of ``negatives``)."""
+    masks and its rows of ``negatives``). ``rows``: the items' :func:`slice_rows`, when the caller has them."""
     from ichd.utils.progress import progress
 
-    rows = [slice_rows(model, preprocess, it) for it in items]
+    if rows is None:
+        rows = [slice_rows(model, preprocess, it) for it in items]
     patients = sorted({it.patient_id for it in items})
     if len(patients) < 2:
         raise InputError("leave-one-patient-out needs slices of at least two patients")
@@ -299,11 +301,11 @@ def train_lesion_map(cnn_path: str | Path, items: Sequence[MaskedCT], out: str |
         negatives = bleed_free_cells(model, negatives_from, preprocess, cells=negative_cells)
         metrics["negatives"] = {"from": str(negatives_from), "rows": len(negatives.rows),
                                 "patients": len(set(negatives.patients.tolist())), "what": negatives.source}
+    rows = [slice_rows(model, preprocess, it) for it in items]  # the encoder runs once per slice, for both fits
     if lopo:
-        maps = lopo_lesion_maps(model, preprocess, items, cfg, negatives)
+        maps = lopo_lesion_maps(model, preprocess, items, cfg, negatives, rows=rows)
         with atomic_path(out / "lopo_maps.npz") as tmp, open(tmp, "wb") as fh:
             np.savez_compressed(fh, names=np.asarray([i.name for i in items]), maps=np.stack(maps))
-    rows = [slice_rows(model, preprocess, it) for it in items]
     set_lesion_head(model, fit_lesion_head(rows, cfg, None if negatives is None else negatives.rows))
     extra = dict(ckpt.extra or {})
     extra["lesion_map"] = {"trained_on": sorted(i.name for i in items), "C": cfg.C,
