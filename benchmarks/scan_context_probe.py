@@ -18,11 +18,13 @@ from pathlib import Path
 def main(argv: list[str] | None = None) -> int:
     import numpy as np
     import pandas as pd
+    import torch
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
 
     from ichd.data.labels import label_matrix
     from ichd.evaluation.metrics import roc_auc
+    from ichd.models.frozen import neighbour_mean, scan_mean_features
     from ichd.training.cnn import load_training_table
     from ichd.training.frozen import ScanRows, frozen_features, load_frozen_config
 
@@ -43,14 +45,11 @@ def main(argv: list[str] | None = None) -> int:
     groups = ScanRows.from_table(scans, labels["slice_index"].to_numpy()).groups
     neighbours = np.empty_like(x)
     scan_mean = np.empty_like(x)
-    for g in groups:
-        xs = x[g]
-        csum = np.vstack([np.zeros((1, x.shape[1]), x.dtype), np.cumsum(xs, axis=0)])
-        for i in range(len(g)):
-            lo, hi = max(0, i - 2), min(len(g), i + 3)
-            n = hi - lo - 1
-            neighbours[g[i]] = (csum[hi] - csum[lo] - xs[i]) / n if n else xs[i]
-        scan_mean[g] = xs.mean(axis=0)
+    with torch.no_grad():  # the context head's own input features (context 2; no prior: every scan has slices)
+        for g in groups:
+            xs, n = torch.from_numpy(x[g])[None], torch.tensor([len(g)])
+            neighbours[g] = neighbour_mean(xs, n, 2)[0].numpy()
+            scan_mean[g] = scan_mean_features(xs, n)[0].numpy()
     variants = {"slice + neighbours": np.hstack([x, neighbours]),
                 "+ scan mean": np.hstack([x, neighbours, scan_mean])}
     for folds_csv in sorted(args.run.glob("r*/folds.csv")):
