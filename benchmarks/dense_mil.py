@@ -19,14 +19,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import sys
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
+
+from ichd.utils.runinfo import RunInfo
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -162,7 +160,7 @@ def auc(y: np.ndarray, s: np.ndarray) -> float | None:
     return None if np.isnan(v) else round(v, 4)
 
 
-def cv(args: argparse.Namespace) -> None:
+def cv(args: argparse.Namespace, info: RunInfo) -> None:
     import pandas as pd
     import torch
     from sklearn.linear_model import LogisticRegression
@@ -227,10 +225,7 @@ def cv(args: argparse.Namespace) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     tag = args.tag or f"h{args.hidden}_k{args.topk}"
-    res = {"command": "python benchmarks/dense_mil.py " + " ".join(sys.argv[1:]),
-           "date": datetime.now(UTC).isoformat(timespec="seconds"), "machine": platform.node(),
-           "cpus": os.cpu_count(), "threads": args.threads, "load": round(os.getloadavg()[0], 2),
-           "wall_seconds": round(time.perf_counter() - t0, 1), "args": vars(args),
+    res = {**info.finish(threads=args.threads), "args": vars(args),
            "results": table, "pooled_slice_auc_per_label": sub_auc}
     (out / f"metrics_{tag}.json").write_text(json.dumps(res, indent=2) + "\n")
     df[["scan_id", "patient_id", "source", "fold", "y", "dense", "stack"]].to_csv(out / f"oof_{tag}.csv")
@@ -241,8 +236,9 @@ def cv(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    info = RunInfo.start("benchmarks/dense_mil.py", argv)
     args = parse_args(argv)
-    extract(args) if args.stage == "extract" else cv(args)
+    extract(args) if args.stage == "extract" else cv(args, info)
     return 0
 
 

@@ -48,8 +48,6 @@ def _extraction_seconds(emb_dir: Path, encoders: list[dict[str, object]]) -> flo
     """Seconds the embedding files of ``encoders`` took, read from the files whose stored key matches each
     encoder exactly (name, size, channel mode, flip averaging) on a plain DICOM-HU cache (no simulated display
     window, no crop)."""
-    import json
-
     import numpy as np
 
     total = 0.0

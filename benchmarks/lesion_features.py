@@ -25,14 +25,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import sys
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
+
+from ichd.utils.runinfo import RunInfo
 
 SUMMARIES = ("max", "top4", "top16", "top64", "frac50")
 
@@ -94,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     from ichd.utils.files import atomic_write_text
     from ichd.utils.progress import progress
 
+    info = RunInfo.start("benchmarks/lesion_features.py", argv)
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     out = Path(args.out)
@@ -184,11 +183,9 @@ def main(argv: list[str] | None = None) -> int:
             table[name][gname] = {"slice_auc": auc(sub["y"].to_numpy(float), sub[col].to_numpy(float)),
                                   "scan_auc_max": auc(scan["y"].to_numpy(float), scan["s"].to_numpy(float)),
                                   "slices": len(sub), "scans": len(scan)}
-    result = {"command": "python benchmarks/lesion_features.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-              "date": datetime.now(UTC).isoformat(timespec="seconds"), "machine": platform.node(),
-              "cpus": os.cpu_count(), "threads": args.threads, "load": round(os.getloadavg()[0], 2),
+    result = {**info.finish(threads=args.threads),
               "negatives_per_slice": args.negatives, "negative_rows": len(neg_x), "C": args.C,
-              "fit_seconds": round(fit_s, 1), "wall_seconds": round(time.perf_counter() - t0, 1),
+              "fit_seconds": round(fit_s, 1),
               "pointing_game_fold_heads": {"hits": int(sum(hits)), "slices": len(hits)},
               "cnn": args.cnn, "run": args.run, "results": table}
     atomic_write_text(out / f"metrics_neg{args.negatives}.json", json.dumps(result, indent=2) + "\n")
